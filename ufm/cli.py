@@ -1,0 +1,143 @@
+"""Command-line interface: `ufm train MODEL [flags]`.
+
+Bad input gets one line on stderr and exit code 2, with nothing written.
+"""
+import argparse
+import os
+import sys
+import time
+
+from ufm.models import MODELS
+from ufm.runner import DEFAULTS, HYPER_FLAGS, flag
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        self.exit(2, f"ufm: error: {message}\n")
+
+
+def _add_train_flags(p):
+    p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("--K", type=int, default=DEFAULTS["K"], help="number of classes (default 4)")
+    p.add_argument("--n", type=int, default=DEFAULTS["n"], help="samples per class (default 50)")
+    p.add_argument("--d", type=int, default=DEFAULTS["d"], help="feature dimension (default 20)")
+    for name in HYPER_FLAGS:
+        p.add_argument(flag(name), dest=name, type=float, default=None,
+                       help=f"{name} (default 5e-3; only for models that have it)")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="step size (default 0.1)")
+    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="gradient steps (20000)")
+    p.add_argument("--log-every", type=int, default=DEFAULTS["log_every"],
+                   help="record measurements every this many steps (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    p.add_argument("--init-scale", type=float, default=None,
+                   help="std of the Gaussian init (default: 1 plain models, 0.1 extended)")
+    p.add_argument("--restarts", type=int, default=1,
+                   help="independent initialisations run together with vmap; best kept")
+    p.add_argument("--optimizer", default="gd", choices=("gd", "momentum", "adam"),
+                   help="plain gradient descent (default), heavy-ball momentum or Adam")
+    p.add_argument("--allow-small-d", action="store_true",
+                   help="run with d below what the theorem needs (theory is then null)")
+    p.add_argument("--x64", action="store_true", help="float64 (default float32)")
+
+
+def build_parser():
+    parser = _Parser(prog="ufm", description="Unconstrained features model simulator (JAX).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("train", help="run gradient descent on one configuration")
+    _add_train_flags(p)
+    p.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _fmt(v):
+    return "nan" if v is None else f"{v:.6g}"
+
+
+def summary(result):
+    """A short human summary: objective against the closed form, then the measurements."""
+    cfg = result.config
+    lines = [f"{result.model}  K={cfg['K']} n={cfg['n']} d={cfg['d']}  {cfg['dtype']}  "
+             f"{cfg['steps']} steps of {cfg['optimizer']} (lr={cfg['lr']:g})"]
+    obj = result.final["objective"]
+    if result.theory is not None:
+        th = result.theory
+        gap = abs(obj - th.objective) / abs(th.objective)
+        where = (f"c = {th.c:.4g} (threshold 1)" if hasattr(th, "c")
+                 else f"K·a = {th.Ka:.4g} (threshold 2^(-4/3) = {th.threshold:.4g})")
+        lines.append(f"objective {obj:.10g}   closed form {th.objective:.10g}   "
+                     f"relative gap {gap:.2e}")
+        lines.append(f"predicted structure: {th.structure}; {where}")
+    else:
+        lines.append(f"objective {obj:.10g}   (no theorem applies to this setting)")
+    if len(result.restart_objectives) > 1:
+        objs = result.restart_objectives
+        lines.append(f"restarts: {len(objs)}, final objectives {min(objs):.6g} … {max(objs):.6g}")
+    meas = [f"{k} {_fmt(v)}" for k, v in result.final.items() if k != "objective"]
+    for i in range(0, len(meas), 4):
+        lines.append("  " + "   ".join(meas[i:i + 4]))
+    if result.diverged_at is not None:
+        lines.append(f"DIVERGED: the objective became non-finite at step {result.diverged_at}")
+    return "\n".join(lines)
+
+
+def _progress_bar(total, quiet):
+    """A tqdm bar on stderr, created at the first report (so a rejected config shows none)."""
+    state = {"done": 0, "bar": None}
+    if quiet:
+        return None, state
+
+    def update(done):
+        if state["bar"] is None:
+            from tqdm import tqdm
+
+            state["bar"] = tqdm(total=total, unit="step", file=sys.stderr, leave=False,
+                                dynamic_ncols=True)
+        state["bar"].update(done - state["done"])
+        state["done"] = done
+
+    return update, state
+
+
+def cmd_train(args):
+    from ufm.models import get_model
+    from ufm.runner import train, write_result
+
+    try:
+        get_model(args.model)
+        lams = {k: getattr(args, k) for k in HYPER_FLAGS}
+        for name, value in lams.items():  # a flag the model does not take is an error
+            if value is not None and name not in MODELS[args.model].hyper_names:
+                raise ValueError(f"{flag(name)} does not apply to model {args.model!r} "
+                                 f"(it takes: {', '.join(flag(k) for k in MODELS[args.model].hyper_names)})")
+        update, bar = _progress_bar(args.steps, args.quiet or args.restarts > 1)
+        t0 = time.perf_counter()
+        result = train(args.model, K=args.K, n=args.n, d=args.d, steps=args.steps,
+                       log_every=args.log_every, seed=args.seed, lr=args.lr,
+                       init_scale=args.init_scale, restarts=args.restarts,
+                       optimizer=args.optimizer, allow_small_d=args.allow_small_d,
+                       progress=update, **lams)
+        elapsed = time.perf_counter() - t0
+    except ValueError as err:
+        print(f"ufm: error: {err}", file=sys.stderr)
+        return 2
+    if bar["bar"] is not None:
+        bar["bar"].close()
+    out = args.out or os.path.join("runs", args.model)
+    write_result(result, out)
+    print(summary(result))
+    print(f"{elapsed:.2f} s including compilation; wrote {out}/result.json and {out}/params.npz")
+    return 1 if result.diverged_at is not None else 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if getattr(args, "x64", False):
+        import jax  # the CLI is the caller: it may choose float64 for the whole process
+
+        jax.config.update("jax_enable_x64", True)
+    return {"train": cmd_train}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

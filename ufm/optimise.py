@@ -1,0 +1,205 @@
+"""Gradient descent on a UFM as one jit-compiled program (nested `lax.scan`).
+
+The outer scan runs one logging interval per iteration, the inner scan `log_every` gradient steps;
+the objective and every measurement are recorded at step 0, after each interval and at the end.
+A configuration is `hyper`: a dict of scalar leaves (the model's λ's, `lr`, `init_scale`), so a new
+value never recompiles and `vmap` over stacked dicts runs a grid.
+"""
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+OPTIMIZERS = ("gd", "momentum", "adam")
+
+
+class State(NamedTuple):
+    params: Any  # dict of arrays (model-specific blocks)
+    opt_state: Any
+    step: jax.Array  # [] int: gradient steps taken
+    diverged_at: jax.Array  # [] int: first step whose objective was non-finite, −1 if none
+
+
+class Trajectory(NamedTuple):
+    params: Any  # final parameters
+    steps: jax.Array  # [T] step of each record
+    history: dict  # name -> [T]; 'objective' and every measurement of the model
+    diverged_at: jax.Array  # [] int, −1 if the run stayed finite
+
+
+def optimizer(name, lr):
+    """Plain GD (`gd`), heavy-ball momentum 0.9 (`momentum`) or Adam (`adam`), with step size lr."""
+    if name == "gd":
+        return optax.sgd(lr)
+    if name == "momentum":
+        return optax.sgd(lr, momentum=0.9)
+    if name == "adam":
+        return optax.adam(lr)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
+def record(model, sizes, params, hyper):
+    """The objective and the model's measurements at `params` (a dict of scalars)."""
+    out = {"objective": model.objective(params, hyper, sizes)}
+    out.update(model.measure(params, sizes))
+    return out
+
+
+def init_state(model, sizes, key, hyper, opt_name="gd"):
+    """Gaussian initialisation with std hyper['init_scale'] (a scalar or a dict per block)."""
+    params = model.init(key, sizes, hyper["init_scale"])
+    opt_state = optimizer(opt_name, hyper["lr"]).init(params)
+    return State(params, opt_state, jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32))
+
+
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)]))
+
+
+def gd_steps(model, sizes, state, hyper, num, opt_name="gd", check=False, unroll=4):
+    """`num` optimiser steps as one `lax.scan`.
+
+    check=True also evaluates the objective at every step and notes in `diverged_at` the first step
+    whose objective, or whose update, is non-finite (used only to replay a diverged interval).
+    """
+    opt = optimizer(opt_name, hyper["lr"])
+
+    def step(s, _):
+        if check:
+            loss, grads = jax.value_and_grad(model.objective)(s.params, hyper, sizes)
+        else:
+            grads = jax.grad(model.objective)(s.params, hyper, sizes)
+        updates, opt_state = opt.update(grads, s.opt_state, s.params)
+        params = optax.apply_updates(s.params, updates)
+        diverged_at = s.diverged_at
+        if check:
+            bad = (diverged_at < 0) & ~(jnp.isfinite(loss) & _all_finite(params))
+            diverged_at = jnp.where(bad, s.step, diverged_at)
+        return State(params, opt_state, s.step + 1, diverged_at), None
+
+    return jax.lax.scan(step, state, None, length=num, unroll=min(unroll, num))[0]
+
+
+def advance(model, sizes, state, hyper, num, opt_name="gd"):
+    """`num` steps with divergence detection at no per-step cost.
+
+    Non-finite parameters stay non-finite under these optimisers (inf − x is inf or NaN), so a
+    finiteness check after the block finds whether it diverged; only then is the block replayed
+    with per-step checks to find the exact step.
+    """
+    new = gd_steps(model, sizes, state, hyper, num, opt_name)
+    fresh = (state.diverged_at < 0) & ~_all_finite(new.params)
+    diverged_at = jax.lax.cond(
+        fresh,
+        lambda: gd_steps(model, sizes, state, hyper, num, opt_name, check=True).diverged_at,
+        lambda: state.diverged_at)
+    return new._replace(diverged_at=diverged_at)
+
+
+def logged_steps(model, sizes, state, hyper, intervals, log_every, opt_name="gd"):
+    """`intervals` × `log_every` steps (nested scan), recording after each interval  [intervals]."""
+
+    def interval(s, _):
+        s = advance(model, sizes, s, hyper, log_every, opt_name)
+        return s, (s.step, record(model, sizes, s.params, hyper))
+
+    return jax.lax.scan(interval, state, None, length=intervals)
+
+
+def simulate(model, sizes, key, hyper, steps, log_every, opt_name="gd"):
+    """A whole run for one configuration: init, `steps` steps, records every `log_every` steps.
+
+    Pure and traceable: jit it, vmap it over keys (restarts) or over stacked hyper (grids).
+    """
+    state = init_state(model, sizes, key, hyper, opt_name)
+    first = (state.step[None], jax.tree.map(lambda v: v[None], record(model, sizes, state.params, hyper)))
+    state, (steps_log, hist) = logged_steps(model, sizes, state, hyper, steps // log_every,
+                                            log_every, opt_name)
+    parts = [first, (steps_log, hist)]
+    if steps % log_every:
+        state = advance(model, sizes, state, hyper, steps % log_every, opt_name)
+        last = record(model, sizes, state.params, hyper)
+        parts.append((state.step[None], jax.tree.map(lambda v: v[None], last)))
+    step_arr = jnp.concatenate([p[0] for p in parts])
+    history = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[p[1] for p in parts])
+    return Trajectory(state.params, step_arr, history, state.diverged_at)
+
+
+def as_hyper(values, dtype=None):
+    """A dict of Python floats as a dict of scalar arrays in the default float dtype."""
+    dtype = dtype or jnp.result_type(float)
+    return {k: jnp.asarray(v, dtype) for k, v in values.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_simulation(model, sizes, steps, log_every, opt_name="gd", restarts=1):
+    """jit(simulate) for fixed static sizes; with restarts > 1, vmapped over R PRNG keys.
+
+    Cached: the same (model, sizes, steps, log_every, optimiser) reuse one compiled program, and a
+    new `hyper` value never retraces.
+    """
+    run = functools.partial(simulate, model, sizes, steps=steps, log_every=log_every,
+                            opt_name=opt_name)
+    if restarts == 1:
+        return jax.jit(run)
+    return jax.jit(lambda key, hyper: jax.vmap(run, in_axes=(0, None))(
+        jax.random.split(key, restarts), hyper))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_pieces(model, sizes, log_every, opt_name):
+    start = jax.jit(lambda key, hyper: (lambda s: (s, record(model, sizes, s.params, hyper)))(
+        init_state(model, sizes, key, hyper, opt_name)))
+    chunk = jax.jit(lambda s, hyper, intervals: logged_steps(model, sizes, s, hyper, intervals,
+                                                            log_every, opt_name),
+                    static_argnums=2)
+    tail = jax.jit(lambda s, hyper, num: (lambda s2: (s2, record(model, sizes, s2.params, hyper)))(
+        advance(model, sizes, s, hyper, num, opt_name)), static_argnums=2)
+    return start, chunk, tail
+
+
+def simulate_with_progress(model, sizes, key, hyper, steps, log_every, opt_name="gd",
+                           progress=None, chunks=20):
+    """Same result as `simulate`, run as compiled chunks of the scan with `progress(steps_done)`
+    called between them (never a per-step host callback). One restart only."""
+    start, chunk, tail = _compiled_pieces(model, sizes, log_every, opt_name)
+    state, rec = start(key, hyper)
+    steps_log, hist = [np.zeros(1, np.int32)], [jax.tree.map(lambda v: np.asarray(v)[None], rec)]
+    intervals = steps // log_every
+    per_chunk = _divisor_near(intervals, max(1, intervals // chunks))
+    for _ in range(intervals // per_chunk if intervals else 0):
+        state, (s_log, h) = chunk(state, hyper, per_chunk)
+        steps_log.append(np.asarray(s_log))
+        hist.append(jax.tree.map(np.asarray, h))
+        if progress:
+            progress(int(state.step))
+    if steps % log_every:
+        state, rec = tail(state, hyper, steps % log_every)
+        steps_log.append(np.asarray(state.step)[None])
+        hist.append(jax.tree.map(lambda v: np.asarray(v)[None], rec))
+        if progress:
+            progress(int(state.step))
+    history = jax.tree.map(lambda *xs: np.concatenate(xs), *hist)
+    return Trajectory(state.params, np.concatenate(steps_log), history, state.diverged_at)
+
+
+def _divisor_near(n, target):
+    """The largest divisor of n not above target (so every chunk has the same compiled size)."""
+    for m in range(min(target, n), 0, -1):
+        if n % m == 0:
+            return m
+    return 1
+
+
+def best_restart(trajs):
+    """Index of the restart with the lowest final objective (non-finite counts as +inf)."""
+    final = np.asarray(trajs.history["objective"][:, -1], dtype=np.float64)
+    return int(np.argmin(np.where(np.isfinite(final), final, np.inf)))
+
+
+def pick(trajs, index):
+    """Restart `index` of a vmapped Trajectory."""
+    return jax.tree.map(lambda v: v[index], trajs)
