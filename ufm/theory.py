@@ -165,6 +165,19 @@ def layered(hyper, sizes, depth=2, activation="linear"):
         rho_W=unit / lam_Ws[-1])
 
 
+def layered_rank_objectives(prediction, K):
+    """Objective of the critical point with r nonzero singular values, for r = 0 … K  [K+1].
+
+    Each singular direction is a separate scalar problem, so with the nonzero local minimiser on
+    r directions and zero on the rest f_r = (r·f_nonzero + (K − r)·f_zero)/K. Gradient descent
+    can end at any of these that is a local minimum; this names which one it reached.
+    """
+    f_zero = 0.5
+    if prediction.objective_nonzero is None:
+        return [f_zero] * (K + 1)
+    return [(r * prediction.objective_nonzero + (K - r) * f_zero) / K for r in range(K + 1)]
+
+
 def as_dict(prediction):
     """A prediction as a JSON-ready dict (arrays to nested lists), or None."""
     if prediction is None:
