@@ -1,0 +1,171 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import ufm
+from ufm import optimise
+from ufm.models import MODELS, Sizes, layered_model
+
+SIZES = Sizes(3, 4, 5)
+
+
+def hyper_of(model, **over):
+    h = {k: 0.02 + 0.01 * i for i, k in enumerate(model.hyper_names)}
+    h.update(lr=0.1, init_scale=model.init_scale)
+    h.update(over)
+    return optimise.as_hyper(h)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gradients_match_finite_differences(name):
+    model = MODELS[name]
+    params = model.init(jax.random.PRNGKey(0), SIZES, 0.7)
+    hyper = hyper_of(model)
+    check_grads(lambda p: model.objective(p, hyper, SIZES), (params,), order=2,
+                modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+
+
+def test_deeper_models_need_no_new_code():
+    model = layered_model("relu-depth-4", 4, "relu")
+    params = model.init(jax.random.PRNGKey(1), SIZES, 0.5)
+    assert set(params) == {"H1", "W1", "W2", "W3", "W4"} and params["W4"].shape == (3, 5)
+    hyper = hyper_of(model)
+    check_grads(lambda p: model.objective(p, hyper, SIZES), (params,), order=1, modes=("rev",))
+    traj = ufm.simulate(model, SIZES, jax.random.PRNGKey(2), hyper, 50, 10)
+    assert "nc1_H4" in traj.history and "nc1_Z3" in traj.history
+
+
+@pytest.mark.parametrize("name,opt", [("bias-free", "gd"), ("regularized-bias", "momentum"),
+                                      ("relu-extended", "adam")])
+def test_scan_equals_python_loop(name, opt):
+    model = MODELS[name]
+    hyper = hyper_of(model)
+    key = jax.random.PRNGKey(3)
+    traj = ufm.simulate(model, SIZES, key, hyper, 23, 5, opt)
+    params = model.init(key, SIZES, hyper["init_scale"])
+    tx = optimise.optimizer(opt, hyper["lr"])
+    state = tx.init(params)
+    losses = {}
+    for t in range(23):  # the reference: a plain per-step loop
+        if t % 5 == 0:
+            losses[t] = model.objective(params, hyper, SIZES)
+        g = jax.grad(model.objective)(params, hyper, SIZES)
+        upd, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, upd)
+    losses[23] = model.objective(params, hyper, SIZES)
+    np.testing.assert_array_equal(traj.steps, [0, 5, 10, 15, 20, 23])
+    np.testing.assert_allclose(traj.history["objective"], [losses[int(t)] for t in traj.steps], rtol=1e-12)
+    for k in params:
+        np.testing.assert_allclose(traj.params[k], params[k], rtol=1e-11, atol=1e-13)
+
+
+def test_vmap_over_lambda_equals_separate_runs():
+    model = MODELS["bias-free"]
+    lams = jnp.array([1e-3, 5e-3, 3e-2])
+    hyper = hyper_of(model)
+    batched = dict(hyper, lam_W=lams)
+    axes = {k: (0 if k == "lam_W" else None) for k in batched}
+    run = lambda h: ufm.simulate(model, SIZES, jax.random.PRNGKey(4), h, 200, 50)
+    out = jax.vmap(run, in_axes=(axes,))(batched)
+    for i, lam in enumerate(lams):
+        single = run(dict(hyper, lam_W=lam))
+        np.testing.assert_allclose(out.history["objective"][i], single.history["objective"], rtol=1e-12)
+        np.testing.assert_allclose(out.params["W"][i], single.params["W"], rtol=1e-11, atol=1e-14)
+
+
+def test_new_hyperparameter_values_do_not_recompile():
+    traces = []
+    base = MODELS["bias-free"]
+
+    def counted(params, hyper, sizes):
+        traces.append(1)  # runs only while tracing
+        return base.objective(params, hyper, sizes)
+
+    model = base._replace(objective=counted, name="counted")
+    run = optimise.compiled_simulation(model, SIZES, 100, 20)
+    run(jax.random.PRNGKey(0), hyper_of(model, lam_W=0.01))
+    n_traced = len(traces)
+    assert n_traced > 0
+    for lam in (0.02, 0.05, 1e-4):
+        run(jax.random.PRNGKey(1), hyper_of(model, lam_W=lam, lr=0.05))
+    assert len(traces) == n_traced
+
+
+def test_divergence_is_recorded_at_the_first_nonfinite_step():
+    model = MODELS["bias-free"]
+    hyper = hyper_of(model, lr=40.0)
+    key = jax.random.PRNGKey(5)
+    traj = ufm.simulate(model, SIZES, key, hyper, 400, 100)
+    params = model.init(key, SIZES, hyper["init_scale"])
+    first = None
+    for t in range(400):
+        loss, g = jax.value_and_grad(model.objective)(params, hyper, SIZES)
+        params = jax.tree.map(lambda p, gr: p - hyper["lr"] * gr, params, g)
+        finite = bool(jnp.isfinite(loss)) and all(bool(jnp.all(jnp.isfinite(v))) for v in params.values())
+        if not finite:
+            first = t
+            break
+    assert first is not None and int(traj.diverged_at) == first
+    stable = ufm.simulate(model, SIZES, key, hyper_of(model), 400, 100)
+    assert int(stable.diverged_at) == -1
+
+
+def test_chunked_progress_equals_single_program():
+    model = MODELS["linear-extended"]
+    hyper = hyper_of(model)
+    key = jax.random.PRNGKey(6)
+    seen = []
+    a = optimise.simulate_with_progress(model, SIZES, key, hyper, 1030, 100, progress=seen.append,
+                                        chunks=3)
+    b = optimise.compiled_simulation(model, SIZES, 1030, 100)(key, hyper)
+    np.testing.assert_array_equal(a.steps, b.steps)
+    for k in b.history:
+        np.testing.assert_allclose(a.history[k], b.history[k], rtol=1e-10, atol=1e-14)
+    assert seen[-1] == 1030 and seen == sorted(seen) and len(seen) >= 3
+
+
+def test_restarts_keep_the_best_of_independent_runs():
+    r = ufm.train("relu-extended", K=3, n=4, d=5, steps=300, log_every=100, restarts=5, seed=7)
+    assert len(r.restart_objectives) == 5
+    assert r.final["objective"] == pytest.approx(min(r.restart_objectives), rel=1e-12)
+    keys = jax.random.split(jax.random.PRNGKey(7), 5)
+    model = MODELS["relu-extended"]
+    hyper = optimise.as_hyper({**{k: 5e-3 for k in model.hyper_names}, "lr": 0.1, "init_scale": 0.1})
+    for i in (0, 3):
+        single = ufm.simulate(model, Sizes(3, 4, 5), keys[i], hyper, 300, 100)
+        assert float(single.history["objective"][-1]) == pytest.approx(r.restart_objectives[i], rel=1e-10)
+
+
+def test_float64_stays_float64():
+    r = ufm.train("bias-free", K=3, n=4, d=5, steps=10, log_every=5)
+    assert r.params["W"].dtype == np.float64 and r.config["dtype"] == "float64"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(lam_W=-1.0), r"lam_W \(--lam-W\) must be finite and >= 0, got -1.0"),
+    (dict(lam_H=float("nan")), r"lam_H .* must be finite"),
+    (dict(lr=0.0), r"lr \(--lr\) must be > 0"),
+    (dict(lr=float("inf")), r"lr .* must be finite"),
+    (dict(steps=0), r"steps \(--steps\) must be >= 1, got 0"),
+    (dict(K=1), r"K \(--K\) must be >= 2, got 1"),
+    (dict(n=0), r"n \(--n\) must be >= 1, got 0"),
+    (dict(d=3), r"d \(--d\)=3 is below .* needs \(d >= 4 for K=4\); pass --allow-small-d"),
+    (dict(lam_b=0.1), r"lam_b \(--lam-b\) does not apply to model 'bias-free'"),
+    (dict(restarts=0), r"restarts .* must be >= 1"),
+])
+def test_bad_input_raises_clear_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ufm.train("bias-free", **kwargs)
+
+
+def test_unknown_model_and_small_d_allowed():
+    with pytest.raises(ValueError, match="unknown model 'nope'; choose one of: bias-free"):
+        ufm.train("nope")
+    with pytest.raises(ValueError, match=r"d >= 3 for K=4"):
+        ufm.train("unregularized-bias", d=2)
+    ufm.train("unregularized-bias", d=3, steps=5, log_every=5)  # d = K − 1 is covered
+    r = ufm.train("bias-free", d=3, steps=5, log_every=5, allow_small_d=True)
+    assert r.theory is None
