@@ -127,6 +127,15 @@ def test_chunked_progress_equals_single_program():
     assert seen[-1] == 1030 and seen == sorted(seen) and len(seen) >= 3
 
 
+def test_restarts_with_progress_equal_restarts_without():
+    kw = dict(K=3, n=4, d=5, steps=250, log_every=50, restarts=3, seed=2)
+    a = ufm.train("linear-extended", progress=lambda s: None, **kw)
+    b = ufm.train("linear-extended", **kw)
+    np.testing.assert_allclose(a.restart_objectives, b.restart_objectives, rtol=1e-10)
+    np.testing.assert_array_equal(a.steps, b.steps)
+    np.testing.assert_allclose(a.history["nc1_H2"], b.history["nc1_H2"], rtol=1e-8)
+
+
 def test_restarts_keep_the_best_of_independent_runs():
     r = ufm.train("relu-extended", K=3, n=4, d=5, steps=300, log_every=100, restarts=5, seed=7)
     assert len(r.restart_objectives) == 5

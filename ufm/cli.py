@@ -110,7 +110,7 @@ def cmd_train(args):
             if value is not None and name not in MODELS[args.model].hyper_names:
                 raise ValueError(f"{flag(name)} does not apply to model {args.model!r} "
                                  f"(it takes: {', '.join(flag(k) for k in MODELS[args.model].hyper_names)})")
-        update, bar = _progress_bar(args.steps, args.quiet or args.restarts > 1)
+        update, bar = _progress_bar(args.steps, args.quiet)
         t0 = time.perf_counter()
         result = train(args.model, K=args.K, n=args.n, d=args.d, steps=args.steps,
                        log_every=args.log_every, seed=args.seed, lr=args.lr,

@@ -150,40 +150,64 @@ def compiled_simulation(model, sizes, steps, log_every, opt_name="gd", restarts=
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_pieces(model, sizes, log_every, opt_name):
-    start = jax.jit(lambda key, hyper: (lambda s: (s, record(model, sizes, s.params, hyper)))(
-        init_state(model, sizes, key, hyper, opt_name)))
-    chunk = jax.jit(lambda s, hyper, intervals: logged_steps(model, sizes, s, hyper, intervals,
-                                                            log_every, opt_name),
-                    static_argnums=2)
-    tail = jax.jit(lambda s, hyper, num: (lambda s2: (s2, record(model, sizes, s2.params, hyper)))(
-        advance(model, sizes, s, hyper, num, opt_name)), static_argnums=2)
-    return start, chunk, tail
+def _compiled_pieces(model, sizes, log_every, opt_name, batched):
+    def start(key, hyper):
+        s = init_state(model, sizes, key, hyper, opt_name)
+        return s, record(model, sizes, s.params, hyper)
+
+    def chunk(s, hyper, intervals):
+        return logged_steps(model, sizes, s, hyper, intervals, log_every, opt_name)
+
+    def tail(s, hyper, num):
+        s = advance(model, sizes, s, hyper, num, opt_name)
+        return s, record(model, sizes, s.params, hyper)
+
+    if batched:  # one leading axis on keys, state and every hyper leaf
+        start, chunk, tail = jax.vmap(start), jax.vmap(chunk, (0, 0, None)), jax.vmap(tail, (0, 0, None))
+    return jax.jit(start), jax.jit(chunk, static_argnums=2), jax.jit(tail, static_argnums=2)
 
 
 def simulate_with_progress(model, sizes, key, hyper, steps, log_every, opt_name="gd",
-                           progress=None, chunks=20):
+                           progress=None, chunks=20, batched=False):
     """Same result as `simulate`, run as compiled chunks of the scan with `progress(steps_done)`
-    called between them (never a per-step host callback). One restart only."""
-    start, chunk, tail = _compiled_pieces(model, sizes, log_every, opt_name)
+    called between them (never a per-step host callback).
+
+    batched=True: `key` is [B, 2] and every leaf of `hyper` is [B] (B configurations or restarts
+    run together under vmap); the Trajectory then has a leading axis B.
+    """
+    start, chunk, tail = _compiled_pieces(model, sizes, log_every, opt_name, batched)
+    ax = 1 if batched else 0  # the time axis of records
+    expand = lambda v: np.expand_dims(np.asarray(v), ax)
     state, rec = start(key, hyper)
-    steps_log, hist = [np.zeros(1, np.int32)], [jax.tree.map(lambda v: np.asarray(v)[None], rec)]
+    steps_log = [np.zeros(1, np.int32)]
+    hist = [jax.tree.map(expand, rec)]
     intervals = steps // log_every
     per_chunk = _divisor_near(intervals, max(1, intervals // chunks))
+    done = 0
     for _ in range(intervals // per_chunk if intervals else 0):
         state, (s_log, h) = chunk(state, hyper, per_chunk)
-        steps_log.append(np.asarray(s_log))
-        hist.append(jax.tree.map(np.asarray, h))
+        done += per_chunk * log_every
+        steps_log.append(np.arange(done - (per_chunk - 1) * log_every, done + 1, log_every))
+        hist.append(jax.tree.map(np.asarray, h))  # [intervals], or [B, intervals] under vmap
         if progress:
-            progress(int(state.step))
+            progress(done)
     if steps % log_every:
         state, rec = tail(state, hyper, steps % log_every)
-        steps_log.append(np.asarray(state.step)[None])
-        hist.append(jax.tree.map(lambda v: np.asarray(v)[None], rec))
+        steps_log.append(np.array([steps]))
+        hist.append(jax.tree.map(expand, rec))
         if progress:
-            progress(int(state.step))
-    history = jax.tree.map(lambda *xs: np.concatenate(xs), *hist)
-    return Trajectory(state.params, np.concatenate(steps_log), history, state.diverged_at)
+            progress(steps)
+    history = jax.tree.map(lambda *xs: np.concatenate(xs, axis=ax), *hist)
+    steps_arr = np.concatenate(steps_log)
+    if batched:  # as under vmap: a leading axis on every leaf
+        steps_arr = np.broadcast_to(steps_arr, (np.shape(state.step)[0],) + steps_arr.shape)
+    return Trajectory(state.params, steps_arr, history, state.diverged_at)
+
+
+def broadcast_hyper(hyper, B):
+    """Every leaf of `hyper` broadcast to a leading axis of length B."""
+    return {k: jnp.broadcast_to(jnp.asarray(v), (B,) + jnp.shape(v)[1:] if jnp.ndim(v) else (B,))
+            for k, v in hyper.items()}
 
 
 def _divisor_near(n, target):

@@ -104,7 +104,7 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
 
     lams: the model's λ's by name (lam_W, lam_H, lam_b, lam_W1, lam_W2, lam_H1); unset ones are
     5e-3. dtype follows the caller's jax_enable_x64. `progress(steps_done)` is called between
-    compiled chunks (single restart only).
+    compiled chunks of the scan.
     """
     spec = get_model(model)
     unknown = set(lams) - set(HYPER_FLAGS)
@@ -118,18 +118,19 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     check_config(spec, sizes, hyper, steps, log_every, restarts, allow_small_d)
     key = jax.random.PRNGKey(seed)
     jhyper = optimise.as_hyper(hyper)
-    if restarts == 1 and progress is not None:
-        traj = optimise.simulate_with_progress(spec, sizes, key, jhyper, steps, log_every,
-                                                optimizer, progress)
-        restart_obj = [float(traj.history["objective"][-1])]
+    if progress is not None:  # compiled chunks with reports in between
+        keys = jax.random.split(key, restarts) if restarts > 1 else key
+        hyp = optimise.broadcast_hyper(jhyper, restarts) if restarts > 1 else jhyper
+        traj = optimise.simulate_with_progress(spec, sizes, keys, hyp, steps, log_every,
+                                               optimizer, progress, batched=restarts > 1)
     else:
-        run = optimise.compiled_simulation(spec, sizes, steps, log_every, optimizer, restarts)
-        traj = run(key, jhyper)
-        if restarts > 1:
-            restart_obj = [float(v) for v in np.asarray(traj.history["objective"][:, -1])]
-            traj = optimise.pick(traj, optimise.best_restart(traj))
-        else:
-            restart_obj = [float(traj.history["objective"][-1])]
+        traj = optimise.compiled_simulation(spec, sizes, steps, log_every, optimizer,
+                                            restarts)(key, jhyper)
+    if restarts > 1:
+        restart_obj = [float(v) for v in np.asarray(traj.history["objective"][:, -1])]
+        traj = optimise.pick(traj, optimise.best_restart(traj))
+    else:
+        restart_obj = [float(traj.history["objective"][-1])]
     history = {k: np.asarray(v) for k, v in traj.history.items()}
     diverged_at = int(traj.diverged_at)
     config = dict(model=model, K=K, n=n, d=d, steps=steps, log_every=log_every, seed=seed,
