@@ -47,6 +47,11 @@ def build_parser():
     _add_train_flags(p)
     p.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    f = sub.add_parser("figures", help="rebuild the figures (python -m experiments)")
+    f.add_argument("--only", default=None, help="comma list of figure names")
+    f.add_argument("--smoke", action="store_true", help="tiny sizes")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.add_argument("--out", default=None, help="output folder (default figures/)")
     return parser
 
 
@@ -130,13 +135,21 @@ def cmd_train(args):
     return 1 if result.diverged_at is not None else 0
 
 
+def cmd_figures(args):
+    from experiments.__main__ import main as figures_main
+
+    argv = (["--only", args.only] if args.only else []) + ["--smoke"] * args.smoke
+    argv += ["--quiet"] * args.quiet + (["--out", args.out] if args.out else [])
+    return figures_main(argv)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if getattr(args, "x64", False):
         import jax  # the CLI is the caller: it may choose float64 for the whole process
 
         jax.config.update("jax_enable_x64", True)
-    return {"train": cmd_train}[args.command](args)
+    return {"train": cmd_train, "figures": cmd_figures}[args.command](args)
 
 
 if __name__ == "__main__":

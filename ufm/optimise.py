@@ -129,9 +129,9 @@ def simulate(model, sizes, key, hyper, steps, log_every, opt_name="gd"):
 
 
 def as_hyper(values, dtype=None):
-    """A dict of Python floats as a dict of scalar arrays in the default float dtype."""
+    """A (nested) dict of Python floats as scalar arrays in the default float dtype."""
     dtype = dtype or jnp.result_type(float)
-    return {k: jnp.asarray(v, dtype) for k, v in values.items()}
+    return jax.tree.map(lambda v: jnp.asarray(v, dtype), values)
 
 
 @functools.lru_cache(maxsize=None)
@@ -205,9 +205,8 @@ def simulate_with_progress(model, sizes, key, hyper, steps, log_every, opt_name=
 
 
 def broadcast_hyper(hyper, B):
-    """Every leaf of `hyper` broadcast to a leading axis of length B."""
-    return {k: jnp.broadcast_to(jnp.asarray(v), (B,) + jnp.shape(v)[1:] if jnp.ndim(v) else (B,))
-            for k, v in hyper.items()}
+    """Every (scalar) leaf of `hyper` broadcast to a leading axis of length B."""
+    return jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v), (B,)), hyper)
 
 
 def _divisor_near(n, target):

@@ -46,9 +46,11 @@ def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_smal
         if value < 1:
             raise ValueError(f"{_named(name)} must be >= 1, got {value}")
     for name, value in hyper.items():
-        value = float(value)
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{_named(name)} must be finite and >= 0, got {value}")
+        for part, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+            v = float(v)
+            if not math.isfinite(v) or v < 0:
+                what = _named(name) if part is None else f"{_named(name)}[{part!r}]"
+                raise ValueError(f"{what} must be finite and >= 0, got {v}")
     if float(hyper["lr"]) <= 0:
         raise ValueError(f"{_named('lr')} must be > 0, got {float(hyper['lr'])}")
     need = model.theorem_min_d(sizes.K)
@@ -72,7 +74,10 @@ def hyper_for(model, lams, lr, init_scale):
     hyper = {k: DEFAULT_LAMBDA if lams.get(k) is None else float(lams[k])
              for k in model.hyper_names}
     hyper["lr"] = float(lr)
-    hyper["init_scale"] = model.init_scale if init_scale is None else float(init_scale)
+    if isinstance(init_scale, dict):  # a std per block, e.g. {"W2": 0.1, "W1": 0.1, "H1": 0.2}
+        hyper["init_scale"] = {k: float(v) for k, v in init_scale.items()}
+    else:
+        hyper["init_scale"] = model.init_scale if init_scale is None else float(init_scale)
     return hyper
 
 

@@ -178,6 +178,32 @@ def layered_rank_objectives(prediction, K):
     return [(r * prediction.objective_nonzero + (K - r) * f_zero) / K for r in range(K + 1)]
 
 
+class PerturbedPrediction(NamedTuple):
+    """Theorem 5.1: the n → ∞ limit of the optimal W for fixed features H̄*⊗1ᵀ + E."""
+
+    kappa: float  # attenuation (ρ + Kλ_W)/(ρ + K(λ_W + σ²))
+    W_star: np.ndarray  # H̄*ᵀ/(ρ + Kλ_W)  [K, d], the optimum for collapsed features
+    W_limit: np.ndarray  # κ·W*  [K, d]
+
+
+def optimal_classifier(H, Y, lam_W):
+    """W(H) = Y Hᵀ (H Hᵀ + N λ_W I)⁻¹ — the minimiser over W of the bias-free objective for fixed
+    H [d, N] (SPEC §3.6); Y [K, N]."""
+    H, Y = np.asarray(H, np.float64), np.asarray(Y, np.float64)
+    d, N = H.shape
+    return np.linalg.solve(H @ H.T + N * lam_W * np.eye(d), H @ Y.T).T
+
+
+def perturbed_limit(Hbar_star, sigma, lam_W):
+    """Theorem 5.1 for H = H̄*⊗1ᵀ + E, H̄*ᵀH̄* = ρI [d, K], E i.i.d. zero mean with variance σ²."""
+    Hbar_star = np.asarray(Hbar_star, np.float64)
+    K = Hbar_star.shape[1]
+    rho = float(np.trace(Hbar_star.T @ Hbar_star)) / K
+    kappa = (rho + K * lam_W) / (rho + K * (lam_W + sigma ** 2))
+    W_star = Hbar_star.T / (rho + K * lam_W)
+    return PerturbedPrediction(kappa, W_star, kappa * W_star)
+
+
 def as_dict(prediction):
     """A prediction as a JSON-ready dict (arrays to nested lists), or None."""
     if prediction is None:

@@ -1,0 +1,3 @@
+"""Experiment scripts: one per figure in `figures/`; `python -m experiments` rebuilds them all."""
+SCRIPTS = ("bias_free", "unregularized_bias", "linear_extended", "relu_extended", "appendix_g",
+           "regularized_bias", "perturbed_features", "thresholds", "depthwise_network")

@@ -1,0 +1,102 @@
+"""What every experiment script shares: arguments, saving data atomically, progress, plot style.
+
+A script parses its arguments, runs the library, saves `DATA/NAME.npz` + `DATA/NAME.json`, then
+draws `OUT/NAME.png` from the saved files only.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+FIGURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "figures")
+
+
+def parse_args(name, description, argv=None, extra=None):
+    """Common flags: --smoke (tiny sizes, seconds), --quiet, --out DIR, --float32."""
+    p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes for a quick check")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", default=FIGURES, help="folder for the PNG (data under OUT/data)")
+    p.add_argument("--float32", action="store_true",
+                   help="run in float32 (default float64, to show collapse to round-off)")
+    if extra:
+        extra(p)
+    args = p.parse_args(argv)
+    if not args.float32:
+        import jax  # the script is the caller: it chooses the precision of its own process
+
+        jax.config.update("jax_enable_x64", True)
+    return args
+
+
+def data_paths(out, name):
+    d = os.path.join(out, "data")
+    return os.path.join(d, f"{name}.npz"), os.path.join(d, f"{name}.json")
+
+
+def save(out, name, arrays, config):
+    """Write OUT/data/NAME.npz and NAME.json atomically."""
+    from ufm.runner import _json_safe, atomic_write
+
+    npz, js = data_paths(out, name)
+    atomic_write(npz, lambda fh: np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()}))
+    doc = json.dumps(_json_safe(config), indent=1).encode()
+    atomic_write(js, lambda fh: fh.write(doc))
+
+
+def load(out, name):
+    npz, js = data_paths(out, name)
+    with np.load(npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    with open(js) as fh:
+        return arrays, json.load(fh)
+
+
+def progress(total, quiet, desc):
+    """A tqdm bar on stderr; returns (callback(done), close())."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+    state = {"done": 0}
+
+    def update(done):
+        bar.update(done - state["done"])
+        state["done"] = done
+
+    return update, bar.close
+
+
+def save_figure(fig, out, name):
+    """Save OUT/NAME.png atomically and close the figure."""
+    import matplotlib.pyplot as plt
+
+    from ufm.runner import atomic_write
+
+    path = os.path.join(out, f"{name}.png")
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def log_curves(ax, x, curves, title, ylabel="value (log scale)", xlabel="iteration"):
+    """Curves {label: y} on a log-y axis; non-positive values are clipped to 1e-17."""
+    for label, y in curves.items():
+        ax.semilogy(x, np.clip(np.abs(np.asarray(y, dtype=float)), 1e-17, None), label=label)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7)
