@@ -308,3 +308,36 @@ def test_plain_prediction_evaluates_to_its_objective():
         f = (np.sum((W @ H + b[:, None] - Y) ** 2) / (2 * K * n) + hyp["lam_W"] / 2 * np.sum(W ** 2)
              + hyp["lam_H"] / 2 * np.sum(H ** 2) + extra.get("lam_b", 0) / 2 * np.sum(b ** 2))
         assert f == pytest.approx(th.objective, rel=1e-12)
+
+
+# --- Theorem 5.1: fixed perturbed features -------------------------------------------------
+
+def test_optimal_classifier_zeroes_the_gradient():
+    rng = np.random.default_rng(0)
+    K, n, d, lam = 3, 7, 5, 2e-2
+    H = rng.standard_normal((d, K * n))
+    Y = np.kron(np.eye(K), np.ones((1, n)))
+    W = theory.optimal_classifier(H, Y, lam)
+    grad = (W @ H - Y) @ H.T / (K * n) + lam * W  # ∂/∂W of the bias-free objective
+    assert np.abs(grad).max() < 1e-12
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.5])
+def test_perturbed_features_converge_to_attenuated_optimum(sigma):
+    import jax
+
+    K, d, lam = 4, 10, 5e-3
+    Hbar = np.asarray(ufm.orthogonal_frame(jax.random.PRNGKey(0), K, d))
+    lim = theory.perturbed_limit(Hbar, sigma, lam)
+    assert lim.kappa == pytest.approx((1 + K * lam) / (1 + K * (lam + sigma ** 2)))
+    rng = np.random.default_rng(1)
+    errs = []
+    for n in (100, 10000):
+        H = np.repeat(Hbar, n, axis=1) + sigma * rng.standard_normal((d, K * n))
+        W = theory.optimal_classifier(H, np.kron(np.eye(K), np.ones((1, n))), lam)
+        errs.append(np.linalg.norm(W - lim.W_limit) / np.linalg.norm(lim.W_limit))
+    # fluctuations are O(n^{-1/2}): 100× more samples → about 10× closer (allow 4×–30×)
+    assert 4 < errs[0] / errs[1] < 30 and errs[1] < 0.05
+    # σ = 0 recovers Theorem 3.1's W* exactly, at any n
+    W0 = theory.optimal_classifier(np.repeat(Hbar, 5, 1), np.kron(np.eye(K), np.ones((1, 5))), lam)
+    np.testing.assert_allclose(W0, theory.perturbed_limit(Hbar, 0.0, lam).W_star, atol=1e-12)
