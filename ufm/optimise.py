@@ -92,11 +92,32 @@ def advance(model, sizes, state, hyper, num, opt_name="gd"):
     """
     new = gd_steps(model, sizes, state, hyper, num, opt_name)
     fresh = (state.diverged_at < 0) & ~_all_finite(new.params)
-    diverged_at = jax.lax.cond(
-        fresh,
-        lambda: gd_steps(model, sizes, state, hyper, num, opt_name, check=True).diverged_at,
-        lambda: state.diverged_at)
-    return new._replace(diverged_at=diverged_at)
+    replay = lambda s, h: gd_steps(model, sizes, s, h, num, opt_name, check=True).diverged_at
+    return new._replace(diverged_at=_replay_where(replay)(fresh, state, hyper))
+
+
+def _replay_where(replay):
+    """f(fresh, state, hyper) -> replay(state, hyper) where `fresh`, else state.diverged_at.
+
+    Under vmap a `lax.cond` on a batched predicate becomes a select that runs both branches, i.e.
+    the replay on every interval. The custom batching rule keeps one real `cond` on any(fresh)
+    instead, recursively for nested vmaps (restarts inside a grid).
+    """
+    @jax.custom_batching.custom_vmap
+    def where_fresh(fresh, state, hyper):
+        return jax.lax.cond(jnp.any(fresh),
+                            lambda: jnp.where(fresh, replay(state, hyper), state.diverged_at),
+                            lambda: state.diverged_at)
+
+    @where_fresh.def_vmap
+    def batched(axis_size, in_batched, fresh, state, hyper):
+        def lift(x, b):
+            return x if b else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x))
+
+        args = jax.tree.map(lift, (fresh, state, hyper), tuple(in_batched))
+        return _replay_where(jax.vmap(replay))(*args), True
+
+    return where_fresh
 
 
 def logged_steps(model, sizes, state, hyper, intervals, log_every, opt_name="gd"):
