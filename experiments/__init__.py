@@ -1,3 +1,5 @@
 """Experiment scripts: one per figure in `figures/`; `python -m experiments` rebuilds them all."""
 SCRIPTS = ("bias_free", "unregularized_bias", "linear_extended", "relu_extended", "appendix_g",
-           "regularized_bias", "perturbed_features", "thresholds", "depthwise_network")
+           "regularized_bias", "perturbed_features", "thresholds", "phase_diagram",
+           "han_decomposition", "mse_vs_ce",
+           "depthwise_network")

@@ -178,3 +178,23 @@ def test_unknown_model_and_small_d_allowed():
     ufm.train("unregularized-bias", d=3, steps=5, log_every=5)  # d = K − 1 is covered
     r = ufm.train("bias-free", d=3, steps=5, log_every=5, allow_small_d=True)
     assert r.theory is None
+
+
+def test_divergence_step_is_exact_under_vmap_and_nested_vmap():
+    """The replay's custom batching rule must give each configuration its own exact step."""
+    model = MODELS["bias-free"]
+    key = jax.random.PRNGKey(5)
+    lrs = jnp.array([0.1, 40.0, 15.0, 0.05])
+    single = [int(ufm.simulate(model, SIZES, key, hyper_of(model, lr=lr), 400, 100).diverged_at)
+              for lr in lrs]
+    assert single[0] == single[3] == -1 and single[1] >= 0 and single[2] >= 0
+    hyper = dict(hyper_of(model), lr=lrs)
+    axes = {k: (0 if k == "lr" else None) for k in hyper}
+    run = lambda h: ufm.simulate(model, SIZES, key, h, 400, 100)
+    batched = jax.jit(jax.vmap(run, in_axes=(axes,)))(hyper)
+    np.testing.assert_array_equal(batched.diverged_at, single)
+    # nested: restarts (inner vmap over keys) inside a grid (outer vmap over lr)
+    keys = jnp.stack([key, key])
+    nested = jax.jit(jax.vmap(lambda h: jax.vmap(lambda k: ufm.simulate(model, SIZES, k, h, 400, 100))(keys),
+                              in_axes=(axes,)))(hyper)
+    np.testing.assert_array_equal(nested.diverged_at, np.stack([single, single], axis=1))

@@ -125,7 +125,7 @@ def run(quick=False, batches=BATCHES, sizes=SIZES):
             row[f"scan_over_{k}"] = None if other is None else row["scan_steps_per_s"] / other
         row["grid"] = []
         for B in batches:  # enough steps that set-up and the final records are negligible
-            g_steps = int(min(steps, max(100 if flops < 1e6 else 30, 50 * budget / B)))
+            g_steps = int(min(steps, max(100 if flops < 1e6 else 10, 20 * budget / B)))
             plain, fast = grid_rates(sz, B, g_steps)
             row["grid"].append({"B": B, "steps": g_steps, "vmap_config_steps_per_s": plain,
                                 "sweep_config_steps_per_s": fast})

@@ -104,6 +104,9 @@ def build_parser():
                                                "with the same --out resumes")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_host_devices(w)
+    w.add_argument("--distributed", action="store_true",
+                   help="several hosts: call jax.distributed.initialize() first (SLURM and other "
+                        "launchers are detected by JAX); run the same command on every host")
     b = sub.add_parser("bench", help="gradient steps per second: scan vs loops, and grids")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.add_argument("--quick", action="store_true", help="10× shorter measurements")
@@ -273,8 +276,9 @@ def cmd_sweep(args, argv):
 def jax_devices_summary():
     import jax
 
-    devs = jax.local_devices()
-    return f"{len(devs)} × {devs[0].device_kind}"
+    devs = jax.devices()
+    hosts = f" on {jax.process_count()} hosts" if jax.process_count() > 1 else ""
+    return f"{len(devs)} × {devs[0].device_kind}{hosts}"
 
 
 def cmd_figures(args):
@@ -290,6 +294,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command in ("sweep", "bench"):
         _use_host_devices(args.host_devices)
+    if getattr(args, "distributed", False):
+        import jax
+
+        jax.distributed.initialize()
     if getattr(args, "x64", False):
         import jax  # the CLI is the caller: it may choose float64 for the whole process
 

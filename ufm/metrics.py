@@ -3,7 +3,11 @@
 Layout: features H [d, N] are class-major with n samples per class (column k·n + i is sample i of
 class k); classifier W [K, d]. Every function works in float32 and float64 alike.
 """
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ufm.geometry import centering, etf_distance, of_distance
 
@@ -77,6 +81,137 @@ def nc3_of(W, H):
     return of_distance(W @ class_means(H, W.shape[0]))
 
 
+def nc1_unnormalised(H, K):
+    """tr(Σ_W Σ_B^†) without the 1/K (the form in Zhu et al. 2021's code); = K·nc1."""
+    return K * nc1(H, K)
+
+
+def _cosines(A):
+    """Pairwise cosines of the columns of A [d, K]  [K, K]."""
+    norms = jnp.linalg.norm(A, axis=0)
+    U = A / jnp.where(norms > 0, norms, 1.0)
+    return U.T @ U
+
+
+def _off_diagonal(C):
+    K = C.shape[0]
+    return C[~np.eye(K, dtype=bool)]  # K is static: a concrete mask works under jit
+
+
+def self_duality(W, H):
+    """‖Wᵀ/‖W‖ − M̄/‖M̄‖‖²  (Papyan et al. 2020, NC3 'convergence to self-duality')."""
+    M = centred_means(H, W.shape[0])
+    unit = lambda A: A / jnp.where(jnp.linalg.norm(A) > 0, jnp.linalg.norm(A), 1.0)
+    return jnp.sum((unit(W.T) - unit(M)) ** 2)
+
+
+def equinorm_features(H, K):
+    """std/mean of ‖h̄_k − h̄_G‖ over classes, population std (Papyan et al. 2020, Fig. 2)."""
+    norms = jnp.linalg.norm(centred_means(H, K), axis=0)
+    return jnp.std(norms) / jnp.mean(norms)
+
+
+def equinorm_features_unbiased(H, K):
+    """As `equinorm_features` with the unbiased (K−1) std, as some later papers report it."""
+    norms = jnp.linalg.norm(centred_means(H, K), axis=0)
+    return jnp.std(norms, ddof=1) / jnp.mean(norms)
+
+
+def equinorm_weights(W):
+    """std/mean of ‖w_k‖ over classes, population std (Papyan et al. 2020, Fig. 2)."""
+    norms = jnp.linalg.norm(W, axis=1)
+    return jnp.std(norms) / jnp.mean(norms)
+
+
+def equinorm_weights_unbiased(W):
+    """As `equinorm_weights` with the unbiased (K−1) std."""
+    norms = jnp.linalg.norm(W, axis=1)
+    return jnp.std(norms, ddof=1) / jnp.mean(norms)
+
+
+def equiangularity_features(H, K):
+    """Population std over k ≠ k' of cos(h̄_k − h̄_G, h̄_k' − h̄_G) (Papyan et al. 2020, Fig. 3)."""
+    return jnp.std(_off_diagonal(_cosines(centred_means(H, K))))
+
+
+def equiangularity_weights(W):
+    """Population std over k ≠ k' of cos(w_k, w_k') (Papyan et al. 2020, Fig. 3)."""
+    return jnp.std(_off_diagonal(_cosines(W.T)))
+
+
+def max_angle_features(H, K):
+    """Avg_{k≠k'} |cos(h̄_k − h̄_G, h̄_k' − h̄_G) + 1/(K−1)| (Papyan et al. 2020, Fig. 4)."""
+    return jnp.mean(jnp.abs(_off_diagonal(_cosines(centred_means(H, K))) + 1.0 / (K - 1)))
+
+
+def max_angle_weights(W):
+    """Avg_{k≠k'} |cos(w_k, w_k') + 1/(K−1)| (Papyan et al. 2020, Fig. 4)."""
+    K = W.shape[0]
+    return jnp.mean(jnp.abs(_off_diagonal(_cosines(W.T)) + 1.0 / (K - 1)))
+
+
+def nc4_mismatch(W, H, b=None):
+    """Fraction of samples where argmax_k (W h + b)_k ≠ argmin_k ‖h − h̄_k‖ (Papyan et al. 2020,
+    NC4: the classifier against the nearest class centre; b = 0 for a bias-free model)."""
+    K = W.shape[0]
+    logits = W @ H + (0.0 if b is None else b[:, None])
+    Hbar = class_means(H, K)
+    dist = jnp.sum((H[:, None, :] - Hbar[:, :, None]) ** 2, axis=0)  # [K, N]
+    return jnp.mean((jnp.argmax(logits, axis=0) != jnp.argmin(dist, axis=0)).astype(H.dtype))
+
+
+def papyan_suite(W, H, b=None):
+    """The rest of SPEC §4 (Papyan et al. 2020's measurements), keyed by name."""
+    K = W.shape[0]
+    return {
+        "self_duality": self_duality(W, H),
+        "equinorm_H": equinorm_features(H, K),
+        "equinorm_W": equinorm_weights(W),
+        "equiangularity_H": equiangularity_features(H, K),
+        "equiangularity_W": equiangularity_weights(W),
+        "max_angle_H": max_angle_features(H, K),
+        "max_angle_W": max_angle_weights(W),
+        "nc4_mismatch": nc4_mismatch(W, H, b),
+    }
+
+
+class HanDecomposition(NamedTuple):
+    """Han, Papyan & Donoho (2022): L = L_NC1 + L_NC2/3 + L_LS⊥ for the augmented classifier."""
+
+    W_ls: jax.Array  # W̃_LS [K, d+1]
+    nc1: jax.Array  # ½ tr(W̃_LS (Σ̃_W + λI) W̃_LSᵀ)
+    nc23: jax.Array  # (1/(2K)) ‖W̃_LS M̃ − I‖²
+    ls_perp: jax.Array  # ½ tr((W̃ − W̃_LS)(Σ̃_T + μ̃_Gμ̃_Gᵀ + λI)(W̃ − W̃_LS)ᵀ)
+    loss: jax.Array  # ½ Avg‖W̃h̃ − y‖² + λ/2‖W̃‖²
+
+
+def han_decomposition(W, b, H, lam):
+    """The MSE decomposition of Han, Papyan & Donoho (SPEC §3.8) with W̃ = [W, b], h̃ = [h; 1].
+
+    W̃_LS = (1/K) M̃ᵀ (Σ̃_T + μ̃_Gμ̃_Gᵀ + λI)⁻¹, M̃ the uncentred augmented class means [d+1, K].
+    W [K, d], b [K] (zeros for a bias-free model), H [d, N] class-major, λ ≥ 0 (λ = 0 needs the
+    augmented second moment to be invertible).
+    """
+    K = W.shape[0]
+    d, N = H.shape
+    Ht = jnp.concatenate([H, jnp.ones((1, N), H.dtype)])  # h̃  [d+1, N]
+    Wt = jnp.concatenate([W, b[:, None]], axis=1)  # W̃  [K, d+1]
+    Mt = class_means(Ht, K)  # [d+1, K]
+    second = Ht @ Ht.T / N  # Σ̃_T + μ̃_G μ̃_Gᵀ
+    reg = lam * jnp.eye(d + 1, dtype=H.dtype)
+    W_ls = jnp.linalg.solve(second + reg, Mt / K).T  # (second + λI) symmetric
+    D = within_class_deviations(Ht, K)
+    Sw = D @ D.T / N  # Σ̃_W (zero row/column for the constant coordinate)
+    E = Wt - W_ls
+    Y = jnp.kron(jnp.eye(K, dtype=H.dtype), jnp.ones((1, N // K), H.dtype))
+    return HanDecomposition(
+        W_ls=W_ls,
+        nc1=0.5 * jnp.trace(W_ls @ (Sw + reg) @ W_ls.T),
+        nc23=jnp.sum((W_ls @ Mt - jnp.eye(K, dtype=H.dtype)) ** 2) / (2 * K),
+        ls_perp=0.5 * jnp.trace(E @ (second + reg) @ E.T),
+        loss=jnp.sum((Wt @ Ht - Y) ** 2) / (2 * N) + lam / 2 * jnp.sum(Wt ** 2))
+
+
 def feature_measurements(H, K, name):
     """NC1 and NC2 (ETF and OF) of one level of features, keyed `nc1_{name}` etc."""
     return {
@@ -120,5 +255,19 @@ __all__ = [
     "nc3_of",
     "feature_measurements",
     "classifier_measurements",
+    "nc1_unnormalised",
+    "self_duality",
+    "equinorm_features",
+    "equinorm_features_unbiased",
+    "equinorm_weights",
+    "equinorm_weights_unbiased",
+    "equiangularity_features",
+    "equiangularity_weights",
+    "max_angle_features",
+    "max_angle_weights",
+    "nc4_mismatch",
+    "papyan_suite",
+    "HanDecomposition",
+    "han_decomposition",
     "total_covariance_split",
 ]

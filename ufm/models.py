@@ -62,16 +62,36 @@ def _plain_init(bias):
     return init
 
 
-def plain_measure(params, sizes):
-    """NC1/NC2 of H, NC2 of W, NC3, norms, and the bias summary where there is one."""
+def plain_measure(params, sizes, hyper):
+    """NC1/NC2 of H, NC2 of W, NC3, norms, Papyan's suite, and with a bias its summary and Han et
+    al.'s decomposition (with their single λ = λ_W for both W and b)."""
     W, H = params["W"], params["H"]
     out = metrics.feature_measurements(H, sizes.K, "H")
     out.update(metrics.classifier_measurements(W, H))
     out["norm_H"] = jnp.linalg.norm(H)
+    out.update(metrics.papyan_suite(W, H, params.get("b")))
     if "b" in params:
         out["b_mean"] = jnp.mean(params["b"])
         out["b_spread"] = jnp.max(params["b"]) - jnp.min(params["b"])
+        han = metrics.han_decomposition(W, params["b"], H, hyper["lam_W"])
+        out.update(han_nc1=han.nc1, han_nc23=han.nc23, han_ls_perp=han.ls_perp)
     return out
+
+
+def cross_entropy_objective(params, hyper, sizes):
+    """(1/N) Σ CE(W h_{k,i} + b, k) + λ_W/2‖W‖² + λ_H/2‖H‖² + λ_b/2‖b‖²  (Zhu et al. 2021).
+
+    params: W [K, d], H [d, N], and b [K] for `ce-bias`; hyper: lam_W, lam_H (and lam_b).
+    """
+    W, H = params["W"], params["H"]
+    logits = W @ H
+    penalty = hyper["lam_W"] / 2 * _sq(W) + hyper["lam_H"] / 2 * _sq(H)
+    if "b" in params:
+        logits = logits + params["b"][:, None]
+        penalty = penalty + hyper["lam_b"] / 2 * _sq(params["b"])
+    Y = one_hot_targets(sizes, logits.dtype)
+    ce = -jnp.sum(Y * jax.nn.log_softmax(logits, axis=0)) / sizes.N
+    return ce + penalty
 
 
 # --- layered (extended / deep) UFM -------------------------------------------------------------
@@ -132,7 +152,7 @@ def _layered_init(depth):
 
 
 def _layered_measure(activation):
-    def measure(params, sizes):
+    def measure(params, sizes, hyper):
         """NC1/NC2 of every feature level (and pre-activation), NC2 of W_L, NC3 on the deepest."""
         depth = _depth(params)
         levels = layered_features(params, activation)
@@ -142,6 +162,7 @@ def _layered_measure(activation):
                 continue  # identical to H_l for the linear model
             out.update(metrics.feature_measurements(H, sizes.K, name))
         out.update(metrics.classifier_measurements(params[f"W{depth}"], levels[f"H{depth}"]))
+        out.update(metrics.papyan_suite(params[f"W{depth}"], levels[f"H{depth}"]))
         out["norm_H1"] = jnp.linalg.norm(params["H1"])
         return out
 
@@ -163,7 +184,7 @@ class Model(NamedTuple):
     """A named UFM: pure functions plus what the CLI and the theory need to know about it.
 
     init(key, sizes, scale) -> params; objective(params, hyper, sizes) -> scalar;
-    measure(params, sizes) -> dict of scalars; hyper_names: the λ's it takes;
+    measure(params, sizes, hyper) -> dict of scalars; hyper_names: the λ's it takes;
     theorem_min_d(K): the smallest d its theorem covers; init_scale: the paper's default;
     theory(hyper, sizes) -> the closed-form prediction (ufm.theory).
     """
@@ -187,6 +208,13 @@ def plain_model(name, bias):
                  lambda hyper, sizes: theory.plain(hyper, sizes, bias))
 
 
+def cross_entropy_model(name, bias):
+    """The cross-entropy UFM (Zhu et al. 2021), bias-free or with a regularized bias."""
+    hyper_names = ("lam_W", "lam_H") + (("lam_b",) if bias else ())
+    return Model(name, _plain_init(bias), cross_entropy_objective, plain_measure, hyper_names,
+                 lambda K: K - 1, 1.0, lambda hyper, sizes: theory.cross_entropy(hyper, sizes, bias))
+
+
 def layered_model(name, depth, activation):
     """Depth-L model with L weight matrices after H_1 (L = 2: the extended UFMs, eqs. 23–24)."""
     if depth < 1:
@@ -205,6 +233,8 @@ MODELS = {
     "regularized-bias": plain_model("regularized-bias", "regularized"),
     "linear-extended": layered_model("linear-extended", 2, "linear"),
     "relu-extended": layered_model("relu-extended", 2, "relu"),
+    "ce": cross_entropy_model("ce", False),
+    "ce-bias": cross_entropy_model("ce-bias", True),
 }
 
 

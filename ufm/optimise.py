@@ -44,7 +44,7 @@ def optimizer(name, lr):
 def record(model, sizes, params, hyper):
     """The objective and the model's measurements at `params` (a dict of scalars)."""
     out = {"objective": model.objective(params, hyper, sizes)}
-    out.update(model.measure(params, sizes))
+    out.update(model.measure(params, sizes, hyper))
     return out
 
 

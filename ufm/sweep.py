@@ -112,6 +112,21 @@ def auto_chunk(model, sizes, restarts, n_points, n_devices, budget_bytes=None):
     return max(n_devices, -(-chunk // unit) * unit if chunk >= unit else -(-chunk // n_devices) * n_devices)
 
 
+def _global(x, sharding):
+    """A host array (identical in every process) as one array sharded over all devices."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _gather(x):
+    """A sharded result as a numpy array in every process (a no-op copy on one host)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def grid_points(axes, seeds):
     """Flattened grid: list of (values by axis name, seed index); the seed axis varies fastest."""
     names = list(axes)
@@ -146,7 +161,7 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
         hyper = {**base, **values}
         check_config(model, sizes, hyper, steps, 1, restarts, allow_small_d)
         hypers.append(hyper)
-    n_devices = n_devices or jax.local_device_count()
+    n_devices = n_devices or jax.device_count()  # all devices of all processes
     chunk = chunk or auto_chunk(model, sizes, restarts, len(points), n_devices)
     if chunk % n_devices:
         raise ValueError(f"chunk (--chunk) must be a multiple of the {n_devices} local devices, "
@@ -159,7 +174,7 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
     key_cfg = {k: v for k, v in config.items() if k != "chunk"}
     chunk_dir = None
     if out:
-        chunk_dir = os.path.join(out, "chunks")
+        chunk_dir = os.path.join(out, "chunks")  # on a shared file system for several hosts
         os.makedirs(chunk_dir, exist_ok=True)
         tag_path = os.path.join(chunk_dir, "config.json")
         tag = fingerprint(key_cfg)
@@ -168,7 +183,7 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
                 if json.load(fh).get("fingerprint") != tag:
                     raise ValueError(f"{out} holds chunks of a different sweep; use another --out "
                                      f"or delete {chunk_dir}")
-        else:
+        elif jax.process_index() == 0:
             doc = json.dumps({"fingerprint": tag, "config": _json_safe(key_cfg)}).encode()
             atomic_write(tag_path, lambda fh: fh.write(doc))
     micro = default_micro_batch() if micro == "auto" else micro
@@ -188,10 +203,9 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
             idx = list(range(lo, hi)) + [hi - 1] * (chunk - (hi - lo))  # pad the last chunk
             stacked = optimise.as_hyper({n: np.array([hypers[i][n] for i in idx]) for n in names})
             keys = jnp.stack([jax.random.PRNGKey(seed + (points[i][1] if seeds else 0)) for i in idx])
-            stacked = jax.device_put(stacked, sharding)
-            keys = jax.device_put(keys, sharding)
-            part = {k: np.asarray(v)[: hi - lo] for k, v in run(keys, stacked).items()}
-            if path:
+            stacked, keys = (jax.tree.map(lambda x: _global(x, sharding), t) for t in (stacked, keys))
+            part = {k: _gather(v)[: hi - lo] for k, v in run(keys, stacked).items()}
+            if path and jax.process_index() == 0:
                 atomic_write(path, lambda fh: np.savez(fh, **part))
         if results is None:
             results = {k: np.empty((len(points),), v.dtype) for k, v in part.items()}
@@ -209,7 +223,9 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
 
 
 def write_sweep(arrays, config, out):
-    """out/sweep.npz and out/sweep.json, atomically."""
+    """out/sweep.npz and out/sweep.json, atomically (by process 0 only, on several hosts)."""
+    if jax.process_index() != 0:
+        return
     atomic_write(os.path.join(out, "sweep.npz"), lambda fh: np.savez(fh, **arrays))
     doc = json.dumps(_json_safe(config), indent=1).encode()
     atomic_write(os.path.join(out, "sweep.json"), lambda fh: fh.write(doc))

@@ -78,6 +78,39 @@ def plain(hyper, sizes, bias=None):
         gram_H=scale_H * Z, gram_W=Z / scale_H, rho_H=scale_H * x, rho_W=x / scale_H)
 
 
+class CrossEntropyPrediction(NamedTuple):
+    """Global minimiser of the cross-entropy UFM (Zhu et al. 2021; SPEC §3.7)."""
+
+    objective: float
+    structure: str  # 'ETF' or 'zero'
+    c: float  # K·√(nλ_Wλ_H)
+    threshold: float  # 1
+    w_norm_sq: float  # ‖w_k‖² for every k
+    feature_scale: float  # h_{k,i} = feature_scale · w_k, √(λ_W/(nλ_H))
+    gram_W: np.ndarray  # WWᵀ = ‖w‖²·K/(K−1)·P  [K, K]
+    b: Optional[float]  # 0 with a regularized bias, None without a bias
+
+
+def cross_entropy(hyper, sizes, bias=False):
+    """SPEC §3.7: W a simplex ETF with ‖w_k‖² = (K−1)/K·√(nλ_H/λ_W)·log(1/√(nλ_Wλ_H) − (K−1)),
+    h = √(λ_W/(nλ_H))·w_k, b = 0; for c ≥ 1 the zero solution (objective log K)."""
+    K, n = sizes.K, sizes.n
+    lam_W, lam_H = float(hyper["lam_W"]), float(hyper["lam_H"])
+    c = K * math.sqrt(n * lam_W * lam_H)
+    scale = math.sqrt(lam_W / (n * lam_H))
+    r2 = 0.0
+    if c < 1:
+        r2 = (K - 1) / K * math.sqrt(n * lam_H / lam_W) * math.log(1 / math.sqrt(n * lam_W * lam_H) - (K - 1))
+    # at the prediction: correct logit s·r², the others −s·r²/(K−1)
+    margin = scale * r2 * K / (K - 1)
+    objective = math.log1p((K - 1) * math.exp(-margin)) + lam_W * K * r2
+    P = np.eye(K) - np.ones((K, K)) / K
+    return CrossEntropyPrediction(
+        objective=objective, structure="ETF" if r2 > 0 else "zero", c=c, threshold=1.0,
+        w_norm_sq=r2, feature_scale=scale, gram_W=r2 * K / (K - 1) * P,
+        b=0.0 if bias else None)
+
+
 class LayeredPrediction(NamedTuple):
     """Global minimiser of the depth-L extended UFM (Theorem 4.1; 4.2 for ReLU, L = 2).
 
