@@ -94,9 +94,10 @@ def plot(out):
         ax.legend(fontsize=8, loc="lower left")
     fig.suptitle(f"Phase diagrams from `ufm sweep`: K={K}, d={cfg['d']}, n={n}, plain GD step "
                  f"{cfg['lr']:g}, {cfg['steps']} steps; plain init N(0,1), extended init std "
-                 f"{cfg['init_scale_ext']:g} with λ_W1={cfg['lam_W1']:g}  [our setting]\nGD is "
-                 f"slowest along the threshold; the three-factor model from a small init falls to "
-                 f"zero well before its threshold", fontsize=11)
+                 f"{cfg['init_scale_ext']:g} with λ_W1={cfg['lam_W1']:g}  [our setting]\nthe GD budget "
+                 f"runs out at small λ (rate ∝ step·λ) and just below the threshold (slowing down); "
+                 f"the three-factor model from a small init falls to zero well before its threshold",
+                 fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     return common.save_figure(fig, out, NAME)
 

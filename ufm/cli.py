@@ -154,6 +154,16 @@ def summary(result):
     return "\n".join(lines)
 
 
+def _model_flags(model, args):
+    """The λ flags as given; a flag the model does not take is a ValueError naming it."""
+    lams = {k: getattr(args, k) for k in HYPER_FLAGS}
+    for name, value in lams.items():
+        if value is not None and name not in model.hyper_names:
+            raise ValueError(f"{flag(name)} does not apply to model {model.name!r} "
+                             f"(it takes: {', '.join(flag(k) for k in model.hyper_names)})")
+    return lams
+
+
 def _progress_bar(total, quiet):
     """A tqdm bar on stderr, created at the first report (so a rejected config shows none)."""
     state = {"done": 0, "bar": None}
@@ -177,12 +187,7 @@ def cmd_train(args):
     from ufm.runner import train, write_result
 
     try:
-        get_model(args.model)
-        lams = {k: getattr(args, k) for k in HYPER_FLAGS}
-        for name, value in lams.items():  # a flag the model does not take is an error
-            if value is not None and name not in MODELS[args.model].hyper_names:
-                raise ValueError(f"{flag(name)} does not apply to model {args.model!r} "
-                                 f"(it takes: {', '.join(flag(k) for k in MODELS[args.model].hyper_names)})")
+        lams = _model_flags(get_model(args.model), args)
         update, bar = _progress_bar(args.steps, args.quiet)
         t0 = time.perf_counter()
         result = train(args.model, K=args.K, n=args.n, d=args.d, steps=args.steps,
@@ -219,11 +224,7 @@ def cmd_sweep(args, argv):
 
     try:
         model = get_model(args.model)
-        lams = {k: getattr(args, k) for k in HYPER_FLAGS}
-        for name, value in lams.items():
-            if value is not None and name not in model.hyper_names:
-                raise ValueError(f"{flag(name)} does not apply to model {args.model!r} "
-                                 f"(it takes: {', '.join(flag(k) for k in model.hyper_names)})")
+        lams = _model_flags(model, args)
         if args.seeds < 0:
             raise ValueError(f"seeds (--seeds) must be >= 0, got {args.seeds}")
         if args.chunk is not None and args.chunk < 1:
