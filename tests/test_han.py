@@ -68,3 +68,8 @@ def test_recorded_along_bias_runs():
     total = r.history["han_nc1"] + r.history["han_nc23"] + r.history["han_ls_perp"]
     np.testing.assert_allclose(total + 5e-3 / 2 * r.history["norm_H"] ** 2, r.history["objective"],
                                rtol=1e-10)
+
+
+def test_not_recorded_for_cross_entropy():
+    r = ufm.train("ce-bias", K=3, n=4, d=5, steps=20, log_every=10)
+    assert not any(k.startswith("han_") for k in r.history)  # an MSE identity only

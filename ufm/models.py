@@ -62,20 +62,26 @@ def _plain_init(bias):
     return init
 
 
-def plain_measure(params, sizes, hyper):
-    """NC1/NC2 of H, NC2 of W, NC3, norms, Papyan's suite, and with a bias its summary and Han et
-    al.'s decomposition (with their single λ = λ_W for both W and b)."""
-    W, H = params["W"], params["H"]
-    out = metrics.feature_measurements(H, sizes.K, "H")
-    out.update(metrics.classifier_measurements(W, H))
-    out["norm_H"] = jnp.linalg.norm(H)
-    out.update(metrics.papyan_suite(W, H, params.get("b")))
-    if "b" in params:
-        out["b_mean"] = jnp.mean(params["b"])
-        out["b_spread"] = jnp.max(params["b"]) - jnp.min(params["b"])
-        han = metrics.han_decomposition(W, params["b"], H, hyper["lam_W"])
-        out.update(han_nc1=han.nc1, han_nc23=han.nc23, han_ls_perp=han.ls_perp)
-    return out
+def plain_measurements(mse):
+    """measure(params, sizes, hyper) for the one-level models: NC1/NC2 of H, NC2 of W, NC3, norms,
+    Papyan's suite, and with a bias its summary; for the MSE models with a bias also Han et al.'s
+    decomposition (an MSE identity; with their single λ = λ_W for both W and b)."""
+
+    def measure(params, sizes, hyper):
+        W, H = params["W"], params["H"]
+        out = metrics.feature_measurements(H, sizes.K, "H")
+        out.update(metrics.classifier_measurements(W, H))
+        out["norm_H"] = jnp.linalg.norm(H)
+        out.update(metrics.papyan_suite(W, H, params.get("b")))
+        if "b" in params:
+            out["b_mean"] = jnp.mean(params["b"])
+            out["b_spread"] = jnp.max(params["b"]) - jnp.min(params["b"])
+            if mse:
+                han = metrics.han_decomposition(W, params["b"], H, hyper["lam_W"])
+                out.update(han_nc1=han.nc1, han_nc23=han.nc23, han_ls_perp=han.ls_perp)
+        return out
+
+    return measure
 
 
 def cross_entropy_objective(params, hyper, sizes):
@@ -203,7 +209,7 @@ def plain_model(name, bias):
     """bias ∈ {None, 'free', 'regularized'}: eqs. 5, 14 and 3."""
     hyper_names = ("lam_W", "lam_H") + (("lam_b",) if bias == "regularized" else ())
     min_d = (lambda K: K - 1) if bias == "free" else (lambda K: K)
-    return Model(name, _plain_init(bias is not None), plain_objective, plain_measure,
+    return Model(name, _plain_init(bias is not None), plain_objective, plain_measurements(True),
                  hyper_names, min_d, 1.0,
                  lambda hyper, sizes: theory.plain(hyper, sizes, bias))
 
@@ -211,7 +217,8 @@ def plain_model(name, bias):
 def cross_entropy_model(name, bias):
     """The cross-entropy UFM (Zhu et al. 2021), bias-free or with a regularized bias."""
     hyper_names = ("lam_W", "lam_H") + (("lam_b",) if bias else ())
-    return Model(name, _plain_init(bias), cross_entropy_objective, plain_measure, hyper_names,
+    return Model(name, _plain_init(bias), cross_entropy_objective, plain_measurements(False),
+                 hyper_names,
                  lambda K: K - 1, 1.0, lambda hyper, sizes: theory.cross_entropy(hyper, sizes, bias))
 
 
