@@ -56,18 +56,9 @@ def load(out, name):
 
 def progress(total, quiet, desc):
     """A tqdm bar on stderr; returns (callback(done), close())."""
-    if quiet:
-        return None, lambda: None
-    from tqdm import tqdm
+    from ufm.progress import progress_bar
 
-    bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
-    state = {"done": 0}
-
-    def update(done):
-        bar.update(done - state["done"])
-        state["done"] = done
-
-    return update, bar.close
+    return progress_bar(total, quiet, desc)
 
 
 def save_figure(fig, out, name):

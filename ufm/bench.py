@@ -60,7 +60,7 @@ def numpy_loop_rate(sizes, steps):
     H = rng.standard_normal((d, N)).astype(np.float32)
     Y = np.kron(np.eye(K, dtype=np.float32), np.ones((1, n), np.float32))
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(steps):  # baseline: what people write by hand, measured on purpose
         R = (W @ H - Y) / N
         gW, gH = R @ H.T + LAM * W, W.T @ R + LAM * H
         W, H = W - LR * gW, H - LR * gH
@@ -79,7 +79,7 @@ def torch_loop_rate(sizes, steps):
     Y = torch.kron(torch.eye(K), torch.ones(1, n))
     opt = torch.optim.SGD([W, H], lr=LR)
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(steps):  # baseline: today's PyTorch loop, measured on purpose
         opt.zero_grad()
         loss = ((W @ H - Y) ** 2).sum() / (2 * N) + LAM / 2 * (W ** 2).sum() + LAM / 2 * (H ** 2).sum()
         loss.backward()
@@ -98,8 +98,7 @@ def grid_rates(sizes, B, steps):
     n_dev = jax.local_device_count()
     while B % n_dev:
         n_dev -= 1
-    micro = sweep.default_micro_batch()
-    micro = None if micro is None else int(np.gcd(B // n_dev, micro))
+    micro = sweep.micro_batch_for(B // n_dev)
     program, sharding = sweep.compiled_chunk(model, sizes, steps, "gd", 1, n_dev, micro)
     args = jax.device_put((keys, hyper), sharding)
     rate_sweep = B * steps / _timed(program, *args)

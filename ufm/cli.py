@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from ufm.models import MODELS
+from ufm.progress import progress_bar
 from ufm.runner import DEFAULTS, HYPER_FLAGS, flag
 
 
@@ -164,31 +165,13 @@ def _model_flags(model, args):
     return lams
 
 
-def _progress_bar(total, quiet):
-    """A tqdm bar on stderr, created at the first report (so a rejected config shows none)."""
-    state = {"done": 0, "bar": None}
-    if quiet:
-        return None, state
-
-    def update(done):
-        if state["bar"] is None:
-            from tqdm import tqdm
-
-            state["bar"] = tqdm(total=total, unit="step", file=sys.stderr, leave=False,
-                                dynamic_ncols=True)
-        state["bar"].update(done - state["done"])
-        state["done"] = done
-
-    return update, state
-
-
 def cmd_train(args):
     from ufm.models import get_model
     from ufm.runner import train, write_result
 
     try:
         lams = _model_flags(get_model(args.model), args)
-        update, bar = _progress_bar(args.steps, args.quiet)
+        update, close = progress_bar(args.steps, args.quiet)
         t0 = time.perf_counter()
         result = train(args.model, K=args.K, n=args.n, d=args.d, steps=args.steps,
                        log_every=args.log_every, seed=args.seed, lr=args.lr,
@@ -199,8 +182,7 @@ def cmd_train(args):
     except ValueError as err:
         print(f"ufm: error: {err}", file=sys.stderr)
         return 2
-    if bar["bar"] is not None:
-        bar["bar"].close()
+    close()
     out = args.out or os.path.join("runs", args.model)
     write_result(result, out)
     print(summary(result))
@@ -241,15 +223,7 @@ def cmd_sweep(args, argv):
         base = sweep.base_hyper(model, {k: fixed.get(k) for k in HYPER_FLAGS},
                                 fixed.get("lr", DEFAULTS["lr"]), fixed.get("init_scale"))
         out = args.out or os.path.join("runs", f"sweep-{args.model}")
-        update, state = None, {}
-        if not args.quiet:
-            def update(done, total):
-                if "bar" not in state:
-                    from tqdm import tqdm
-
-                    state["bar"] = tqdm(total=total, unit="chunk", file=sys.stderr, leave=False)
-                state["bar"].update(done - state["bar"].n)
-
+        update, close = progress_bar(None, args.quiet, unit="chunk")
         t0 = time.perf_counter()
         arrays, config = sweep.run_sweep(
             model, Sizes(args.K, args.n, args.d), base, axes, steps=args.steps, seed=args.seed,
@@ -259,8 +233,7 @@ def cmd_sweep(args, argv):
     except ValueError as err:
         print(f"ufm: error: {err}", file=sys.stderr)
         return 2
-    if "bar" in state:
-        state["bar"].close()
+    close()
     sweep.write_sweep(arrays, config, out)
     n = int(np.prod(config["shape"])) if config["shape"] else 1
     gap = np.abs(arrays["objective"] - arrays["theory_objective"]) / arrays["theory_objective"]

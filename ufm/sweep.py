@@ -76,6 +76,13 @@ def default_micro_batch():
     return 8 if jax.default_backend() == "cpu" else None
 
 
+def micro_batch_for(per_device, micro="auto"):
+    """The group size actually used: `micro` (default: `default_micro_batch()`) reduced to divide
+    each device's share of a chunk; None for one vmap over the share."""
+    micro = default_micro_batch() if micro == "auto" else micro
+    return None if micro is None else math.gcd(per_device, micro)
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_chunk(model, sizes, steps, opt_name, restarts, n_devices, micro=None):
     """jit of the grid program for one chunk: the configuration axis sharded over `n_devices`
@@ -186,9 +193,7 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
         elif jax.process_index() == 0:
             doc = json.dumps({"fingerprint": tag, "config": _json_safe(key_cfg)}).encode()
             atomic_write(tag_path, lambda fh: fh.write(doc))
-    micro = default_micro_batch() if micro == "auto" else micro
-    if micro is not None and (chunk // n_devices) % micro:
-        micro = math.gcd(chunk // n_devices, micro)
+    micro = micro_batch_for(chunk // n_devices, micro)
     run, sharding = compiled_chunk(model, sizes, steps, optimizer, restarts, n_devices, micro)
     names = list(hypers[0])
     results = None
