@@ -1,4 +1,4 @@
-"""Command-line interface: `ufm train MODEL [flags]`.
+"""Command-line interface: `ufm train|sweep|bench|proof|figures …`.
 
 Bad input gets one line on stderr and exit code 2, with nothing written.
 """
@@ -19,10 +19,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ufm: error: {message}\n")
 
 
-def _add_train_flags(p, grid=False):
+def _add_train_flags(p, grid=False, model=True):
     number = str if grid else float  # a sweep parses grids itself (start:stop:num[:log], a,b,c)
     grid_help = " (a grid: start:stop:num, start:stop:num:log, or a,b,c)" if grid else ""
-    p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
+    if model:
+        p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--K", type=int, default=DEFAULTS["K"], help="number of classes (default 4)")
     p.add_argument("--n", type=int, default=DEFAULTS["n"], help="samples per class (default 50)")
     p.add_argument("--d", type=int, default=DEFAULTS["d"], help="feature dimension (default 20)")
@@ -31,7 +32,8 @@ def _add_train_flags(p, grid=False):
                        help=f"{name} (default 5e-3; only for models that have it){grid_help}")
     p.add_argument("--lr", type=number, default=DEFAULTS["lr"],
                    help=f"step size (default 0.1){grid_help}")
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="gradient steps (20000)")
+    p.add_argument("--steps", type=int, default=DEFAULTS["steps"],
+                   help="gradient steps (default 20000; 100000 for proof)")
     p.add_argument("--log-every", type=int, default=DEFAULTS["log_every"],
                    help="record measurements every this many steps (default 500)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
@@ -116,6 +118,15 @@ def build_parser():
                    help="K=4,d=20,n=50 (paper), K=10,d=64,n=100 (large) or both")
     b.add_argument("--x64", action="store_true", help="float64 (default float32)")
     _add_host_devices(b)
+    r = sub.add_parser("proof", help="check every step of a theorem's proof at random points and "
+                                     "at the gradient-descent solution")
+    r.add_argument("theorem", help="one of: 3.1, 3.2, C.1 (Lemma C.1), 4.1, 4.2, 5.1")
+    _add_train_flags(r, model=False)
+    r.set_defaults(steps=100000)  # tightness to 1e-8 needs within-class deviations gone
+    r.add_argument("--random", type=int, default=200, help="random points per step (default 200)")
+    r.add_argument("--sigma", type=float, default=0.1,
+                   help="Theorem 5.1: noise std of the fixed features (default 0.1)")
+    r.add_argument("--out", default=None, help="output folder (default runs/proof-THEOREM)")
     f = sub.add_parser("figures", help="rebuild the figures (python -m experiments)")
     f.add_argument("--only", default=None, help="comma list of figure names")
     f.add_argument("--smoke", action="store_true", help="tiny sizes")
@@ -188,6 +199,38 @@ def cmd_train(args):
     print(summary(result))
     print(f"{elapsed:.2f} s including compilation; wrote {out}/result.json and {out}/params.npz")
     return 1 if result.diverged_at is not None else 0
+
+
+def cmd_proof(args):
+    import json
+
+    from ufm import proofs
+    from ufm.runner import atomic_write
+
+    try:
+        proof = proofs.get_proof(args.theorem)
+        lams = _model_flags(MODELS[proof.model], args)
+        doc = proofs.run_proof(args.theorem, K=args.K, n=args.n, d=args.d, random=args.random,
+                               seed=args.seed, steps=args.steps, lr=args.lr,
+                               restarts=args.restarts, optimizer=args.optimizer,
+                               init_scale=args.init_scale, sigma=args.sigma,
+                               **{k: v for k, v in lams.items() if v is not None})
+    except ValueError as err:
+        print(f"ufm: error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join("runs", f"proof-{proof.theorem}")
+    text = json.dumps(doc, indent=1).encode()
+    atomic_write(os.path.join(out, "proof.json"), lambda fh: fh.write(text))
+    print(proofs.format_table(doc))
+    cfg = doc["config"]
+    if cfg.get("closed_form") is not None:
+        print(f"gradient descent: objective {cfg['objective']:.12g}, closed form "
+              f"{cfg['closed_form']:.12g}")
+    failed = sorted({s["name"] + " (" + s["at"] + ")" for s in doc["summary"]
+                     if s["hold"] < s["points"]})
+    print(f"wrote {out}/proof.json; " + (f"FAILED: {', '.join(failed)}" if failed
+                                         else "every step holds, and is tight at the optimum"))
+    return 1 if failed else 0
 
 
 def _axis_order(argv):
@@ -278,7 +321,8 @@ def main(argv=None):
         jax.config.update("jax_enable_x64", True)
     if args.command == "sweep":
         return cmd_sweep(args, argv)
-    return {"train": cmd_train, "figures": cmd_figures, "bench": cmd_bench}[args.command](args)
+    return {"train": cmd_train, "figures": cmd_figures, "bench": cmd_bench,
+            "proof": cmd_proof}[args.command](args)
 
 
 if __name__ == "__main__":
