@@ -1,5 +1,5 @@
 """Experiment scripts: one per figure in `figures/`; `python -m experiments` rebuilds them all."""
 SCRIPTS = ("bias_free", "unregularized_bias", "linear_extended", "relu_extended", "appendix_g",
            "regularized_bias", "perturbed_features", "thresholds", "phase_diagram",
-           "han_decomposition", "mse_vs_ce",
+           "han_decomposition", "mse_vs_ce", "proof_gaps", "relu_assumption",
            "depthwise_network")

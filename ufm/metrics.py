@@ -12,6 +12,11 @@ import numpy as np
 from ufm.geometry import centering, etf_distance, of_distance
 
 
+def nuclear_norm(A):
+    """‖A‖_* = Σ singular values."""
+    return jnp.sum(jnp.linalg.svd(A, compute_uv=False))
+
+
 def class_means(H, K):
     """H̄ = [h̄_1 … h̄_K]  [d, K] from class-major H [d, N]."""
     d, N = H.shape

@@ -159,7 +159,8 @@ def _layered_init(depth):
 
 def _layered_measure(activation):
     def measure(params, sizes, hyper):
-        """NC1/NC2 of every feature level (and pre-activation), NC2 of W_L, NC3 on the deepest."""
+        """NC1/NC2 of every feature level (and pre-activation), NC2 of W_L, NC3 on the deepest;
+        with ReLU also the nuclear norms of each pre-activation Z_l and of H_l = σ(Z_l)."""
         depth = _depth(params)
         levels = layered_features(params, activation)
         out = {}
@@ -167,6 +168,9 @@ def _layered_measure(activation):
             if activation == "linear" and name.startswith("Z"):
                 continue  # identical to H_l for the linear model
             out.update(metrics.feature_measurements(H, sizes.K, name))
+            if name.startswith("Z"):  # Theorem 4.2's assumption ‖W1H1‖_* = ‖σ(W1H1)‖_*
+                out[f"nuclear_{name}"] = metrics.nuclear_norm(H)
+                out[f"nuclear_H{name[1:]}"] = metrics.nuclear_norm(levels[f"H{name[1:]}"])
         out.update(metrics.classifier_measurements(params[f"W{depth}"], levels[f"H{depth}"]))
         out.update(metrics.papyan_suite(params[f"W{depth}"], levels[f"H{depth}"]))
         out["norm_H1"] = jnp.linalg.norm(params["H1"])

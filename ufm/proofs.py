@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import metrics, theory
+from ufm.metrics import nuclear_norm
 from ufm.models import MODELS, Sizes, layered_features, one_hot_targets, plain_objective
 
 RELATIONS = (">=", "=")
@@ -63,11 +64,6 @@ class Proof(NamedTuple):
 
 
 # --- shared pieces ---------------------------------------------------------------------------------
-
-def nuclear_norm(A):
-    """‖A‖_* = Σ singular values."""
-    return jnp.sum(jnp.linalg.svd(A, compute_uv=False))
-
 
 def _sq(A):
     return jnp.sum(A * A)
@@ -751,3 +747,49 @@ def format_table(doc):
         lines.append(f"{s['name']:34s} {s['at']:8s} {s['relation']:3s} {w['lhs']:14.8g} "
                      f"{w['rhs']:14.8g} {w['gap']:10.2e}  {holds}")
     return "\n".join(lines)
+
+
+def step_gap(step, lhs, rhs):
+    """lhs − rhs for '≥' (≥ 0, 0 when tight); ‖lhs − rhs‖ for '='."""
+    if step.relation == ">=":
+        return lhs - rhs
+    return jnp.sqrt(_sq(lhs - rhs))
+
+
+def gap_trajectory(theorem, sizes, hyper, *, steps, log_every, seed=0, optimizer="gd"):
+    """The gap of every step of a proof along one gradient-descent run of its model, as one scan.
+
+    hyper: the model's λ's with `lr` and `init_scale`. Returns (steps [T], {name: gap [T]}),
+    recorded at step 0 and every `log_every` steps.
+    """
+    from ufm import optimise
+
+    proof = get_proof(theorem)
+    if proof.theorem == "5.1":
+        raise ValueError("theorem 5.1 optimises W for fixed features; its steps have no "
+                         "trajectory of the model to follow")
+    model = MODELS[proof.model]
+    chain = proof.steps(hyper, sizes)
+    point_of = ((lambda p: lemma_c1_point(p["W"], p["H"], hyper["lam_W"], hyper["lam_H"]))
+                if proof.theorem == "C.1" else (lambda p: p))
+    jhyper = optimise.as_hyper(hyper)
+
+    def gaps(params):
+        point = point_of(params)
+        return {s.name: step_gap(s, *s.fn(point)) for s in chain}
+
+    @jax.jit
+    def run(key):
+        state = optimise.init_state(model, sizes, key, jhyper, optimizer)
+
+        def interval(s, _):
+            s = optimise.advance(model, sizes, s, jhyper, log_every, optimizer)
+            return s, (s.step, gaps(s.params))
+
+        _, (at, history) = jax.lax.scan(interval, state, None, length=steps // log_every)
+        first = gaps(state.params)
+        return (jnp.concatenate([state.step[None], at]),
+                {k: jnp.concatenate([first[k][None], v]) for k, v in history.items()})
+
+    at, history = run(jax.random.PRNGKey(seed))
+    return np.asarray(at), {k: np.asarray(v) for k, v in history.items()}
