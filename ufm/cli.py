@@ -11,7 +11,7 @@ import numpy as np
 
 from ufm.models import MODELS
 from ufm.progress import progress_bar
-from ufm.runner import DEFAULTS, HYPER_FLAGS, flag
+from ufm.runner import DEFAULTS, HYPER_FLAGS, flag, parse_counts
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,11 +25,13 @@ def _add_train_flags(p, grid=False, model=True):
     if model:
         p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--K", type=int, default=DEFAULTS["K"], help="number of classes (default 4)")
-    p.add_argument("--n", type=int, default=DEFAULTS["n"], help="samples per class (default 50)")
+    p.add_argument("--n", type=str, default=str(DEFAULTS["n"]),
+                   help="samples per class (default 50), or a comma list of K per-class counts")
     p.add_argument("--d", type=int, default=DEFAULTS["d"], help="feature dimension (default 20)")
     for name in HYPER_FLAGS:
         p.add_argument(flag(name), dest=name, type=number, default=None,
-                       help=f"{name} (default 5e-3; only for models that have it){grid_help}")
+                       help=f"{name} (default {'1' if name.startswith('E_') else '5e-3'}; only for "
+                            f"models that have it){grid_help}")
     p.add_argument("--lr", type=number, default=DEFAULTS["lr"],
                    help=f"step size (default 0.1){grid_help}")
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"],
@@ -46,6 +48,24 @@ def _add_train_flags(p, grid=False, model=True):
     p.add_argument("--allow-small-d", action="store_true",
                    help="run with d below what the theorem needs (theory is then null)")
     p.add_argument("--x64", action="store_true", help="float64 (default float32)")
+    if model:
+        p.add_argument("--loss", choices=("ce", "dot-regression"), default=None,
+                       help="fixed-etf: cross-entropy (default) or dot-regression")
+        p.add_argument("--alpha", choices=("none", "inverse-count"), default=None,
+                       help="constrained models: per-class weights of the loss, none (average "
+                            "over samples, default) or inverse-count (α_k = 1/n_k)")
+        p.add_argument("--mask-softmax", action="store_true",
+                       help="fixed classifiers: softmax over the current session's classes only")
+
+
+def _add_session_flags(p):
+    p.add_argument("--sessions", default=None,
+                   help="fixed-etf/fixed-orthogonal: class-incremental sessions, T (K classes "
+                        "split in order) or a comma list of class counts per session; --steps "
+                        "per session")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="with --sessions: weight of the tie of each session's features to their "
+                        "values when the session starts (seed 000, Extension 2; default 0)")
 
 
 def _add_host_devices(p):
@@ -97,6 +117,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("train", help="run gradient descent on one configuration")
     _add_train_flags(p)
+    _add_session_flags(p)
     p.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     w = sub.add_parser("sweep", help="run a hyperparameter grid as one compiled, vmapped program")
@@ -147,12 +168,15 @@ def summary(result):
     obj = result.final["objective"]
     if result.theory is not None:
         th = result.theory
-        gap = abs(obj - th.objective) / abs(th.objective)
-        where = (f"c = {th.c:.4g} (threshold 1)" if hasattr(th, "c")
-                 else f"K·a = {th.Ka:.4g} (threshold 2^(-4/3) = {th.threshold:.4g})")
-        lines.append(f"objective {obj:.10g}   closed form {th.objective:.10g}   "
-                     f"relative gap {gap:.2e}")
-        lines.append(f"predicted structure: {th.structure}; {where}")
+        gap = abs(obj - th.objective) / max(abs(th.objective), 1e-300)
+        where = (f"; c = {th.c:.4g} (threshold 1)" if hasattr(th, "c")
+                 else f"; K·a = {th.Ka:.4g} (threshold 2^(-4/3) = {th.threshold:.4g})"
+                 if hasattr(th, "Ka") else f"; every feature √E_H·(its class vector), "
+                                            f"√E_H = {th.feature_norm:.4g}")
+        what = "closed form" if result.sessions is None else "closed form without sessions"
+        lines.append(f"objective {obj:.10g}   {what} {th.objective:.10g}   "
+                     f"{'relative' if th.objective else 'absolute'} gap {gap:.2e}")
+        lines.append(f"predicted structure: {th.structure}{where}")
     else:
         lines.append(f"objective {obj:.10g}   (no theorem applies to this setting)")
     if len(result.restart_objectives) > 1:
@@ -161,6 +185,10 @@ def summary(result):
     meas = [f"{k} {_fmt(v)}" for k, v in result.final.items() if k != "objective"]
     for i in range(0, len(meas), 4):
         lines.append("  " + "   ".join(meas[i:i + 4]))
+    for s in result.sessions or []:
+        cos = " ".join(f"{c:.4f}" for c in s["cos_prototype"])
+        lines.append(f"session {s['session']} (classes {s['classes']}, to step {s['end_step']}): "
+                     f"cos(class mean, class vector) = {cos}")
     if result.diverged_at is not None:
         lines.append(f"DIVERGED: the objective became non-finite at step {result.diverged_at}")
     return "\n".join(lines)
@@ -181,14 +209,21 @@ def cmd_train(args):
     from ufm.runner import train, write_result
 
     try:
-        lams = _model_flags(get_model(args.model), args)
-        update, close = progress_bar(args.steps, args.quiet)
+        lams = _model_flags(get_model(args.model, args.loss, args.alpha, args.mask_softmax), args)
+        total = args.steps
+        if args.sessions is not None:
+            from ufm.runner import session_groups
+
+            total *= len(session_groups(args.sessions, args.K))
+        update, close = progress_bar(total, args.quiet)
         t0 = time.perf_counter()
         result = train(args.model, K=args.K, n=args.n, d=args.d, steps=args.steps,
                        log_every=args.log_every, seed=args.seed, lr=args.lr,
                        init_scale=args.init_scale, restarts=args.restarts,
                        optimizer=args.optimizer, allow_small_d=args.allow_small_d,
-                       progress=update, **lams)
+                       progress=update, loss=args.loss, alpha=args.alpha,
+                       mask_softmax=args.mask_softmax, sessions=args.sessions,
+                       distill=args.distill, **lams)
         elapsed = time.perf_counter() - t0
     except ValueError as err:
         print(f"ufm: error: {err}", file=sys.stderr)
@@ -248,7 +283,7 @@ def cmd_sweep(args, argv):
     from ufm.models import Sizes, get_model
 
     try:
-        model = get_model(args.model)
+        model = get_model(args.model, args.loss, args.alpha, args.mask_softmax)
         lams = _model_flags(model, args)
         if args.seeds < 0:
             raise ValueError(f"seeds (--seeds) must be >= 0, got {args.seeds}")
@@ -269,7 +304,7 @@ def cmd_sweep(args, argv):
         update, close = progress_bar(None, args.quiet, unit="chunk")
         t0 = time.perf_counter()
         arrays, config = sweep.run_sweep(
-            model, Sizes(args.K, args.n, args.d), base, axes, steps=args.steps, seed=args.seed,
+            model, Sizes(args.K, parse_counts(args.n), args.d), base, axes, steps=args.steps, seed=args.seed,
             seeds=args.seeds, optimizer=args.optimizer, restarts=args.restarts, chunk=args.chunk,
             out=out, progress=update, allow_small_d=args.allow_small_d)
         elapsed = time.perf_counter() - t0
@@ -279,7 +314,8 @@ def cmd_sweep(args, argv):
     close()
     sweep.write_sweep(arrays, config, out)
     n = int(np.prod(config["shape"])) if config["shape"] else 1
-    gap = np.abs(arrays["objective"] - arrays["theory_objective"]) / arrays["theory_objective"]
+    th = arrays["theory_objective"]
+    gap = np.abs(arrays["objective"] - th) / np.where(th > 0, th, 1.0)  # absolute where f* = 0
     print(f"{args.model}: {n} configurations × {args.steps} steps in {elapsed:.1f} s "
           f"({n * args.steps / elapsed:,.0f} config-steps/s, compilation included) on "
           f"{jax_devices_summary()}")

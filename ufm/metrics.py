@@ -1,7 +1,10 @@
 """Neural-collapse measurements (SPEC §4), pure functions of arrays.
 
-Layout: features H [d, N] are class-major with n samples per class (column k·n + i is sample i of
-class k); classifier W [K, d]. Every function works in float32 and float64 alike.
+Layout: features H [d, N] are class-major (the samples of class 0, then of class 1, …); classifier
+W [K, d]. `classes` (the argument named K) is either the number of classes K, for balanced classes
+of N/K samples each, or the tuple of per-class counts (n_1, …, n_K). Class means are unweighted
+over classes (Σ_B = M̄M̄ᵀ/K, h̄_G = mean of the class means); Σ_W averages over all N samples. Every
+function works in float32 and float64 alike.
 """
 from typing import NamedTuple
 
@@ -17,10 +20,28 @@ def nuclear_norm(A):
     return jnp.sum(jnp.linalg.svd(A, compute_uv=False))
 
 
+def num_classes(classes):
+    """K from `classes` (K itself, or the tuple of per-class counts)."""
+    return len(classes) if isinstance(classes, (tuple, list)) else int(classes)
+
+
+def class_labels(classes, N):
+    """The class of every column [N] (numpy, static)."""
+    counts = classes if isinstance(classes, (tuple, list)) else (N // classes,) * classes
+    return np.repeat(np.arange(len(counts)), counts)
+
+
 def class_means(H, K):
-    """H̄ = [h̄_1 … h̄_K]  [d, K] from class-major H [d, N]."""
+    """H̄ = [h̄_1 … h̄_K]  [d, K] from class-major H [d, N]; K or the per-class counts."""
     d, N = H.shape
-    return H.reshape(d, K, N // K).mean(axis=-1)
+    if not isinstance(K, (tuple, list)):
+        return H.reshape(d, K, N // K).mean(axis=-1)
+    counts = np.asarray(K)
+    if counts.sum() != N:
+        raise ValueError(f"per-class counts {tuple(K)} sum to {counts.sum()}, but H has {N} columns")
+    labels = class_labels(K, N)
+    averaging = (labels[:, None] == np.arange(len(counts))[None, :]) / counts[None, :]  # [N, K]
+    return H @ jnp.asarray(averaging, H.dtype)
 
 
 def centred_means(H, K):
@@ -32,6 +53,8 @@ def centred_means(H, K):
 def within_class_deviations(H, K):
     """h_{k,i} − h̄_k for every column  [d, N]."""
     d, N = H.shape
+    if isinstance(K, (tuple, list)):
+        return H - class_means(H, K)[:, class_labels(K, N)]
     Hk = H.reshape(d, K, N // K)
     return (Hk - Hk.mean(axis=-1, keepdims=True)).reshape(d, N)
 
@@ -46,7 +69,8 @@ def nc1(H, K):
     """
     N = H.shape[1]
     U, s, _ = jnp.linalg.svd(centred_means(H, K), full_matrices=False)
-    U, s = U[:, : K - 1], s[: K - 1]  # rank(M̄) ≤ K − 1: columns sum to zero
+    k = num_classes(K)
+    U, s = U[:, : k - 1], s[: k - 1]  # rank(M̄) ≤ K − 1: columns sum to zero
     cutoff = s[0] * max(H.shape) * jnp.finfo(H.dtype).eps
     keep = s > cutoff
     proj = jnp.sum((U.T @ within_class_deviations(H, K)) ** 2, axis=1)
@@ -76,19 +100,19 @@ def nc2_of_weights(W):
     return of_distance(W @ W.T)
 
 
-def nc3_etf(W, H):
+def nc3_etf(W, H, classes=None):
     """NC3-ETF: ‖W M̄/‖W M̄‖ − P/√(K−1)‖ (alignment with the centred means)."""
-    return etf_distance(W @ centred_means(H, W.shape[0]))
+    return etf_distance(W @ centred_means(H, classes or W.shape[0]))
 
 
-def nc3_of(W, H):
+def nc3_of(W, H, classes=None):
     """NC3-OF: ‖W H̄/‖W H̄‖ − I/√K‖ (alignment with the uncentred means)."""
-    return of_distance(W @ class_means(H, W.shape[0]))
+    return of_distance(W @ class_means(H, classes or W.shape[0]))
 
 
 def nc1_unnormalised(H, K):
     """tr(Σ_W Σ_B^†) without the 1/K (the form in Zhu et al. 2021's code); = K·nc1."""
-    return K * nc1(H, K)
+    return num_classes(K) * nc1(H, K)
 
 
 def _cosines(A):
@@ -103,9 +127,9 @@ def _off_diagonal(C):
     return C[~np.eye(K, dtype=bool)]  # K is static: a concrete mask works under jit
 
 
-def self_duality(W, H):
+def self_duality(W, H, classes=None):
     """‖Wᵀ/‖W‖ − M̄/‖M̄‖‖²  (Papyan et al. 2020, NC3 'convergence to self-duality')."""
-    M = centred_means(H, W.shape[0])
+    M = centred_means(H, classes or W.shape[0])
     unit = lambda A: A / jnp.where(jnp.linalg.norm(A) > 0, jnp.linalg.norm(A), 1.0)
     return jnp.sum((unit(W.T) - unit(M)) ** 2)
 
@@ -146,7 +170,8 @@ def equiangularity_weights(W):
 
 def max_angle_features(H, K):
     """Avg_{k≠k'} |cos(h̄_k − h̄_G, h̄_k' − h̄_G) + 1/(K−1)| (Papyan et al. 2020, Fig. 4)."""
-    return jnp.mean(jnp.abs(_off_diagonal(_cosines(centred_means(H, K))) + 1.0 / (K - 1)))
+    k = num_classes(K)
+    return jnp.mean(jnp.abs(_off_diagonal(_cosines(centred_means(H, K))) + 1.0 / (k - 1)))
 
 
 def max_angle_weights(W):
@@ -155,28 +180,27 @@ def max_angle_weights(W):
     return jnp.mean(jnp.abs(_off_diagonal(_cosines(W.T)) + 1.0 / (K - 1)))
 
 
-def nc4_mismatch(W, H, b=None):
+def nc4_mismatch(W, H, b=None, classes=None):
     """Fraction of samples where argmax_k (W h + b)_k ≠ argmin_k ‖h − h̄_k‖ (Papyan et al. 2020,
     NC4: the classifier against the nearest class centre; b = 0 for a bias-free model)."""
-    K = W.shape[0]
     logits = W @ H + (0.0 if b is None else b[:, None])
-    Hbar = class_means(H, K)
+    Hbar = class_means(H, classes or W.shape[0])
     dist = jnp.sum((H[:, None, :] - Hbar[:, :, None]) ** 2, axis=0)  # [K, N]
     return jnp.mean((jnp.argmax(logits, axis=0) != jnp.argmin(dist, axis=0)).astype(H.dtype))
 
 
-def papyan_suite(W, H, b=None):
+def papyan_suite(W, H, b=None, classes=None):
     """The rest of SPEC §4 (Papyan et al. 2020's measurements), keyed by name."""
-    K = W.shape[0]
+    K = classes or W.shape[0]
     return {
-        "self_duality": self_duality(W, H),
+        "self_duality": self_duality(W, H, K),
         "equinorm_H": equinorm_features(H, K),
         "equinorm_W": equinorm_weights(W),
         "equiangularity_H": equiangularity_features(H, K),
         "equiangularity_W": equiangularity_weights(W),
         "max_angle_H": max_angle_features(H, K),
         "max_angle_W": max_angle_weights(W),
-        "nc4_mismatch": nc4_mismatch(W, H, b),
+        "nc4_mismatch": nc4_mismatch(W, H, b, K),
     }
 
 
@@ -226,13 +250,13 @@ def feature_measurements(H, K, name):
     }
 
 
-def classifier_measurements(W, H):
+def classifier_measurements(W, H, classes=None):
     """NC2 of the classifier W [K, d] and NC3 of W against the features H [d, N] it reads."""
     return {
         "nc2_etf_W": nc2_etf_weights(W),
         "nc2_of_W": nc2_of_weights(W),
-        "nc3_etf": nc3_etf(W, H),
-        "nc3_of": nc3_of(W, H),
+        "nc3_etf": nc3_etf(W, H, classes),
+        "nc3_of": nc3_of(W, H, classes),
         "norm_W": jnp.linalg.norm(W),
     }
 
@@ -243,11 +267,14 @@ def total_covariance_split(H, K):
     D = within_class_deviations(H, K)
     M = centred_means(H, K)
     Hc = H - H.mean(axis=1, keepdims=True)
-    return Hc @ Hc.T / N, D @ D.T / N, M @ M.T / K
+    return Hc @ Hc.T / N, D @ D.T / N, M @ M.T / num_classes(K)
 
 
 __all__ = [
     "centering",
+    "num_classes",
+    "class_labels",
+    "nuclear_norm",
     "class_means",
     "centred_means",
     "within_class_deviations",

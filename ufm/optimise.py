@@ -51,6 +51,8 @@ def record(model, sizes, params, hyper):
 def init_state(model, sizes, key, hyper, opt_name="gd"):
     """Gaussian initialisation with std hyper['init_scale'] (a scalar or a dict per block)."""
     params = model.init(key, sizes, hyper["init_scale"])
+    if model.project is not None:  # start feasible
+        params = model.project(params, hyper, sizes)
     opt_state = optimizer(opt_name, hyper["lr"]).init(params)
     return State(params, opt_state, jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32))
 
@@ -74,6 +76,8 @@ def gd_steps(model, sizes, state, hyper, num, opt_name="gd", check=False, unroll
             grads = jax.grad(model.objective)(s.params, hyper, sizes)
         updates, opt_state = opt.update(grads, s.opt_state, s.params)
         params = optax.apply_updates(s.params, updates)
+        if model.project is not None:  # projected gradient descent onto the constraint set
+            params = model.project(params, hyper, sizes)
         diverged_at = s.diverged_at
         if check:
             bad = (diverged_at < 0) & ~(jnp.isfinite(loss) & _all_finite(params))
@@ -247,3 +251,73 @@ def best_restart(trajs):
 def pick(trajs, index):
     """Restart `index` of a vmapped Trajectory."""
     return jax.tree.map(lambda v: v[index], trajs)
+
+
+class Sessions(NamedTuple):
+    """Class-incremental sessions (`simulate_sessions`): what each session ended with."""
+
+    groups: tuple  # the classes of each session
+    features: np.ndarray  # H at the end of each session  [T, d, N]
+    records: list  # the measurements at the end of each session (dicts of floats)
+    ends: list  # the global step at which each session ended
+
+
+def session_hyper(hyper, sizes, group, anchor=None, distill=0.0):
+    """hyper for one session: only `group`'s samples active, its classes in the softmax mask, and
+    with distill > 0 the features tied to `anchor` (their values when the session starts)."""
+    from ufm.metrics import class_labels
+
+    dtype = jnp.result_type(float)
+    labels = class_labels(sizes.counts, sizes.N)
+    h = dict(hyper, active=jnp.asarray(np.isin(labels, group), dtype),
+             logit_mask=jnp.asarray(np.isin(np.arange(sizes.K), group), dtype))
+    if distill > 0:
+        h.update(anchor=anchor, distill=jnp.asarray(distill, dtype))
+    return h
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_session(model, sizes, steps, log_every, opt_name):
+    def run(state, hyper):
+        state = state._replace(opt_state=optimizer(opt_name, hyper["lr"]).init(state.params))
+        state, (steps_log, hist) = logged_steps(model, sizes, state, hyper, steps // log_every,
+                                                log_every, opt_name)
+        if steps % log_every:
+            state = advance(model, sizes, state, hyper, steps % log_every, opt_name)
+            last = record(model, sizes, state.params, hyper)
+            steps_log = jnp.concatenate([steps_log, state.step[None]])
+            hist = jax.tree.map(lambda h, v: jnp.concatenate([h, v[None]]), hist, last)
+        return state, steps_log, hist
+
+    return jax.jit(run)
+
+
+def simulate_sessions(model, sizes, key, hyper, groups, steps, log_every, opt_name="gd",
+                      distill=0.0, progress=None):
+    """Class-incremental training (Yang et al.'s Neural Collapse Terminus, seed 000): session t
+    runs `steps` optimiser steps on the features of the classes in groups[t] only (the others
+    frozen: their loss is not counted), with the classifier fixed throughout.
+
+    Each session is one compiled scan (the same program for every session: the masks are
+    arrays); the Python loop is over sessions. Returns (Trajectory over all sessions, Sessions).
+    """
+    state = jax.jit(functools.partial(init_state, model, sizes, opt_name=opt_name))(key, hyper)
+    run = _compiled_session(model, sizes, steps, log_every, opt_name)
+    first = session_hyper(hyper, sizes, groups[0], state.params["H"], distill)
+    steps_log = [np.zeros(1, np.int64)]
+    hist = [jax.tree.map(lambda v: np.asarray(v)[None], jax.jit(functools.partial(
+        record, model, sizes))(state.params, first))]
+    features, records, ends = [], [], []
+    for t, group in enumerate(groups):
+        h = session_hyper(hyper, sizes, group, state.params["H"], distill)
+        state, s_log, s_hist = run(state, h)
+        steps_log.append(np.asarray(s_log))
+        hist.append(jax.tree.map(np.asarray, s_hist))
+        features.append(np.asarray(state.params["H"]))
+        records.append({k: float(v[-1]) for k, v in s_hist.items()})
+        ends.append(int(state.step))
+        if progress:
+            progress((t + 1) * steps)
+    history = jax.tree.map(lambda *xs: np.concatenate(xs), *hist)
+    traj = Trajectory(state.params, np.concatenate(steps_log), history, state.diverged_at)
+    return traj, Sessions(tuple(tuple(g) for g in groups), np.stack(features), records, ends)

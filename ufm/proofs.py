@@ -674,8 +674,11 @@ def run_proof(theorem, *, K=4, n=10, d=8, random=200, seed=0, steps=50000, lr=0.
     Returns the proof.json document {"theorem", "config", "steps": rows, "summary"}; rows as in
     `evaluate`, with the random points' index and kind. ValueError (naming the flag) on bad input.
     """
-    from ufm.runner import check_config, flag, hyper_for
+    from ufm.runner import check_config, flag, hyper_for, parse_counts
 
+    n = parse_counts(n)
+    if isinstance(n, tuple):
+        raise ValueError(f"n (--n) must be one count for the proofs (balanced classes), got {n}")
     proof = get_proof(theorem)
     model = MODELS[proof.model]
     sizes = Sizes(K, n, d)

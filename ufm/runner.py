@@ -12,12 +12,14 @@ import numpy as np
 
 from ufm import theory as theory_mod
 from ufm import optimise
-from ufm.models import MODELS, Sizes, get_model
+from ufm import metrics
+from ufm.models import FRAMES, MODELS, Sizes, get_model
 
 DEFAULT_LAMBDA = 5e-3
 DEFAULTS = dict(K=4, n=50, d=20, lr=0.1, steps=20000, log_every=500, seed=0, restarts=1,
                 optimizer="gd")
-HYPER_FLAGS = ("lam_W", "lam_H", "lam_b", "lam_W1", "lam_W2", "lam_H1")
+HYPER_FLAGS = ("lam_W", "lam_H", "lam_b", "lam_W1", "lam_W2", "lam_H1", "E_H", "E_W")
+DEFAULT_BOUND = 1.0  # E_H, E_W: squared-norm bounds of the constrained models
 
 
 def flag(name):
@@ -29,19 +31,41 @@ def _named(name):
     return f"{name} ({flag(name)})"
 
 
+def parse_counts(n):
+    """`--n`: one count, or a comma list / sequence of per-class counts (an int, or a tuple of
+    ints; equal counts collapse to one int so the balanced theorems apply). ValueError otherwise."""
+    if isinstance(n, str):
+        try:
+            n = [int(v) for v in n.split(",")] if "," in n else int(n)
+        except ValueError:
+            raise ValueError(f"{_named('n')} must be an integer or a comma list of integers "
+                             f"(one per class), got {n!r}") from None
+    if isinstance(n, (list, tuple, np.ndarray)):
+        n = tuple(int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v
+                  for v in n)
+        if len(set(n)) == 1:
+            return n[0]
+    return n
+
+
 def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_small_d=False):
     """Raise ValueError naming the parameter, the value and what is allowed; return nothing.
 
     `hyper`: the model's λ's with `lr` and `init_scale`. Runs before anything is traced.
     """
-    for name, value in (("K", sizes.K), ("n", sizes.n), ("d", sizes.d), ("steps", steps),
-                        ("log_every", log_every), ("restarts", restarts)):
+    counts = sizes.n if isinstance(sizes.n, tuple) else (sizes.n,)
+    for name, value in (("K", sizes.K), *(("n", c) for c in counts), ("d", sizes.d),
+                        ("steps", steps), ("log_every", log_every), ("restarts", restarts)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{_named(name)} must be an integer, got {value!r}")
     if sizes.K < 2:
         raise ValueError(f"{_named('K')} must be >= 2, got {sizes.K}")
+    if isinstance(sizes.n, tuple) and len(sizes.n) != sizes.K:
+        raise ValueError(f"{_named('n')} has {len(sizes.n)} per-class counts "
+                         f"{','.join(map(str, sizes.n))} but K (--K) is {sizes.K}: give one count "
+                         f"or exactly K")
     for name in ("n", "d", "steps", "log_every", "restarts"):
-        value = {"n": sizes.n, "d": sizes.d, "steps": steps, "log_every": log_every,
+        value = {"n": min(counts), "d": sizes.d, "steps": steps, "log_every": log_every,
                  "restarts": restarts}[name]
         if value < 1:
             raise ValueError(f"{_named(name)} must be >= 1, got {value}")
@@ -51,6 +75,10 @@ def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_smal
             if not math.isfinite(v) or v < 0:
                 what = _named(name) if part is None else f"{_named(name)}[{part!r}]"
                 raise ValueError(f"{what} must be finite and >= 0, got {v}")
+    for name in ("E_H", "E_W"):
+        if name in hyper and float(hyper[name]) <= 0:
+            raise ValueError(f"{_named(name)} must be > 0 (a squared-norm bound), "
+                             f"got {float(hyper[name])}")
     if float(hyper["lr"]) <= 0:
         raise ValueError(f"{_named('lr')} must be > 0, got {float(hyper['lr'])}")
     need = model.theorem_min_d(sizes.K)
@@ -71,8 +99,8 @@ def hyper_for(model, lams, lr, init_scale):
             takes = ", ".join(model.hyper_names)
             raise ValueError(f"{_named(name)} does not apply to model {model.name!r} "
                              f"(it takes: {takes})")
-    hyper = {k: DEFAULT_LAMBDA if lams.get(k) is None else float(lams[k])
-             for k in model.hyper_names}
+    default = lambda k: DEFAULT_BOUND if k.startswith("E_") else DEFAULT_LAMBDA
+    hyper = {k: default(k) if lams.get(k) is None else float(lams[k]) for k in model.hyper_names}
     hyper["lr"] = float(lr)
     if isinstance(init_scale, dict):  # a std per block, e.g. {"W2": 0.1, "W1": 0.1, "H1": 0.2}
         hyper["init_scale"] = {k: float(v) for k, v in init_scale.items()}
@@ -90,6 +118,38 @@ def predict(model, sizes, hyper):
     return model.theory(hyper, sizes)
 
 
+def session_groups(sessions, K):
+    """The classes of each incremental session from `--sessions`: T (K classes split in order into
+    T near-equal consecutive groups), a comma list / sequence of class counts per session, or a
+    sequence of sequences of class indices (any order). ValueError unless every class is in
+    exactly one session."""
+    if isinstance(sessions, str):
+        try:
+            sessions = [int(v) for v in sessions.split(",")] if "," in sessions else int(sessions)
+        except ValueError:
+            raise ValueError(f"sessions (--sessions) must be a number of sessions or a comma list "
+                             f"of class counts per session, got {sessions!r}") from None
+    if isinstance(sessions, (int, np.integer)) and not isinstance(sessions, bool):
+        if not 1 <= sessions <= K:
+            raise ValueError(f"sessions (--sessions) must be between 1 and K={K}, got {sessions}")
+        return tuple(tuple(int(c) for c in g) for g in np.array_split(np.arange(K), sessions))
+    sessions = list(sessions)
+    if sessions and all(isinstance(v, (int, np.integer)) for v in sessions):  # counts
+        if any(v < 1 for v in sessions) or sum(sessions) != K:
+            raise ValueError(f"sessions (--sessions) {','.join(map(str, sessions))} must be "
+                             f"positive class counts summing to K={K} (got a total of "
+                             f"{sum(sessions)}): every class must be in one session")
+        edges = np.cumsum([0] + sessions)
+        return tuple(tuple(range(a, b)) for a, b in zip(edges[:-1], edges[1:]))
+    groups = tuple(tuple(int(c) for c in g) for g in sessions)
+    flat = sorted(c for g in groups for c in g)
+    if flat != list(range(K)) or any(len(g) == 0 for g in groups):
+        missing = sorted(set(range(K)) - set(flat))
+        raise ValueError(f"sessions {groups} must put every class 0…{K - 1} in exactly one "
+                         f"non-empty session (missing: {missing}, listed: {flat})")
+    return groups
+
+
 class Result(NamedTuple):
     model: str
     config: dict  # every setting, defaults included
@@ -100,30 +160,54 @@ class Result(NamedTuple):
     theory: Optional[tuple]  # closed-form prediction (ufm.theory) or None
     diverged_at: Optional[int]
     restart_objectives: list  # final objective of every restart
+    sessions: Optional[list] = None  # incremental sessions: one dict per session
 
 
 def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
           log_every=DEFAULTS["log_every"], seed=0, lr=DEFAULTS["lr"], init_scale=None,
-          restarts=1, optimizer="gd", allow_small_d=False, progress=None, **lams):
+          restarts=1, optimizer="gd", allow_small_d=False, progress=None, loss=None, alpha=None,
+          mask_softmax=False, sessions=None, distill=0.0, **lams):
     """Validate, run gradient descent compiled (R restarts vmapped, best kept), return a Result.
 
     lams: the model's λ's by name (lam_W, lam_H, lam_b, lam_W1, lam_W2, lam_H1); unset ones are
-    5e-3. dtype follows the caller's jax_enable_x64. `progress(steps_done)` is called between
-    compiled chunks of the scan.
+    5e-3 (E_H, E_W: 1). dtype follows the caller's jax_enable_x64. `progress(steps_done)` is called
+    between compiled chunks of the scan. loss, alpha, mask_softmax: variants of the constrained
+    models; sessions (see `session_groups`) runs class-incremental sessions of `steps` steps each,
+    with `distill` the weight of the tie to the previous session's features.
     """
-    spec = get_model(model)
+    spec = get_model(model, loss, alpha, mask_softmax)
     unknown = set(lams) - set(HYPER_FLAGS)
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)}; known: {HYPER_FLAGS}")
     if optimizer not in optimise.OPTIMIZERS:
         raise ValueError(f"optimizer (--optimizer) must be one of {optimise.OPTIMIZERS}, "
                          f"got {optimizer!r}")
+    n = parse_counts(n)
     sizes = Sizes(K, n, d)
     hyper = hyper_for(spec, lams, lr, init_scale)
     check_config(spec, sizes, hyper, steps, log_every, restarts, allow_small_d)
+    distill = float(distill)
+    if not (math.isfinite(distill) and distill >= 0):
+        raise ValueError(f"distill (--distill) must be finite and >= 0, got {distill}")
+    if sessions is None and distill > 0:
+        raise ValueError("distill (--distill) ties a session's features to the previous "
+                         "session's: it needs --sessions")
+    groups = None
+    if sessions is not None:
+        if spec.project is None or "W" in spec.init(jax.random.PRNGKey(0), Sizes(2, 1, 2), 1.0):
+            raise ValueError(f"sessions (--sessions) need a fixed classifier (fixed-etf, "
+                             f"fixed-orthogonal), not {model!r}")
+        if restarts != 1:
+            raise ValueError(f"restarts (--restarts) must be 1 with --sessions, got {restarts}")
+        groups = session_groups(sessions, K)
     key = jax.random.PRNGKey(seed)
     jhyper = optimise.as_hyper(hyper)
-    if progress is not None:  # compiled chunks with reports in between
+    session_info = None
+    if groups is not None:
+        traj, done = optimise.simulate_sessions(spec, sizes, key, jhyper, groups, steps,
+                                                log_every, optimizer, distill, progress)
+        session_info = _session_dicts(spec, sizes, traj.params, done)
+    elif progress is not None:  # compiled chunks with reports in between
         keys = jax.random.split(key, restarts) if restarts > 1 else key
         hyp = optimise.broadcast_hyper(jhyper, restarts) if restarts > 1 else jhyper
         traj = optimise.simulate_with_progress(spec, sizes, keys, hyp, steps, log_every,
@@ -131,7 +215,7 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     else:
         traj = optimise.compiled_simulation(spec, sizes, steps, log_every, optimizer,
                                             restarts)(key, jhyper)
-    if restarts > 1:
+    if restarts > 1 and groups is None:
         restart_obj = [float(v) for v in np.asarray(traj.history["objective"][:, -1])]
         traj = optimise.pick(traj, optimise.best_restart(traj))
     else:
@@ -141,12 +225,31 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     config = dict(model=model, K=K, n=n, d=d, steps=steps, log_every=log_every, seed=seed,
                   restarts=restarts, optimizer=optimizer, allow_small_d=allow_small_d,
                   dtype=str(jnp.result_type(float)), **hyper)
+    if model in FRAMES:
+        config.update(loss=loss or "ce", alpha=alpha or "none", mask_softmax=bool(mask_softmax),
+                      sessions=None if groups is None else [list(g) for g in groups],
+                      distill=distill)
     return Result(
         model=model, config=config, params=jax.tree.map(np.asarray, traj.params),
         steps=np.asarray(traj.steps), history=history,
         final={k: float(v[-1]) for k, v in history.items()},
         theory=predict(spec, sizes, hyper), diverged_at=None if diverged_at < 0 else diverged_at,
-        restart_objectives=restart_obj)
+        restart_objectives=restart_obj, sessions=session_info)
+
+
+def _session_dicts(model, sizes, params, done):
+    """One dict per session: its classes, the step it ended at, the cosine of every class mean
+    with its class vector [K] and its last measurements."""
+    E = np.asarray(params["E"], np.float64)
+    out = []
+    for t, (group, H, rec, end) in enumerate(zip(done.groups, done.features, done.records,
+                                                 done.ends)):
+        means = np.asarray(metrics.class_means(jnp.asarray(H, jnp.float64) if H.dtype == np.float64
+                                               else jnp.asarray(H), sizes.classes), np.float64)
+        cos = np.sum(means * E, axis=0) / (np.linalg.norm(means, axis=0) * np.linalg.norm(E, axis=0))
+        out.append({"session": t, "classes": list(group), "end_step": end,
+                    "cos_prototype": cos.tolist(), "final": rec})
+    return out
 
 
 def _json_safe(obj):
@@ -177,6 +280,7 @@ def result_dict(result):
         "diverged_at": result.diverged_at,
         "restarts": {"objectives": result.restart_objectives,
                      "spread": (max(finite) - min(finite)) if finite else None},
+        **({"sessions": result.sessions} if result.sessions is not None else {}),
     })
 
 

@@ -20,7 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ufm import optimise
 from ufm.runner import _json_safe, atomic_write, check_config, flag, hyper_for, predict
 
-SWEEPABLE = ("lam_W", "lam_H", "lam_b", "lam_W1", "lam_W2", "lam_H1", "lr", "init_scale")
+SWEEPABLE = ("lam_W", "lam_H", "lam_b", "lam_W1", "lam_W2", "lam_H1", "E_H", "E_W", "lr",
+             "init_scale")
 
 
 def parse_axis(name, text):

@@ -237,6 +237,42 @@ def perturbed_limit(Hbar_star, sigma, lam_W):
     return PerturbedPrediction(kappa, W_star, kappa * W_star)
 
 
+class PrototypePrediction(NamedTuple):
+    """Fixed classifier with ‖h‖² ≤ E_H (SPEC §3.9): every h_{k,i} = √E_H·c_k, for any counts.
+
+    For the layer-peeled model (learnable W, ‖w_k‖² ≤ E_W) only with balanced classes: W a simplex
+    ETF of norm √E_W and h_{k,i} = √E_H·w_k/‖w_k‖.
+    """
+
+    objective: float  # Σ_k α_k Σ_i ℓ*  (no sessions)
+    structure: str  # 'prototypes' (fixed classifier) or 'ETF' (layer-peeled model)
+    loss_per_sample: float  # ℓ* at the optimum
+    feature_norm: float  # √E_H
+    margin: float  # logit of the true class minus any other at the optimum
+
+
+def prototypes(hyper, sizes, frame, loss="ce", alpha="none"):
+    """Closed form of the fixed-ETF / fixed-orthogonal / layer-peeled models (SPEC §3.9), or None
+    (layer-peeled model with imbalanced classes: minority collapse, no closed form)."""
+    K = sizes.K
+    r = math.sqrt(float(hyper["E_H"]))
+    if frame == "etf":
+        margin = r * K / (K - 1)  # e_kᵀh − e_jᵀh with e_jᵀe_k = −1/(K−1)
+    elif frame == "orthogonal":
+        margin = r  # q_kᵀh = √E_H, q_jᵀh = 0
+    elif frame == "learnable":
+        if not sizes.balanced:
+            return None
+        margin = r * math.sqrt(float(hyper["E_W"])) * K / (K - 1)
+    else:
+        raise ValueError(f"frame must be 'etf', 'orthogonal' or 'learnable', got {frame!r}")
+    per_sample = 0.0 if loss == "dot-regression" else math.log1p((K - 1) * math.exp(-margin))
+    total_weight = K if alpha == "inverse-count" else 1.0
+    return PrototypePrediction(total_weight * per_sample,
+                               "ETF" if frame == "learnable" else "prototypes", per_sample, r,
+                               margin)
+
+
 def as_dict(prediction):
     """A prediction as a JSON-ready dict (arrays to nested lists), or None."""
     if prediction is None:
