@@ -344,7 +344,10 @@ def _project_features(halfspace, mask_softmax=False):
             dot = jnp.sum(A * H, axis=0)
             norm2 = jnp.sum(A * A, axis=0)  # 0 only for a one-class masked session: no constraint
             H = H - jnp.minimum(dot, 0.0) / jnp.where(norm2 > 0, norm2, 1.0) * A
-        out = dict(params, H=_into_ball(H, hyper["E_H"], axis=0))
+        H = _into_ball(H, hyper["E_H"], axis=0)
+        if "active" in hyper:  # in a session, the frozen features are left exactly as they are
+            H = jnp.where(hyper["active"][None, :] > 0, H, params["H"])
+        out = dict(params, H=H)
         if "W" in params:
             out["W"] = _into_ball(params["W"], hyper["E_W"], axis=1)
         return out
@@ -405,7 +408,10 @@ def _constrained_measurements(params, sizes, hyper, halfspace, mask_softmax):
     out.update(metrics.feature_measurements(H, sizes.classes, "H"))
     if halfspace:
         A = _other_class_sums(params["E"], sizes, hyper, mask_softmax)
-        out["halfspace_min"] = jnp.min(jnp.sum(A * H, axis=0))  # Σ_{j≠k} hᵀq_j, ≥ 0 for the OF
+        dot = jnp.sum(A * H, axis=0)  # Σ_{j≠k} hᵀq_j ≥ 0, for the features being optimised
+        if "active" in hyper:
+            dot = jnp.where(hyper["active"] > 0, dot, jnp.inf)
+        out["halfspace_min"] = jnp.min(dot)
     if "W" in params:
         W = params["W"]
         out.update(metrics.classifier_measurements(W, H, sizes.classes))

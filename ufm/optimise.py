@@ -304,6 +304,7 @@ def simulate_sessions(model, sizes, key, hyper, groups, steps, log_every, opt_na
     state = jax.jit(functools.partial(init_state, model, sizes, opt_name=opt_name))(key, hyper)
     run = _compiled_session(model, sizes, steps, log_every, opt_name)
     first = session_hyper(hyper, sizes, groups[0], state.params["H"], distill)
+    state = state._replace(params=model.project(state.params, first, sizes))  # session 0's set
     steps_log = [np.zeros(1, np.int64)]
     hist = [jax.tree.map(lambda v: np.asarray(v)[None], jax.jit(functools.partial(
         record, model, sizes))(state.params, first))]
