@@ -2,4 +2,5 @@
 SCRIPTS = ("bias_free", "unregularized_bias", "linear_extended", "relu_extended", "appendix_g",
            "regularized_bias", "perturbed_features", "thresholds", "phase_diagram",
            "han_decomposition", "mse_vs_ce", "proof_gaps", "relu_assumption",
+           "minority_collapse", "incremental_sessions", "orthogonal_classifier",
            "depthwise_network")
