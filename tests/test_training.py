@@ -7,7 +7,7 @@ from jax.test_util import check_grads
 
 import ufm
 from ufm import optimise
-from ufm.models import MODELS, Sizes, layered_model
+from ufm.models import FIXED_BLOCKS, MODELS, Sizes, layered_model
 
 SIZES = Sizes(3, 4, 5)
 
@@ -24,8 +24,13 @@ def test_gradients_match_finite_differences(name):
     model = MODELS[name]
     params = model.init(jax.random.PRNGKey(0), SIZES, 0.7)
     hyper = hyper_of(model)
-    check_grads(lambda p: model.objective(p, hyper, SIZES), (params,), order=2,
+    fixed = {k: v for k, v in params.items() if k in FIXED_BLOCKS}  # a fixed classifier E
+    free = {k: v for k, v in params.items() if k not in FIXED_BLOCKS}
+    check_grads(lambda p: model.objective({**p, **fixed}, hyper, SIZES), (free,), order=2,
                 modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+    grads = jax.grad(model.objective)(params, hyper, SIZES)
+    for k in fixed:  # never moved by any optimiser
+        assert not np.any(np.asarray(grads[k]))
 
 
 def test_deeper_models_need_no_new_code():
@@ -39,13 +44,16 @@ def test_deeper_models_need_no_new_code():
 
 
 @pytest.mark.parametrize("name,opt", [("bias-free", "gd"), ("regularized-bias", "momentum"),
-                                      ("relu-extended", "adam")])
+                                      ("relu-extended", "adam"), ("fixed-orthogonal", "gd"),
+                                      ("lpm", "momentum")])
 def test_scan_equals_python_loop(name, opt):
     model = MODELS[name]
     hyper = hyper_of(model)
     key = jax.random.PRNGKey(3)
     traj = ufm.simulate(model, SIZES, key, hyper, 23, 5, opt)
     params = model.init(key, SIZES, hyper["init_scale"])
+    project = model.project or (lambda p, h, s: p)  # projected GD for the constrained models
+    params = project(params, hyper, SIZES)
     tx = optimise.optimizer(opt, hyper["lr"])
     state = tx.init(params)
     losses = {}
@@ -54,7 +62,7 @@ def test_scan_equals_python_loop(name, opt):
             losses[t] = model.objective(params, hyper, SIZES)
         g = jax.grad(model.objective)(params, hyper, SIZES)
         upd, state = tx.update(g, state, params)
-        params = optax.apply_updates(params, upd)
+        params = project(optax.apply_updates(params, upd), hyper, SIZES)
     losses[23] = model.objective(params, hyper, SIZES)
     np.testing.assert_array_equal(traj.steps, [0, 5, 10, 15, 20, 23])
     np.testing.assert_allclose(traj.history["objective"], [losses[int(t)] for t in traj.steps], rtol=1e-12)

@@ -273,6 +273,7 @@ def _balanced(prediction):
 # --- fixed classifiers with norm-constrained features, and the layer-peeled model (SPEC §3.9) -----
 
 LOSSES = ("ce", "dot-regression")
+FIXED_BLOCKS = ("E",)  # parameters that are inputs, not variables: stop_gradient in the objective
 ALPHAS = ("none", "inverse-count")
 
 
