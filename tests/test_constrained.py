@@ -245,3 +245,19 @@ def test_bad_input(argv, message, tmp_path, capsys):
 def test_model_variants_are_cached():
     assert get_model("fixed-etf", "dot-regression") is get_model("fixed-etf", "dot-regression")
     assert get_model("fixed-etf") is ufm.MODELS["fixed-etf"]
+
+
+def test_sweep_with_sessions_matches_train(tmp_path):
+    kw = dict(K=4, d=5, n=(3, 3, 2, 2), steps=800, lr=5.0, sessions=((2, 0), (3, 1)), distill=0.3)
+    rc = main(["sweep", "fixed-etf", "--x64", "--K", "4", "--d", "5", "--n", "3,3,2,2",
+               "--sessions", "2,2", "--distill", "0.3", "--E-H", "0.5,2", "--lr", "5",
+               "--steps", "800", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    arrays = np.load(tmp_path / "sweep.npz")
+    for i, E_H in enumerate((0.5, 2.0)):
+        r = ufm.train("fixed-etf", log_every=800, E_H=E_H, **dict(kw, sessions="2,2"))
+        assert arrays["objective"][i] == pytest.approx(r.final["objective"], rel=1e-12)
+        assert arrays["cos_prototype_mean"][i] == pytest.approx(r.final["cos_prototype_mean"],
+                                                                rel=1e-12)
+    with pytest.raises(ValueError, match="restarts"):
+        ufm.train("fixed-etf", restarts=2, log_every=800, E_H=1.0, **kw)

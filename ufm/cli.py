@@ -122,6 +122,7 @@ def build_parser():
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     w = sub.add_parser("sweep", help="run a hyperparameter grid as one compiled, vmapped program")
     _add_train_flags(w, grid=True)
+    _add_session_flags(w)
     w.add_argument("--seeds", type=int, default=0, help="add a last axis of S seeds (seed, seed+1, …)")
     w.add_argument("--chunk", type=int, default=None, help="configurations per compiled chunk (auto)")
     w.add_argument("--out", default=None, help="output folder (default runs/sweep-MODEL); a rerun "
@@ -306,7 +307,8 @@ def cmd_sweep(args, argv):
         arrays, config = sweep.run_sweep(
             model, Sizes(args.K, parse_counts(args.n), args.d), base, axes, steps=args.steps, seed=args.seed,
             seeds=args.seeds, optimizer=args.optimizer, restarts=args.restarts, chunk=args.chunk,
-            out=out, progress=update, allow_small_d=args.allow_small_d)
+            out=out, progress=update, allow_small_d=args.allow_small_d, sessions=args.sessions,
+            distill=args.distill)
         elapsed = time.perf_counter() - t0
     except ValueError as err:
         print(f"ufm: error: {err}", file=sys.stderr)

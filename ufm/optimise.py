@@ -276,10 +276,27 @@ def session_hyper(hyper, sizes, group, anchor=None, distill=0.0):
     return h
 
 
+def _fresh_optimiser(state, hyper, opt_name):
+    """A session starts with the optimiser state of step 0 (no momentum carried over)."""
+    return state._replace(opt_state=optimizer(opt_name, hyper["lr"]).init(state.params))
+
+
+def sessions_final(model, sizes, key, hyper, groups, steps, opt_name="gd", distill=0.0):
+    """`simulate_sessions` without records, pure and traceable (for grids): the final state and
+    the measurements at the end of the last session."""
+    state = init_state(model, sizes, key, hyper, opt_name)
+    h = session_hyper(hyper, sizes, groups[0], state.params["H"], distill)
+    state = state._replace(params=model.project(state.params, h, sizes))
+    for group in groups:  # over sessions (static, few), each one scan
+        h = session_hyper(hyper, sizes, group, state.params["H"], distill)
+        state = advance(model, sizes, _fresh_optimiser(state, h, opt_name), h, steps, opt_name)
+    return state, record(model, sizes, state.params, h)
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_session(model, sizes, steps, log_every, opt_name):
     def run(state, hyper):
-        state = state._replace(opt_state=optimizer(opt_name, hyper["lr"]).init(state.params))
+        state = _fresh_optimiser(state, hyper, opt_name)
         state, (steps_log, hist) = logged_steps(model, sizes, state, hyper, steps // log_every,
                                                 log_every, opt_name)
         if steps % log_every:

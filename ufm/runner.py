@@ -150,6 +150,24 @@ def session_groups(sessions, K):
     return groups
 
 
+def check_sessions(model, sessions, distill, K, restarts):
+    """Validate `sessions`/`distill` for `model`; the class groups, or None without sessions."""
+    distill = float(distill)
+    if not (math.isfinite(distill) and distill >= 0):
+        raise ValueError(f"distill (--distill) must be finite and >= 0, got {distill}")
+    if sessions is None:
+        if distill > 0:
+            raise ValueError("distill (--distill) ties a session's features to the previous "
+                             "session's: it needs --sessions")
+        return None
+    if model.project is None or "W" in model.init(jax.random.PRNGKey(0), Sizes(2, 1, 2), 1.0):
+        raise ValueError(f"sessions (--sessions) need a fixed classifier (fixed-etf, "
+                         f"fixed-orthogonal), not {model.name!r}")
+    if restarts != 1:
+        raise ValueError(f"restarts (--restarts) must be 1 with --sessions, got {restarts}")
+    return session_groups(sessions, K)
+
+
 class Result(NamedTuple):
     model: str
     config: dict  # every setting, defaults included
@@ -187,19 +205,7 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     hyper = hyper_for(spec, lams, lr, init_scale)
     check_config(spec, sizes, hyper, steps, log_every, restarts, allow_small_d)
     distill = float(distill)
-    if not (math.isfinite(distill) and distill >= 0):
-        raise ValueError(f"distill (--distill) must be finite and >= 0, got {distill}")
-    if sessions is None and distill > 0:
-        raise ValueError("distill (--distill) ties a session's features to the previous "
-                         "session's: it needs --sessions")
-    groups = None
-    if sessions is not None:
-        if spec.project is None or "W" in spec.init(jax.random.PRNGKey(0), Sizes(2, 1, 2), 1.0):
-            raise ValueError(f"sessions (--sessions) need a fixed classifier (fixed-etf, "
-                             f"fixed-orthogonal), not {model!r}")
-        if restarts != 1:
-            raise ValueError(f"restarts (--restarts) must be 1 with --sessions, got {restarts}")
-        groups = session_groups(sessions, K)
+    groups = check_sessions(spec, sessions, distill, K, restarts)
     key = jax.random.PRNGKey(seed)
     jhyper = optimise.as_hyper(hyper)
     session_info = None

@@ -18,7 +18,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ufm import optimise
-from ufm.runner import _json_safe, atomic_write, check_config, flag, hyper_for, predict
+from ufm.runner import (_json_safe, atomic_write, check_config, check_sessions, flag, hyper_for,
+                        predict)
 
 SWEEPABLE = ("lam_W", "lam_H", "lam_b", "lam_W1", "lam_W2", "lam_H1", "E_H", "E_W", "lr",
              "init_scale")
@@ -47,12 +48,18 @@ def parse_axis(name, text):
                          f"start:stop:num:log (positive ends), got {text!r}") from None
 
 
-def point_function(model, sizes, steps, opt_name, restarts):
-    """(key, hyper) -> final measurements of one grid point (best of `restarts`), plus `diverged`."""
+def point_function(model, sizes, steps, opt_name, restarts, sessions=None, distill=0.0):
+    """(key, hyper) -> final measurements of one grid point (best of `restarts`), plus `diverged`.
+
+    sessions: class groups of incremental sessions (`steps` each; restarts must be 1)."""
     run = functools.partial(optimise.simulate, model, sizes, steps=steps, log_every=steps,
                             opt_name=opt_name)
 
     def point(key, hyper):
+        if sessions is not None:
+            state, out = optimise.sessions_final(model, sizes, key, hyper, sessions, steps,
+                                                 opt_name, distill)
+            return dict(out, diverged=state.diverged_at >= 0)
         if restarts == 1:
             traj = run(key, hyper)
         else:
@@ -85,11 +92,12 @@ def micro_batch_for(per_device, micro="auto"):
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_chunk(model, sizes, steps, opt_name, restarts, n_devices, micro=None):
+def compiled_chunk(model, sizes, steps, opt_name, restarts, n_devices, micro=None, sessions=None,
+                   distill=0.0):
     """jit of the grid program for one chunk: the configuration axis sharded over `n_devices`
     devices (shard_map), each device running `lax.map(point, batch_size=micro)` over its share
     (micro=None: one vmap over the whole share)."""
-    point = point_function(model, sizes, steps, opt_name, restarts)
+    point = point_function(model, sizes, steps, opt_name, restarts, sessions, distill)
     mesh = Mesh(np.array(jax.devices()[:n_devices]), ("grid",))
     spec = PartitionSpec("grid")
 
@@ -148,14 +156,17 @@ def fingerprint(config):
 
 def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd", restarts=1,
               chunk=None, out=None, progress=None, allow_small_d=False, n_devices=None,
-              micro="auto"):
+              micro="auto", sessions=None, distill=0.0):
     """Run the grid `axes` (name -> 1-D values, in the order given) around `base` hyper values.
 
     seeds > 0 adds a last axis: point s uses PRNGKey(seed + s); otherwise every point uses
     PRNGKey(seed), as `ufm train --seed` does. With `out`, finished chunks are stored in
     out/chunks/ and a rerun with the same configuration resumes from them.
+    sessions/distill: class-incremental sessions of `steps` steps each at every point (fixed
+    classifiers only; see `runner.session_groups`).
     Returns (arrays, config): results shaped like the grid, and the full configuration.
     """
+    groups = check_sessions(model, sessions, distill, sizes.K, restarts)
     for name, values in axes.items():
         if name not in SWEEPABLE:
             raise ValueError(f"{flag(name)} cannot be a grid axis; sweepable: "
@@ -178,7 +189,9 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
     config = dict(model=model.name, K=sizes.K, n=sizes.n, d=sizes.d, steps=steps, seed=seed,
                   seeds=seeds, optimizer=optimizer, restarts=restarts, base=base,
                   axes={k: list(map(float, v)) for k, v in axes.items()}, shape=list(shape),
-                  chunk=chunk, dtype=str(jnp.result_type(float)), allow_small_d=allow_small_d)
+                  chunk=chunk, dtype=str(jnp.result_type(float)), allow_small_d=allow_small_d,
+                  sessions=None if groups is None else [list(g) for g in groups],
+                  distill=float(distill))
     key_cfg = {k: v for k, v in config.items() if k != "chunk"}
     chunk_dir = None
     if out:
@@ -195,7 +208,8 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
             doc = json.dumps({"fingerprint": tag, "config": _json_safe(key_cfg)}).encode()
             atomic_write(tag_path, lambda fh: fh.write(doc))
     micro = micro_batch_for(chunk // n_devices, micro)
-    run, sharding = compiled_chunk(model, sizes, steps, optimizer, restarts, n_devices, micro)
+    run, sharding = compiled_chunk(model, sizes, steps, optimizer, restarts, n_devices, micro,
+                                   groups, float(distill))
     names = list(hypers[0])
     results = None
     n_chunks = -(-len(points) // chunk)
