@@ -311,7 +311,7 @@ def _three_factor_tail(Z, a, fstar):
     return _fit_to_identity(Z, eye) + schatten, separable, jnp.asarray(fstar, Z.dtype)
 
 
-def _three_factor_steps(Zfn, a, fstar, lhs_fn):
+def _three_factor_steps(Zfn, a, fstar):
     """The shared tail: (3/2)a‖Z‖_{S2/3}^{2/3} bound, trace bound and scalar problem."""
     def singular_values(p):
         bound, separable, _ = _three_factor_tail(Zfn(p), a, fstar)
@@ -385,7 +385,7 @@ def _theorem_41(hyper, sizes):
              doc="λ_W2‖W2‖²/2 + β‖H̄2‖_* ≥ (3/2)a Σσ_j(W2H̄2)^{2/3}, β = √(nλ_W1λ_H1)"),
         Step("balance_classifier", ">=", balance_classifier,
              doc="β'‖W2W1‖_* + nλ_H1‖H̄1‖²/2 ≥ (3/2)a Σσ_j(W2W1H̄1)^{2/3}, β' = √(λ_W2λ_W1)"),
-        *_three_factor_steps(Z, a, fstar, None),
+        *_three_factor_steps(Z, a, fstar),
         Step("flat_spectrum_features", "=", flat(lambda p: p["W1"] @ means(p)), where="optimum",
              doc="sub-problem (63)'s solution: H̄2 = W1H̄1 has equal singular values (an OF)"),
         Step("flat_spectrum_classifier", "=", flat(lambda p: p["W2"] @ p["W1"]), where="optimum",
@@ -441,7 +441,7 @@ def _theorem_42(hyper, sizes):
              doc="G(W2, H2) ≥ G(W2, H̄2⊗1ᵀ): G is convex in H2 (Jensen)"),
         Step("balance", ">=", balance,
              doc="λ_W2‖W2‖²/2 + √n·β‖H̄2‖_* ≥ (3/2)a Σσ_j(W2H̄2)^{2/3}"),
-        *_three_factor_steps(Z, a, fstar, None),
+        *_three_factor_steps(Z, a, fstar),
         Step("optimal_value", "=", optimal_value, where="optimum",
              doc="the ReLU model's minimum equals the linear model's f* (Theorem 4.2)"),
     ]
