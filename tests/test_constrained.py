@@ -83,7 +83,6 @@ def test_incremental_sessions_reach_prototypes_in_any_order(groups, loss):
     E_H, steps = 1.5, (3000 if loss == "ce" else 40000)
     r = ufm.train("fixed-etf", K=4, n=(12, 3, 6, 9), d=6, steps=steps, log_every=steps // 4,
                   lr=0.5, E_H=E_H, loss=loss, sessions=groups)
-    labels = metrics.class_labels((12, 3, 6, 9), 30)
     tol = 1e-8 if loss == "ce" else 2e-3
     assert [s["classes"] for s in r.sessions] == [list(g) for g in groups]
     for t, s in enumerate(r.sessions):
@@ -95,7 +94,6 @@ def test_incremental_sessions_reach_prototypes_in_any_order(groups, loss):
     assert np.max(np.abs(r.params["H"] - targets(r, E_H))) < (1e-8 if loss == "ce" else 0.1)
     check_constraints(r, E_H)
     assert len(r.steps) == 1 + len(groups) * 4 and r.steps[-1] == len(groups) * steps
-    del labels
 
 
 def test_sessions_freeze_earlier_features_and_distillation_ties_them():

@@ -127,6 +127,11 @@ def _off_diagonal(C):
     return C[~np.eye(K, dtype=bool)]  # K is static: a concrete mask works under jit
 
 
+def mean_pairwise_cosine(A):
+    """Mean over k ≠ k' of cos(a_k, a_k') for the columns of A [m, K]; a zero column counts 0."""
+    return jnp.mean(_off_diagonal(_cosines(A)))
+
+
 def self_duality(W, H, classes=None):
     """‖Wᵀ/‖W‖ − M̄/‖M̄‖‖²  (Papyan et al. 2020, NC3 'convergence to self-duality')."""
     M = centred_means(H, classes or W.shape[0])
@@ -275,6 +280,7 @@ __all__ = [
     "num_classes",
     "class_labels",
     "nuclear_norm",
+    "mean_pairwise_cosine",
     "class_means",
     "centred_means",
     "within_class_deviations",

@@ -401,9 +401,8 @@ def _constrained_measurements(params, sizes, hyper, halfspace, mask_softmax):
     """Cosine of each class mean with its class vector (min and mean over classes), the largest
     ‖h‖²/E_H − 1 (≤ 0: feasible), NC1/NC2 of H, and for a learnable W its NC2, the largest
     ‖w_k‖²/E_W − 1 and the mean cosine between the minority classes' vectors."""
-    H, C = params["H"], _classifier_vectors(params)
-    means = metrics.class_means(H, sizes.classes)
-    cos = jnp.sum(means * C, axis=0) / (jnp.linalg.norm(means, axis=0) * jnp.linalg.norm(C, axis=0))
+    H = params["H"]
+    cos = prototype_cosines(params, sizes)
     out = {"cos_prototype_min": jnp.min(cos), "cos_prototype_mean": jnp.mean(cos),
            "feature_norm_excess": jnp.max(jnp.sum(H * H, axis=0)) / hyper["E_H"] - 1.0}
     out.update(metrics.feature_measurements(H, sizes.classes, "H"))
@@ -421,15 +420,19 @@ def _constrained_measurements(params, sizes, hyper, halfspace, mask_softmax):
     return out
 
 
+def prototype_cosines(params, sizes):
+    """cos(h̄_k, c_k) of every class mean with its class vector (E's column or w_k)  [K]."""
+    means, C = metrics.class_means(params["H"], sizes.classes), _classifier_vectors(params)
+    return jnp.sum(means * C, axis=0) / (jnp.linalg.norm(means, axis=0) * jnp.linalg.norm(C, axis=0))
+
+
 def minority_cosine(W, counts):
     """Mean cos(w_k, w_k') over pairs of minority classes (those with the smallest count); with
     balanced classes, over all pairs (−1/(K−1) for a simplex ETF). Minority collapse: → 1."""
     minority = np.flatnonzero(np.asarray(counts) == min(counts))
-    V = W[minority]
-    V = V / jnp.linalg.norm(V, axis=1, keepdims=True)
-    G = V @ V.T
-    m = len(minority)
-    return (jnp.sum(G) - jnp.trace(G)) / max(m * (m - 1), 1)
+    if len(minority) < 2:  # one minority class: no pair
+        return jnp.zeros((), W.dtype)
+    return metrics.mean_pairwise_cosine(W[minority].T)
 
 
 @functools.lru_cache(maxsize=None)

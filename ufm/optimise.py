@@ -281,12 +281,18 @@ def _fresh_optimiser(state, hyper, opt_name):
     return state._replace(opt_state=optimizer(opt_name, hyper["lr"]).init(state.params))
 
 
+def _start_sessions(model, sizes, key, hyper, first_group, opt_name, distill):
+    """The initial state, projected onto the first session's constraint set, and that session's
+    hyper (its anchor the features before the projection)."""
+    state = init_state(model, sizes, key, hyper, opt_name)
+    h = session_hyper(hyper, sizes, first_group, state.params["H"], distill)
+    return state._replace(params=model.project(state.params, h, sizes)), h
+
+
 def sessions_final(model, sizes, key, hyper, groups, steps, opt_name="gd", distill=0.0):
     """`simulate_sessions` without records, pure and traceable (for grids): the final state and
     the measurements at the end of the last session."""
-    state = init_state(model, sizes, key, hyper, opt_name)
-    h = session_hyper(hyper, sizes, groups[0], state.params["H"], distill)
-    state = state._replace(params=model.project(state.params, h, sizes))
+    state, h = _start_sessions(model, sizes, key, hyper, groups[0], opt_name, distill)
     for group in groups:  # over sessions (static, few), each one scan
         h = session_hyper(hyper, sizes, group, state.params["H"], distill)
         state = advance(model, sizes, _fresh_optimiser(state, h, opt_name), h, steps, opt_name)
@@ -318,10 +324,9 @@ def simulate_sessions(model, sizes, key, hyper, groups, steps, log_every, opt_na
     Each session is one compiled scan (the same program for every session: the masks are
     arrays); the Python loop is over sessions. Returns (Trajectory over all sessions, Sessions).
     """
-    state = jax.jit(functools.partial(init_state, model, sizes, opt_name=opt_name))(key, hyper)
+    state, first = jax.jit(functools.partial(_start_sessions, model, sizes, opt_name=opt_name,
+                                             distill=distill, first_group=groups[0]))(key, hyper)
     run = _compiled_session(model, sizes, steps, log_every, opt_name)
-    first = session_hyper(hyper, sizes, groups[0], state.params["H"], distill)
-    state = state._replace(params=model.project(state.params, first, sizes))  # session 0's set
     steps_log = [np.zeros(1, np.int64)]
     hist = [jax.tree.map(lambda v: np.asarray(v)[None], jax.jit(functools.partial(
         record, model, sizes))(state.params, first))]

@@ -25,9 +25,6 @@ from ufm import metrics, theory
 from ufm.metrics import nuclear_norm
 from ufm.models import MODELS, Sizes, layered_features, one_hot_targets, plain_objective
 
-RELATIONS = (">=", "=")
-
-
 class Step(NamedTuple):
     """One link of a proof: fn(point) -> (lhs, rhs), scalars or arrays of one shape.
 
@@ -59,7 +56,6 @@ class Proof(NamedTuple):
     blocks: Callable
     features: str
     classifier: str
-    min_d: Callable  # K -> the smallest d the chain needs
     finish: Callable = None  # (rng, point, sizes) -> point: a random point put in the theorem's setting
 
 
@@ -106,15 +102,6 @@ def _lemma_a1_value(c, count, K):
 def _fit_to_identity(Z, target):
     """‖Z − T‖²/(2K) for a K×K logit matrix Z of the class means."""
     return _sq(Z - target) / (2 * Z.shape[0])
-
-
-def _mean_pairwise_cosine(A):
-    """Mean over k ≠ k' of cos(a_k, a_k') for the columns of A [m, K]; zero columns count as 0."""
-    norms = jnp.linalg.norm(A, axis=0)
-    U = A / jnp.where(norms > 0, norms, 1.0)
-    G = U.T @ U
-    K = A.shape[1]
-    return (jnp.sum(G) - jnp.trace(G)) / (K * (K - 1))
 
 
 # --- Theorem 3.1 (Appendix A / A.1) ---------------------------------------------------------------
@@ -218,11 +205,11 @@ def _theorem_32(hyper, sizes):
         return balanced, jnp.asarray(_lemma_a1_value(c, K - 1, K), balanced.dtype)
 
     def equiangular_features(p):
-        cos = _mean_pairwise_cosine(metrics.class_means(p["H"], K))
+        cos = metrics.mean_pairwise_cosine(metrics.class_means(p["H"], K))
         return cos, jnp.asarray(-1.0 / (K - 1), cos.dtype)
 
     def equiangular_classifier(p):
-        cos = _mean_pairwise_cosine(p["W"].T)
+        cos = metrics.mean_pairwise_cosine(p["W"].T)
         return cos, jnp.asarray(-1.0 / (K - 1), cos.dtype)
 
     collapsed = c < 1
@@ -517,18 +504,18 @@ def _layered_blocks(sizes):
 
 PROOFS = {
     "3.1": Proof("3.1", "bias-free UFM collapses to an orthogonal frame", "bias-free", _theorem_31,
-                 _plain_blocks(False), "H", "W", lambda K: 1),
+                 _plain_blocks(False), "H", "W"),
     "3.2": Proof("3.2", "unregularized bias: collapse to a simplex ETF", "unregularized-bias",
-                 _theorem_32, _plain_blocks(True), "H", "W", lambda K: 1),
+                 _theorem_32, _plain_blocks(True), "H", "W"),
     "C.1": Proof("C.1", "min_{AB=Z} ½(‖A‖² + ‖B‖²) = ‖Z‖_*", "bias-free", _lemma_c1,
-                 lambda s: {"A": (s.K, s.d), "B": (s.d, s.N)}, "B", "A", lambda K: 1),
+                 lambda s: {"A": (s.K, s.d), "B": (s.d, s.N)}, "B", "A"),
     "4.1": Proof("4.1", "linear extended UFM: orthogonal collapse at both levels", "linear-extended",
-                 _theorem_41, _layered_blocks, "H1", "W2", lambda K: 1),
+                 _theorem_41, _layered_blocks, "H1", "W2"),
     "4.2": Proof("4.2", "ReLU extended UFM: non-negative orthogonal collapse of σ(W1H1)",
-                 "relu-extended", _theorem_42, _layered_blocks, "H1", "W2", lambda K: 1),
+                 "relu-extended", _theorem_42, _layered_blocks, "H1", "W2"),
     "5.1": Proof("5.1", "fixed perturbed features: W attenuated, structure kept", "bias-free",
                  _theorem_51, lambda s: {"W": (s.K, s.d), "Hbar": (s.d, s.K), "E": (s.d, s.N)},
-                 "E", "W", lambda K: K, lambda rng, p, sizes: dict(p, Hbar=_random_of(rng, p["Hbar"]))),
+                 "E", "W", lambda rng, p, sizes: dict(p, Hbar=_random_of(rng, p["Hbar"]))),
 }
 
 

@@ -12,8 +12,7 @@ import numpy as np
 
 from ufm import theory as theory_mod
 from ufm import optimise
-from ufm import metrics
-from ufm.models import FRAMES, MODELS, Sizes, get_model
+from ufm.models import FIXED_BLOCKS, FRAMES, MODELS, Sizes, get_model, prototype_cosines
 
 DEFAULT_LAMBDA = 5e-3
 DEFAULTS = dict(K=4, n=50, d=20, lr=0.1, steps=20000, log_every=500, seed=0, restarts=1,
@@ -31,15 +30,20 @@ def _named(name):
     return f"{name} ({flag(name)})"
 
 
+def _int_or_ints(text, message):
+    """'7' -> 7, '1,2,3' -> [1, 2, 3]; ValueError(message) otherwise."""
+    try:
+        return [int(v) for v in text.split(",")] if "," in text else int(text)
+    except ValueError:
+        raise ValueError(message) from None
+
+
 def parse_counts(n):
     """`--n`: one count, or a comma list / sequence of per-class counts (an int, or a tuple of
     ints; equal counts collapse to one int so the balanced theorems apply). ValueError otherwise."""
     if isinstance(n, str):
-        try:
-            n = [int(v) for v in n.split(",")] if "," in n else int(n)
-        except ValueError:
-            raise ValueError(f"{_named('n')} must be an integer or a comma list of integers "
-                             f"(one per class), got {n!r}") from None
+        n = _int_or_ints(n, f"{_named('n')} must be an integer or a comma list of integers "
+                            f"(one per class), got {n!r}")
     if isinstance(n, (list, tuple, np.ndarray)):
         n = tuple(int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v
                   for v in n)
@@ -124,11 +128,9 @@ def session_groups(sessions, K):
     sequence of sequences of class indices (any order). ValueError unless every class is in
     exactly one session."""
     if isinstance(sessions, str):
-        try:
-            sessions = [int(v) for v in sessions.split(",")] if "," in sessions else int(sessions)
-        except ValueError:
-            raise ValueError(f"sessions (--sessions) must be a number of sessions or a comma list "
-                             f"of class counts per session, got {sessions!r}") from None
+        sessions = _int_or_ints(sessions, f"sessions (--sessions) must be a number of sessions "
+                                          f"or a comma list of class counts per session, got "
+                                          f"{sessions!r}")
     if isinstance(sessions, (int, np.integer)) and not isinstance(sessions, bool):
         if not 1 <= sessions <= K:
             raise ValueError(f"sessions (--sessions) must be between 1 and K={K}, got {sessions}")
@@ -160,7 +162,8 @@ def check_sessions(model, sessions, distill, K, restarts):
             raise ValueError("distill (--distill) ties a session's features to the previous "
                              "session's: it needs --sessions")
         return None
-    if model.project is None or "W" in model.init(jax.random.PRNGKey(0), Sizes(2, 1, 2), 1.0):
+    blocks = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), Sizes(2, 1, 2), 1.0))
+    if not set(FIXED_BLOCKS) & set(blocks):
         raise ValueError(f"sessions (--sessions) need a fixed classifier (fixed-etf, "
                          f"fixed-orthogonal), not {model.name!r}")
     if restarts != 1:
@@ -246,15 +249,12 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
 def _session_dicts(model, sizes, params, done):
     """One dict per session: its classes, the step it ended at, the cosine of every class mean
     with its class vector [K] and its last measurements."""
-    E = np.asarray(params["E"], np.float64)
     out = []
     for t, (group, H, rec, end) in enumerate(zip(done.groups, done.features, done.records,
                                                  done.ends)):
-        means = np.asarray(metrics.class_means(jnp.asarray(H, jnp.float64) if H.dtype == np.float64
-                                               else jnp.asarray(H), sizes.classes), np.float64)
-        cos = np.sum(means * E, axis=0) / (np.linalg.norm(means, axis=0) * np.linalg.norm(E, axis=0))
+        cos = prototype_cosines(dict(params, H=jnp.asarray(H)), sizes)
         out.append({"session": t, "classes": list(group), "end_step": end,
-                    "cos_prototype": cos.tolist(), "final": rec})
+                    "cos_prototype": np.asarray(cos, np.float64).tolist(), "final": rec})
     return out
 
 
