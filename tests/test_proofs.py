@@ -106,7 +106,7 @@ def test_a_wrong_step_is_caught():
     scalar = next(s for s in steps if s.name == "scalar_problem")
     too_weak = scalar._replace(name="halved", fn=lambda p: (scalar.fn(p)[0], scalar.fn(p)[1] / 2))
     assert all(r["holds"] for r in proofs.evaluate([too_weak], points, "random"))
-    optimum, _ = proofs.optimum_point(proofs.PROOFS["3.1"], sizes, hyper, steps=50000, lr=0.1)
+    optimum, _, _ = proofs.optimum_point(proofs.PROOFS["3.1"], sizes, hyper, steps=50000, lr=0.1)
     [good, weak] = proofs.evaluate([scalar, too_weak], [optimum], "optimum")
     assert good["holds"] and not weak["holds"]
 

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from ufm.models import MODELS
+from ufm.models import FRAMES, MODELS
 from ufm.progress import progress_bar
 from ufm.runner import DEFAULTS, HYPER_FLAGS, flag, parse_counts
 
@@ -43,8 +43,13 @@ def _add_train_flags(p, grid=False, model=True):
                    help=f"std of the Gaussian init (default: 1 plain models, 0.1 extended){grid_help}")
     p.add_argument("--restarts", type=int, default=1,
                    help="independent initialisations run together with vmap; best kept")
-    p.add_argument("--optimizer", default="gd", choices=("gd", "momentum", "adam"),
-                   help="plain gradient descent (default), heavy-ball momentum or Adam")
+    p.add_argument("--optimizer", default="gd", choices=("gd", "momentum", "adam", "lbfgs"),
+                   help="plain gradient descent (default), heavy-ball momentum, Adam, or L-BFGS "
+                        "with a line search (unconstrained models; needs no --lr)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="stop once the gradient norm relative to the objective is <= TOL "
+                        "(--steps is then the cap); default: run every step (lbfgs: stop at "
+                        "round-off, 1e-10 in float64, 1e-6 in float32)")
     p.add_argument("--allow-small-d", action="store_true",
                    help="run with d below what the theorem needs (theory is then null)")
     p.add_argument("--x64", action="store_true", help="float64 (default float32)")
@@ -190,9 +195,35 @@ def summary(result):
         cos = " ".join(f"{c:.4f}" for c in s["cos_prototype"])
         lines.append(f"session {s['session']} (classes {s['classes']}, to step {s['end_step']}): "
                      f"cos(class mean, class vector) = {cos}")
+    cert = result.certificate
+    if cert is not None:
+        decrease = "n/a" if cert["rel_decrease"] is None else f"{cert['rel_decrease']:.2e}"
+        stop = (f"; stopped at step {cert['converged_at']}" if cert["converged_at"] is not None
+                else "")
+        lines.append(f"certificate: {'converged' if cert['converged'] else 'NOT converged'} "
+                     f"(relative gradient norm {cert['grad_norm']:.2e}, tol {cert['tol']:.0e}; "
+                     f"last interval's relative decrease {decrease}; {cert['steps_taken']} steps"
+                     f"{stop})")
     if result.diverged_at is not None:
         lines.append(f"DIVERGED: the objective became non-finite at step {result.diverged_at}")
     return "\n".join(lines)
+
+
+def convergence_warning(result):
+    """One line saying that a run did not converge and what to try, or None."""
+    cert = result.certificate
+    if cert is None or cert["converged"] or result.diverged_at is not None:
+        return None
+    cfg = result.config
+    gap = cert["closed_form_gap"]
+    far = f", and it ends {gap:.1e} (relative) from the closed form" if gap is not None else ""
+    tries = [f"more --steps (ran {cert['steps_taken']})"]
+    if cfg["optimizer"] != "lbfgs" and cfg["model"] not in FRAMES:
+        tries.insert(0, "--optimizer lbfgs")
+    if cfg["optimizer"] == "gd":
+        tries.append("--optimizer momentum")
+    return (f"ufm: warning: the run did not converge: relative gradient norm "
+            f"{cert['grad_norm']:.1e} > tol {cert['tol']:.0e}{far}; try {' or '.join(tries)}")
 
 
 def _model_flags(model, args):
@@ -224,7 +255,7 @@ def cmd_train(args):
                        optimizer=args.optimizer, allow_small_d=args.allow_small_d,
                        progress=update, loss=args.loss, alpha=args.alpha,
                        mask_softmax=args.mask_softmax, sessions=args.sessions,
-                       distill=args.distill, **lams)
+                       distill=args.distill, tol=args.tol, **lams)
         elapsed = time.perf_counter() - t0
     except ValueError as err:
         print(f"ufm: error: {err}", file=sys.stderr)
@@ -234,6 +265,9 @@ def cmd_train(args):
     write_result(result, out)
     print(summary(result))
     print(f"{elapsed:.2f} s including compilation; wrote {out}/result.json and {out}/params.npz")
+    warning = convergence_warning(result)
+    if warning:
+        print(warning, file=sys.stderr)
     return 1 if result.diverged_at is not None else 0
 
 
@@ -249,7 +283,7 @@ def cmd_proof(args):
         doc = proofs.run_proof(args.theorem, K=args.K, n=args.n, d=args.d, random=args.random,
                                seed=args.seed, steps=args.steps, lr=args.lr,
                                restarts=args.restarts, optimizer=args.optimizer,
-                               init_scale=args.init_scale, sigma=args.sigma,
+                               init_scale=args.init_scale, sigma=args.sigma, tol=args.tol,
                                **{k: v for k, v in lams.items() if v is not None})
     except ValueError as err:
         print(f"ufm: error: {err}", file=sys.stderr)
@@ -260,8 +294,12 @@ def cmd_proof(args):
     print(proofs.format_table(doc))
     cfg = doc["config"]
     if cfg.get("closed_form") is not None:
-        print(f"gradient descent: objective {cfg['objective']:.12g}, closed form "
+        print(f"{cfg['optimizer']}: objective {cfg['objective']:.12g}, closed form "
               f"{cfg['closed_form']:.12g}")
+    cert = cfg["certificate"]
+    print(f"certificate: {'converged' if cert['converged'] else 'NOT converged'} (relative "
+          f"gradient norm {cert['grad_norm']:.2e}, tol {cert['tol']:.0e}, "
+          f"{cert['steps_taken']} steps)")
     failed = sorted({s["name"] + " (" + s["at"] + ")" for s in doc["summary"]
                      if s["hold"] < s["points"]})
     print(f"wrote {out}/proof.json; " + (f"FAILED: {', '.join(failed)}" if failed
@@ -308,7 +346,7 @@ def cmd_sweep(args, argv):
             model, Sizes(args.K, parse_counts(args.n), args.d), base, axes, steps=args.steps, seed=args.seed,
             seeds=args.seeds, optimizer=args.optimizer, restarts=args.restarts, chunk=args.chunk,
             out=out, progress=update, allow_small_d=args.allow_small_d, sessions=args.sessions,
-            distill=args.distill)
+            distill=args.distill, tol=args.tol)
         elapsed = time.perf_counter() - t0
     except ValueError as err:
         print(f"ufm: error: {err}", file=sys.stderr)
@@ -323,6 +361,8 @@ def cmd_sweep(args, argv):
           f"{jax_devices_summary()}")
     print(f"axes: {', '.join(f'{k}[{len(v)}]' for k, v in axes.items()) or 'none'}"
           f"{f', seed[{args.seeds}]' if args.seeds else ''}; diverged: {int(arrays['diverged'].sum())}; "
+          f"not converged (relative gradient norm > {config['certificate_tol']:.0e}): "
+          f"{int((~arrays['converged']).sum())}; "
           f"median relative gap to the closed form: {np.nanmedian(gap) if np.isfinite(gap).any() else float('nan'):.2e}")
     print(f"wrote {out}/sweep.npz and {out}/sweep.json")
     return 0

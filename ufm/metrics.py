@@ -15,9 +15,18 @@ import numpy as np
 from ufm.geometry import centering, etf_distance, of_distance
 
 
+RANK_TOL = 1e-4  # numerical rank: singular values above RANK_TOL × the largest one count
+
+
 def nuclear_norm(A):
     """‖A‖_* = Σ singular values."""
     return jnp.sum(jnp.linalg.svd(A, compute_uv=False))
+
+
+def numerical_rank(A, rtol=RANK_TOL):
+    """The number of singular values of A above rtol × the largest (0 for A = 0)  [] int."""
+    s = jnp.linalg.svd(A, compute_uv=False)
+    return jnp.sum(s > rtol * s[0]).astype(jnp.int32)
 
 
 def num_classes(classes):
@@ -255,6 +264,14 @@ def feature_measurements(H, K, name):
     }
 
 
+def rank_measurements(H, K, name, rtol=RANK_TOL):
+    """Numerical rank of the class means H̄ and of the centred means M̄ of one level, keyed
+    `rank_{name}` and `rank_centred_{name}` (deep models: DNC has rank K, or K − 1 centred;
+    low-rank solutions less)."""
+    return {f"rank_{name}": numerical_rank(class_means(H, K), rtol),
+            f"rank_centred_{name}": numerical_rank(centred_means(H, K), rtol)}
+
+
 def classifier_measurements(W, H, classes=None):
     """NC2 of the classifier W [K, d] and NC3 of W against the features H [d, N] it reads."""
     return {
@@ -280,6 +297,9 @@ __all__ = [
     "num_classes",
     "class_labels",
     "nuclear_norm",
+    "numerical_rank",
+    "rank_measurements",
+    "RANK_TOL",
     "mean_pairwise_cosine",
     "class_means",
     "centred_means",

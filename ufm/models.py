@@ -149,12 +149,14 @@ def _depth(params):
     return sum(1 for k in params if k.startswith("W"))
 
 
-def _layered_objective(activation):
+def _layered_objective(activation, loss="mse"):
     def objective(params, hyper, sizes):
         """1/(2N)‖W_L σ(W_{L−1} … σ(W_1 H_1)) − Y‖² + Σ_l λ_{W_l}/2‖W_l‖² + λ_{H1}/2‖H_1‖².
 
-        Tirer & Bruna eq. 23 (σ = identity) and eq. 24 (σ = ReLU) at depth L = 2.
-        params: H1 [d, N], W_l [d, d] for l < L, W_L [K, d]; hyper: lam_H1, lam_W1 … lam_WL.
+        Tirer & Bruna eq. 23 (σ = identity) and eq. 24 (σ = ReLU) at depth L = 2; the deep UFM of
+        Súkeník et al. for any L. loss='ce': (1/N)Σ CE(W_L⋯W_1 h_{k,i}, k) instead of the squared
+        error (the deep linear CE UFM of Garrod & Keating 2025). params: H1 [d, N], W_l [d, d] for
+        l < L, W_L [K, d]; hyper: lam_H1, lam_W1 … lam_WL.
         """
         depth = _depth(params)
         H = layered_features(params, activation)[f"H{depth}"]
@@ -163,6 +165,8 @@ def _layered_objective(activation):
         for layer in range(1, depth + 1):
             penalty = penalty + hyper[f"lam_W{layer}"] / 2 * _sq(params[f"W{layer}"])
         Y = one_hot_targets(sizes, logits.dtype)
+        if loss == "ce":
+            return -jnp.sum(Y * jax.nn.log_softmax(logits, axis=0)) / sizes.N + penalty
         return _sq(logits - Y) / (2 * sizes.N) + penalty
 
     return objective
@@ -182,8 +186,10 @@ def _layered_init(depth):
 
 def _layered_measure(activation):
     def measure(params, sizes, hyper):
-        """NC1/NC2 of every feature level (and pre-activation), NC2 of W_L, NC3 on the deepest;
-        with ReLU also the nuclear norms of each pre-activation Z_l and of H_l = σ(Z_l)."""
+        """Per level (H1, then each Z_l = W_{l−1}H_{l−1} and H_l = σ(Z_l); the logits W_L H_L):
+        NC1 and NC2 against an OF and a simplex ETF, and the numerical rank of the class means
+        and of the centred class means (relative cut-off metrics.RANK_TOL); NC2 of W_L and NC3 on
+        the deepest level; with ReLU the nuclear norms of each Z_l and of H_l = σ(Z_l)."""
         depth = _depth(params)
         levels = layered_features(params, activation)
         out = {}
@@ -191,10 +197,12 @@ def _layered_measure(activation):
             if activation == "linear" and name.startswith("Z"):
                 continue  # identical to H_l for the linear model
             out.update(metrics.feature_measurements(H, sizes.classes, name))
+            out.update(metrics.rank_measurements(H, sizes.classes, name))
             if name.startswith("Z"):  # Theorem 4.2's assumption ‖W1H1‖_* = ‖σ(W1H1)‖_*
                 out[f"nuclear_{name}"] = metrics.nuclear_norm(H)
                 out[f"nuclear_H{name[1:]}"] = metrics.nuclear_norm(levels[f"H{name[1:]}"])
         W, H = params[f"W{depth}"], levels[f"H{depth}"]
+        out.update(metrics.rank_measurements(W @ H, sizes.classes, "logits"))
         out.update(metrics.classifier_measurements(W, H, sizes.classes))
         out.update(metrics.papyan_suite(W, H, classes=sizes.classes))
         out["norm_H1"] = jnp.linalg.norm(params["H1"])
@@ -213,6 +221,8 @@ def _gaussian_blocks(key, shapes, scale):
 
 
 # --- registry ----------------------------------------------------------------------------------
+
+DEFAULT_DEPTH = 3  # the deep models' L when none is given
 
 class Model(NamedTuple):
     """A named UFM: pure functions plus what the CLI and the theory need to know about it.
@@ -253,16 +263,24 @@ def cross_entropy_model(name, bias):
                  _balanced(lambda hyper, sizes: theory.cross_entropy(hyper, sizes, bias)))
 
 
-def layered_model(name, depth, activation):
-    """Depth-L model with L weight matrices after H_1 (L = 2: the extended UFMs, eqs. 23–24)."""
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got depth={depth}")
+def layered_model(name, depth, activation, loss="mse"):
+    """Depth-L model with L weight matrices after H_1 (L = 2: the extended UFMs, eqs. 23–24;
+    L = 1 with MSE: the bias-free model), MSE or (linear only) cross-entropy."""
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth (--depth) must be an integer >= 1, got {depth!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    if loss not in ("mse", "ce") or (loss == "ce" and activation != "linear"):
+        raise ValueError(f"loss must be 'mse', or 'ce' with the linear activation; got {loss!r} "
+                         f"with {activation!r}")
     hyper_names = ("lam_H1",) + tuple(f"lam_W{layer}" for layer in range(1, depth + 1))
-    return Model(name, _layered_init(depth), _layered_objective(activation),
-                 _layered_measure(activation), hyper_names, lambda K: K, 0.1,
-                 _balanced(lambda hyper, sizes: theory.layered(hyper, sizes, depth, activation)))
+    if loss == "ce":
+        prediction = _balanced(lambda hyper, sizes: theory.deep_cross_entropy(hyper, sizes, depth))
+    else:
+        prediction = lambda hyper, sizes: theory.layered(hyper, sizes, depth, activation)
+    return Model(name, _layered_init(depth), _layered_objective(activation, loss),
+                 _layered_measure(activation), hyper_names,
+                 (lambda K: K - 1) if loss == "ce" else (lambda K: K), 0.1, prediction)
 
 
 def _balanced(prediction):
@@ -457,6 +475,9 @@ MODELS = {
     "regularized-bias": plain_model("regularized-bias", "regularized"),
     "linear-extended": layered_model("linear-extended", 2, "linear"),
     "relu-extended": layered_model("relu-extended", 2, "relu"),
+    "deep-linear": layered_model("deep-linear", DEFAULT_DEPTH, "linear"),
+    "deep-relu": layered_model("deep-relu", DEFAULT_DEPTH, "relu"),
+    "deep-linear-ce": layered_model("deep-linear-ce", DEFAULT_DEPTH, "linear", "ce"),
     "ce": cross_entropy_model("ce", False),
     "ce-bias": cross_entropy_model("ce-bias", True),
     "fixed-etf": constrained_model("fixed-etf", "etf"),
@@ -464,16 +485,25 @@ MODELS = {
     "lpm": constrained_model("lpm", "learnable"),
 }
 FRAMES = {"fixed-etf": "etf", "fixed-orthogonal": "orthogonal", "lpm": "learnable"}
+DEEP = {"deep-linear": ("linear", "mse"), "deep-relu": ("relu", "mse"),
+        "deep-linear-ce": ("linear", "ce")}  # name -> (activation, loss); any --depth
 
 
-def get_model(name, loss=None, alpha=None, mask_softmax=False):
+def get_model(name, loss=None, alpha=None, mask_softmax=False, depth=None):
     """The registered model called `name`; ValueError naming the choices otherwise.
 
     loss ('ce' | 'dot-regression'), alpha ('none' | 'inverse-count') and mask_softmax choose a
-    variant of the constrained models (fixed-etf, fixed-orthogonal, lpm) and apply to no other.
+    variant of the constrained models (fixed-etf, fixed-orthogonal, lpm) and apply to no other;
+    depth (L ≥ 1, default 3) applies to the deep models only (deep-linear, deep-relu,
+    deep-linear-ce).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    if depth is not None and name not in DEEP:
+        raise ValueError(f"depth (--depth) applies only to the deep models "
+                         f"({', '.join(DEEP)}), not to {name!r}")
+    if name in DEEP and depth is not None and depth != DEFAULT_DEPTH:
+        return _deep_model(name, depth)
     options = {"loss": loss, "alpha": alpha, "mask_softmax": mask_softmax or None}
     given = {k: v for k, v in options.items() if v is not None}
     if name not in FRAMES:
@@ -489,3 +519,14 @@ def get_model(name, loss=None, alpha=None, mask_softmax=False):
         return MODELS[name]
     return constrained_model(name, FRAMES[name], given.get("loss", "ce"),
                              given.get("alpha", "none"), bool(mask_softmax))
+
+
+@functools.lru_cache(maxsize=None)
+def _deep_model(name, depth):
+    """deep-linear / deep-relu / deep-linear-ce at depth L (cached: one Model per depth)."""
+    return layered_model(name, depth, *DEEP[name])
+
+
+def model_depth(model):
+    """L of a layered model (the number of weight matrices after H_1), None for the others."""
+    return sum(1 for k in model.hyper_names if k.startswith("lam_W") and k[5:].isdigit()) or None

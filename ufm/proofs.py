@@ -631,10 +631,10 @@ def _classifier_scan(H, Y, lam_W, lr, steps):
 
 
 def optimum_point(proof, sizes, hyper, *, steps, lr, seed=0, restarts=1, optimizer="gd",
-                  init_scale=None, sigma=0.1):
-    """The gradient-descent solution of the theorem's model as a point of its proof, and the
-    Result (None for 5.1, whose features are fixed and only W is optimised)."""
-    from ufm.runner import train
+                  init_scale=None, sigma=0.1, tol=None):
+    """The optimiser's solution of the theorem's model as a point of its proof, the Result (None
+    for 5.1, whose features are fixed and only W is optimised, by GD) and its certificate."""
+    from ufm.runner import certificate, certificate_tol, train
 
     lams = {k: hyper[k] for k in MODELS[proof.model].hyper_names}
     if proof.theorem == "5.1":
@@ -643,19 +643,25 @@ def optimum_point(proof, sizes, hyper, *, steps, lr, seed=0, restarts=1, optimiz
         Hbar = math.sqrt(rho) * np.linalg.qr(rng.standard_normal((sizes.d, sizes.K)))[0]
         E = _exact_moment_noise(rng, sizes, sigma)
         H = jnp.asarray(np.repeat(Hbar, sizes.n, axis=1) + E, jnp.result_type(float))
-        W = fixed_features_classifier(H, one_hot_targets(sizes, H.dtype), lams["lam_W"], lr, steps)
-        return {"W": np.asarray(W), "Hbar": Hbar, "E": E}, None
+        Y = one_hot_targets(sizes, H.dtype)
+        W = fixed_features_classifier(H, Y, lams["lam_W"], lr, steps)
+        value = lambda W: _sq(W @ H - Y) / (2 * sizes.N) + lams["lam_W"] / 2 * _sq(W)
+        f, g = jax.value_and_grad(value)(W)
+        best = value(jnp.asarray(theory.optimal_classifier(H, Y, lams["lam_W"]), H.dtype))
+        cert = certificate([float(f)], jnp.linalg.norm(g) / max(abs(float(f)), 1e-6), None,
+                           steps, certificate_tol(tol), float(best))
+        return {"W": np.asarray(W), "Hbar": Hbar, "E": E}, None, cert
     result = train(proof.model, K=sizes.K, n=sizes.n, d=sizes.d, steps=steps, log_every=steps,
                    seed=seed, lr=lr, restarts=restarts, optimizer=optimizer,
-                   init_scale=init_scale, **lams)
+                   init_scale=init_scale, tol=tol, **lams)
     params = {k: np.asarray(v, np.float64) for k, v in result.params.items()}
     if proof.theorem == "C.1":
         params = lemma_c1_point(params["W"], params["H"], lams["lam_W"], lams["lam_H"])
-    return params, result
+    return params, result, result.certificate
 
 
 def run_proof(theorem, *, K=4, n=10, d=8, random=200, seed=0, steps=50000, lr=0.1, restarts=1,
-              optimizer="gd", init_scale=None, sigma=0.1, **lams):
+              optimizer="gd", init_scale=None, sigma=0.1, tol=None, **lams):
     """Check every step of a proof at `random` random points and at the gradient-descent solution.
 
     Returns the proof.json document {"theorem", "config", "steps": rows, "summary"}; rows as in
@@ -690,9 +696,9 @@ def run_proof(theorem, *, K=4, n=10, d=8, random=200, seed=0, steps=50000, lr=0.
         for j, row in enumerate(evaluate(steps_of, points, "random")):
             i = j % random
             rows.append(dict(row, point=i, kind=kinds[i]))
-    point, result = optimum_point(proof, sizes, hyper, steps=steps, lr=lr, seed=seed,
-                                  restarts=restarts, optimizer=optimizer, init_scale=init_scale,
-                                  sigma=sigma)
+    point, result, cert = optimum_point(proof, sizes, hyper, steps=steps, lr=lr, seed=seed,
+                                        restarts=restarts, optimizer=optimizer,
+                                        init_scale=init_scale, sigma=sigma, tol=tol)
     rows += evaluate(steps_of, [point], "optimum")
     config = dict(theorem=proof.theorem, model=proof.model, K=K, n=n, d=d, random=random,
                   seed=seed, steps=steps, restarts=restarts, optimizer=optimizer,
@@ -703,6 +709,7 @@ def run_proof(theorem, *, K=4, n=10, d=8, random=200, seed=0, steps=50000, lr=0.
         config["objective"] = result.final["objective"]
         config["closed_form"] = None if result.theory is None else result.theory.objective
         config["diverged_at"] = result.diverged_at
+    config["certificate"] = cert
     return {"theorem": proof.theorem, "title": proof.title, "config": config, "steps": rows,
             "summary": summarise(rows)}
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import tempfile
 from typing import Any, NamedTuple, Optional
 
@@ -10,14 +11,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ufm import metrics, optimise
 from ufm import theory as theory_mod
-from ufm import optimise
-from ufm.models import FIXED_BLOCKS, FRAMES, MODELS, Sizes, get_model, prototype_cosines
+from ufm.models import (FIXED_BLOCKS, FRAMES, MODELS, Sizes, get_model, model_depth,
+                        prototype_cosines)
 
 DEFAULT_LAMBDA = 5e-3
 DEFAULTS = dict(K=4, n=50, d=20, lr=0.1, steps=20000, log_every=500, seed=0, restarts=1,
                 optimizer="gd")
 HYPER_FLAGS = ("lam_W", "lam_H", "lam_b", "lam_W1", "lam_W2", "lam_H1", "E_H", "E_W")
+LAYER_LAMBDA = re.compile(r"lam_W[1-9][0-9]*$")  # lam_W1, lam_W2, …: one per layer of a deep model
+
+
+def is_hyper_name(name):
+    """Whether `name` is a hyperparameter some model takes (the flags above, or lam_W<l>)."""
+    return name in HYPER_FLAGS or bool(LAYER_LAMBDA.match(name))
 DEFAULT_BOUND = 1.0  # E_H, E_W: squared-norm bounds of the constrained models
 
 
@@ -93,11 +101,26 @@ def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_smal
             f"it anyway with no closed-form prediction")
 
 
+def tie_layers(model, lams):
+    """For a layered model, `lam_W` (one λ for every W_l) expanded to each lam_W<l> not given on
+    its own; other models' λ's unchanged."""
+    layers = [k for k in model.hyper_names if LAYER_LAMBDA.match(k)]
+    if lams.get("lam_W") is None or "lam_W" in model.hyper_names or not layers:
+        return lams
+    out = {k: v for k, v in lams.items() if k != "lam_W"}
+    for k in layers:
+        if out.get(k) is None:
+            out[k] = lams["lam_W"]
+    return out
+
+
 def hyper_for(model, lams, lr, init_scale):
     """The full hyper dict of a model: its λ's (defaults filled in), lr and init_scale.
 
-    A λ the model does not take is a ValueError naming it and the ones it does take.
+    A λ the model does not take is a ValueError naming it and the ones it does take. For a
+    layered model `lam_W` sets every lam_W<l> not given on its own (see `tie_layers`).
     """
+    lams = tie_layers(model, lams)
     for name, value in lams.items():
         if value is not None and name not in model.hyper_names:
             takes = ", ".join(model.hyper_names)
@@ -182,33 +205,90 @@ class Result(NamedTuple):
     diverged_at: Optional[int]
     restart_objectives: list  # final objective of every restart
     sessions: Optional[list] = None  # incremental sessions: one dict per session
+    certificate: Optional[dict] = None  # see `certificate`
+    reference: Optional[dict] = None  # where the run landed against reference values (theory.landing)
+
+
+def stopping_tol(optimizer, tol, dtype=None):
+    """The tolerance at which a run stops: `tol` when given; for L-BFGS, optimise.LBFGS_TOL of the
+    dtype (about round-off); for first-order methods None (every step runs, as in the papers)."""
+    if tol is not None:
+        return float(tol)
+    if optimizer == "lbfgs":
+        return optimise.LBFGS_TOL[str(jnp.dtype(dtype or jnp.result_type(float)))]
+    return None
+
+
+def certificate_tol(tol, dtype=None):
+    """The tolerance `converged` is judged against: `tol`, else optimise.CERTIFICATE_TOL."""
+    if tol is not None:
+        return float(tol)
+    return optimise.CERTIFICATE_TOL[str(jnp.dtype(dtype or jnp.result_type(float)))]
+
+
+def check_tol(tol):
+    """ValueError unless tol is None or a finite number > 0."""
+    if tol is None:
+        return
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
+        raise ValueError(f"tol (--tol) must be a number > 0, got {tol!r}")
+    if not (math.isfinite(float(tol)) and float(tol) > 0):
+        raise ValueError(f"tol (--tol) must be finite and > 0, got {float(tol)}")
+
+
+def certificate(objectives, grad_norm, converged_at, steps_taken, tol, reference=None):
+    """The convergence certificate of one run, a JSON-ready dict.
+
+    objectives: the recorded objective [T]; grad_norm: ‖∇f‖/max(|f|, floor) at the end (the
+    projected-gradient step for constrained models); converged: grad_norm ≤ tol; rel_decrease: the
+    last logging interval's (f_prev − f_last)/max(|f_last|, floor); closed_form_gap: the signed
+    (f − f*)/|f*| (f − f* where f* = 0) against the closed-form optimum `reference`, if any.
+    """
+    f = np.asarray(objectives, np.float64)
+    floor = optimise.OBJECTIVE_FLOOR
+    rel_decrease = (f[-2] - f[-1]) / max(abs(f[-1]), floor) if f.size > 1 else None
+    gap = None
+    if reference is not None:
+        gap = (f[-1] - reference) / abs(reference) if reference != 0 else f[-1] - reference
+    grad_norm = float(grad_norm)
+    return {"grad_norm": grad_norm, "rel_decrease": rel_decrease, "tol": float(tol),
+            "converged": bool(grad_norm <= tol), "converged_at": converged_at,
+            "steps_taken": int(steps_taken), "closed_form_gap": gap}
 
 
 def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
           log_every=DEFAULTS["log_every"], seed=0, lr=DEFAULTS["lr"], init_scale=None,
           restarts=1, optimizer="gd", allow_small_d=False, progress=None, loss=None, alpha=None,
-          mask_softmax=False, sessions=None, distill=0.0, **lams):
-    """Validate, run gradient descent compiled (R restarts vmapped, best kept), return a Result.
+          mask_softmax=False, sessions=None, distill=0.0, tol=None, depth=None, **lams):
+    """Validate, run the optimiser compiled (R restarts vmapped, best kept), return a Result.
 
     lams: the model's λ's by name (lam_W, lam_H, lam_b, lam_W1, lam_W2, lam_H1); unset ones are
     5e-3 (E_H, E_W: 1). dtype follows the caller's jax_enable_x64. `progress(steps_done)` is called
-    between compiled chunks of the scan. loss, alpha, mask_softmax: variants of the constrained
-    models; sessions (see `session_groups`) runs class-incremental sessions of `steps` steps each,
-    with `distill` the weight of the tie to the previous session's features.
+    between compiled chunks of the scan. optimizer: gd, momentum, adam or lbfgs. tol: stop once the
+    relative gradient norm is ≤ tol (`steps` is then the cap; see `stopping_tol` for the default).
+    loss, alpha, mask_softmax: variants of the constrained models; sessions (see
+    `session_groups`) runs class-incremental sessions of `steps` steps each, with `distill` the
+    weight of the tie to the previous session's features. depth: L of the deep models
+    (deep-linear, deep-relu, deep-linear-ce; default 3), with lam_H1 and lam_W (every layer) or
+    lam_W1 … lam_WL.
     """
-    spec = get_model(model, loss, alpha, mask_softmax)
-    unknown = set(lams) - set(HYPER_FLAGS)
+    spec = get_model(model, loss, alpha, mask_softmax, depth)
+    unknown = sorted(k for k in lams if not is_hyper_name(k))
     if unknown:
-        raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)}; known: {HYPER_FLAGS}")
-    if optimizer not in optimise.OPTIMIZERS:
-        raise ValueError(f"optimizer (--optimizer) must be one of {optimise.OPTIMIZERS}, "
-                         f"got {optimizer!r}")
+        raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {HYPER_FLAGS} and "
+                         f"lam_W<l> for a deep model's layer l")
+    optimise.check_optimizer(spec, optimizer)
+    check_tol(tol)
     n = parse_counts(n)
     sizes = Sizes(K, n, d)
     hyper = hyper_for(spec, lams, lr, init_scale)
     check_config(spec, sizes, hyper, steps, log_every, restarts, allow_small_d)
     distill = float(distill)
     groups = check_sessions(spec, sessions, distill, K, restarts)
+    if groups is not None and tol is not None:
+        raise ValueError("tol (--tol) does not apply with --sessions: each session runs its "
+                         "--steps")
+    stop = stopping_tol(optimizer, tol)
     key = jax.random.PRNGKey(seed)
     jhyper = optimise.as_hyper(hyper)
     session_info = None
@@ -220,30 +300,45 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
         keys = jax.random.split(key, restarts) if restarts > 1 else key
         hyp = optimise.broadcast_hyper(jhyper, restarts) if restarts > 1 else jhyper
         traj = optimise.simulate_with_progress(spec, sizes, keys, hyp, steps, log_every,
-                                               optimizer, progress, batched=restarts > 1)
+                                               optimizer, progress, batched=restarts > 1,
+                                               tol=stop)
     else:
         traj = optimise.compiled_simulation(spec, sizes, steps, log_every, optimizer,
-                                            restarts)(key, jhyper)
+                                            restarts, stop)(key, jhyper)
     if restarts > 1 and groups is None:
-        restart_obj = [float(v) for v in np.asarray(traj.history["objective"][:, -1])]
+        restart_obj = [float(v) for v in optimise.final_objectives(traj)]
         traj = optimise.pick(traj, optimise.best_restart(traj))
-    else:
+    traj = optimise.trim(traj)
+    if restarts == 1 or groups is not None:
         restart_obj = [float(traj.history["objective"][-1])]
     history = {k: np.asarray(v) for k, v in traj.history.items()}
     diverged_at = int(traj.diverged_at)
     config = dict(model=model, K=K, n=n, d=d, steps=steps, log_every=log_every, seed=seed,
-                  restarts=restarts, optimizer=optimizer, allow_small_d=allow_small_d,
+                  restarts=restarts, optimizer=optimizer, tol=stop, allow_small_d=allow_small_d,
                   dtype=str(jnp.result_type(float)), **hyper)
     if model in FRAMES:
         config.update(loss=loss or "ce", alpha=alpha or "none", mask_softmax=bool(mask_softmax),
                       sessions=None if groups is None else [list(g) for g in groups],
                       distill=distill)
+    if model_depth(spec) is not None:
+        config.update(depth=model_depth(spec), rank_tol=metrics.RANK_TOL)
+    prediction = predict(spec, sizes, hyper)
+    converged_at = int(traj.converged_at)
+    cert = certificate(history["objective"], traj.grad_norm,
+                       None if converged_at < 0 else converged_at, traj.steps[-1],
+                       certificate_tol(tol), theory_mod.optimum(prediction))
     return Result(
         model=model, config=config, params=jax.tree.map(np.asarray, traj.params),
         steps=np.asarray(traj.steps), history=history,
-        final={k: float(v[-1]) for k, v in history.items()},
-        theory=predict(spec, sizes, hyper), diverged_at=None if diverged_at < 0 else diverged_at,
-        restart_objectives=restart_obj, sessions=session_info)
+        final={k: _number(v[-1]) for k, v in history.items()},
+        theory=prediction, diverged_at=None if diverged_at < 0 else diverged_at,
+        restart_objectives=restart_obj, sessions=session_info, certificate=cert,
+        reference=theory_mod.landing(prediction, float(history["objective"][-1])))
+
+
+def _number(v):
+    """A recorded scalar as a Python int (integer measurements: ranks) or float."""
+    return int(v) if np.issubdtype(np.asarray(v).dtype, np.integer) else float(v)
 
 
 def _session_dicts(model, sizes, params, done):
@@ -282,6 +377,8 @@ def result_dict(result):
         "final": result.final,
         "theory": theory_mod.as_dict(result.theory),
         "history": {"step": result.steps, **result.history},
+        "certificate": result.certificate,
+        "reference": result.reference,
         "diverged": result.diverged_at is not None,
         "diverged_at": result.diverged_at,
         "restarts": {"objectives": result.restart_objectives,

@@ -18,8 +18,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ufm import optimise
-from ufm.runner import (_json_safe, atomic_write, check_config, check_sessions, flag, hyper_for,
-                        predict)
+from ufm.runner import (_json_safe, atomic_write, certificate_tol, check_config, check_sessions,
+                        check_tol, flag, hyper_for, predict, stopping_tol)
 
 SWEEPABLE = ("lam_W", "lam_H", "lam_b", "lam_W1", "lam_W2", "lam_H1", "E_H", "E_W", "lr",
              "init_scale")
@@ -48,56 +48,79 @@ def parse_axis(name, text):
                          f"start:stop:num:log (positive ends), got {text!r}") from None
 
 
-def point_function(model, sizes, steps, opt_name, restarts, sessions=None, distill=0.0):
-    """(key, hyper) -> final measurements of one grid point (best of `restarts`), plus `diverged`.
+def point_function(model, sizes, steps, opt_name, restarts, sessions=None, distill=0.0,
+                   tol=None):
+    """(key, hyper) -> final measurements of one grid point (best of `restarts`), plus `diverged`
+    and the certificate: `grad_norm` (relative, see optimise.certify), `steps_taken`,
+    `converged_at` (−1 if the tolerance was not met).
 
-    sessions: class groups of incremental sessions (`steps` each; restarts must be 1)."""
+    sessions: class groups of incremental sessions (`steps` each; restarts must be 1).
+    tol: stop each point once its relative gradient norm is ≤ tol (`steps` is then the cap).
+    """
     run = functools.partial(optimise.simulate, model, sizes, steps=steps, log_every=steps,
-                            opt_name=opt_name)
+                            opt_name=opt_name, tol=tol)
 
     def point(key, hyper):
         if sessions is not None:
-            state, out = optimise.sessions_final(model, sizes, key, hyper, sessions, steps,
-                                                 opt_name, distill)
-            return dict(out, diverged=state.diverged_at >= 0)
+            state, out, grad_norm = optimise.sessions_final(model, sizes, key, hyper, sessions,
+                                                            steps, opt_name, distill)
+            return dict(out, diverged=state.diverged_at >= 0, grad_norm=grad_norm,
+                        steps_taken=state.step, converged_at=state.converged_at)
         if restarts == 1:
             traj = run(key, hyper)
         else:
             trajs = jax.vmap(run, in_axes=(0, None))(jax.random.split(key, restarts), hyper)
-            final = trajs.history["objective"][:, -1]
+            final = _final_objective(trajs)
             best = jnp.argmin(jnp.where(jnp.isfinite(final), final, jnp.inf))
             traj = jax.tree.map(lambda v: v[best], trajs)
-        out = {k: v[-1] for k, v in traj.history.items()}
-        out["diverged"] = traj.diverged_at >= 0
+        last = _last_record(traj.steps)
+        out = {k: v[last] for k, v in traj.history.items()}
+        out.update(diverged=traj.diverged_at >= 0, grad_norm=traj.grad_norm,
+                   steps_taken=traj.steps[last], converged_at=traj.converged_at)
         return out
 
     return point
 
 
-def default_micro_batch():
+def _last_record(steps):
+    """Index of the last record a run made (records after a stop carry step −1)  []."""
+    return jnp.argmax(jnp.where(steps >= 0, jnp.arange(steps.shape[-1]), -1), axis=-1)
+
+
+def _final_objective(trajs):
+    """The last recorded objective of every restart of a vmapped Trajectory  [R]."""
+    last = _last_record(trajs.steps)
+    return jnp.take_along_axis(trajs.history["objective"], last[:, None], axis=1)[:, 0]
+
+
+def default_micro_batch(optimizer="gd"):
     """Configurations vmapped together inside each device's share of a chunk.
 
     On CPU a wide vmap of the paper-size problem outgrows the cache and runs slower per
     configuration than one configuration alone; groups of 8 (scanned one after another) stay in
-    cache and run faster per configuration than one alone. Accelerators want the widest vmap.
+    cache and run faster per configuration than one alone. L-BFGS runs one configuration at a
+    time on CPU: under vmap every point waits for the slowest line search and the slowest
+    convergence of its group (3× slower on a 32×32 grid). Accelerators want the widest vmap.
     """
-    return 8 if jax.default_backend() == "cpu" else None
+    if jax.default_backend() != "cpu":
+        return None
+    return 1 if optimizer == "lbfgs" else 8
 
 
-def micro_batch_for(per_device, micro="auto"):
-    """The group size actually used: `micro` (default: `default_micro_batch()`) reduced to divide
-    each device's share of a chunk; None for one vmap over the share."""
-    micro = default_micro_batch() if micro == "auto" else micro
+def micro_batch_for(per_device, micro="auto", optimizer="gd"):
+    """The group size actually used: `micro` (default: `default_micro_batch(optimizer)`) reduced
+    to divide each device's share of a chunk; None for one vmap over the share."""
+    micro = default_micro_batch(optimizer) if micro == "auto" else micro
     return None if micro is None else math.gcd(per_device, micro)
 
 
 @functools.lru_cache(maxsize=None)
 def compiled_chunk(model, sizes, steps, opt_name, restarts, n_devices, micro=None, sessions=None,
-                   distill=0.0):
+                   distill=0.0, tol=None):
     """jit of the grid program for one chunk: the configuration axis sharded over `n_devices`
     devices (shard_map), each device running `lax.map(point, batch_size=micro)` over its share
     (micro=None: one vmap over the whole share)."""
-    point = point_function(model, sizes, steps, opt_name, restarts, sessions, distill)
+    point = point_function(model, sizes, steps, opt_name, restarts, sessions, distill, tol)
     mesh = Mesh(np.array(jax.devices()[:n_devices]), ("grid",))
     spec = PartitionSpec("grid")
 
@@ -156,17 +179,25 @@ def fingerprint(config):
 
 def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd", restarts=1,
               chunk=None, out=None, progress=None, allow_small_d=False, n_devices=None,
-              micro="auto", sessions=None, distill=0.0):
+              micro="auto", sessions=None, distill=0.0, tol=None):
     """Run the grid `axes` (name -> 1-D values, in the order given) around `base` hyper values.
 
     seeds > 0 adds a last axis: point s uses PRNGKey(seed + s); otherwise every point uses
-    PRNGKey(seed), as `ufm train --seed` does. With `out`, finished chunks are stored in
+    PRNGKey(seed), as `ufm train --seed` does. optimizer/tol as in `runner.train`; every point
+    carries the certificate (`grad_norm`, `steps_taken`, `converged_at`, and `converged` against
+    the tolerance). With `out`, finished chunks are stored in
     out/chunks/ and a rerun with the same configuration resumes from them.
     sessions/distill: class-incremental sessions of `steps` steps each at every point (fixed
     classifiers only; see `runner.session_groups`).
     Returns (arrays, config): results shaped like the grid, and the full configuration.
     """
     groups = check_sessions(model, sessions, distill, sizes.K, restarts)
+    optimise.check_optimizer(model, optimizer)
+    check_tol(tol)
+    if groups is not None and tol is not None:
+        raise ValueError("tol (--tol) does not apply with --sessions: each session runs its "
+                         "--steps")
+    stop = stopping_tol(optimizer, tol)
     for name, values in axes.items():
         if name not in SWEEPABLE:
             raise ValueError(f"{flag(name)} cannot be a grid axis; sweepable: "
@@ -187,7 +218,8 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
                          f"got {chunk}")
     shape = tuple(len(v) for v in axes.values()) + ((seeds,) if seeds else ())
     config = dict(model=model.name, K=sizes.K, n=sizes.n, d=sizes.d, steps=steps, seed=seed,
-                  seeds=seeds, optimizer=optimizer, restarts=restarts, base=base,
+                  seeds=seeds, optimizer=optimizer, tol=stop,
+                  certificate_tol=certificate_tol(tol), restarts=restarts, base=base,
                   axes={k: list(map(float, v)) for k, v in axes.items()}, shape=list(shape),
                   chunk=chunk, dtype=str(jnp.result_type(float)), allow_small_d=allow_small_d,
                   sessions=None if groups is None else [list(g) for g in groups],
@@ -207,9 +239,9 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
         elif jax.process_index() == 0:
             doc = json.dumps({"fingerprint": tag, "config": _json_safe(key_cfg)}).encode()
             atomic_write(tag_path, lambda fh: fh.write(doc))
-    micro = micro_batch_for(chunk // n_devices, micro)
+    micro = micro_batch_for(chunk // n_devices, micro, optimizer)
     run, sharding = compiled_chunk(model, sizes, steps, optimizer, restarts, n_devices, micro,
-                                   groups, float(distill))
+                                   groups, float(distill), stop)
     names = list(hypers[0])
     results = None
     n_chunks = -(-len(points) // chunk)
@@ -235,6 +267,7 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
             progress(c + 1, n_chunks)
     preds = [predict(model, sizes, h) for h in hypers]
     results["theory_objective"] = np.array([np.nan if p is None else p.objective for p in preds])
+    results["converged"] = results["grad_norm"] <= config["certificate_tol"]
     arrays = {k: v.reshape(shape) for k, v in results.items()}
     arrays.update({k: np.asarray(v) for k, v in axes.items()})
     if seeds:

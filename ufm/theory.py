@@ -8,8 +8,6 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-THREE_FACTOR_THRESHOLD = 2.0 ** (-4.0 / 3.0)  # K·a where the nonzero minimum stops being global
-THREE_FACTOR_LOCAL_LIMIT = 3.0 * 4.0 ** (-4.0 / 3.0)  # K·a where it stops being a local minimum
 
 
 class PlainPrediction(NamedTuple):
@@ -111,56 +109,67 @@ def cross_entropy(hyper, sizes, bias=False):
         b=0.0 if bias else None)
 
 
-class LayeredPrediction(NamedTuple):
-    """Global minimiser of the depth-L extended UFM (Theorem 4.1; 4.2 for ReLU, L = 2).
+def beta_c(M):
+    """β at which the nonzero minimiser of φ_β stops being global, for M = L + 1 factors.
 
-    With L+1 balanced factors every singular value s of W_L⋯W_1H̄_1 is equal and minimises
-    g(s) = (s−1)²/(2K) + (L+1)/2·a·s^{2/(L+1)},  a = (nλ_{H1}·Πλ_{W_l})^{1/(L+1)};
-    stationary points: t = s^{1/(L+1)} solves t^{2L} − t^{L−1} + K·a = 0.
+    (1/(M−1))·((M−2)/(M−1))^((M−2)/M): 1 for M = 2 (continuous: c = 1), 2^(−4/3) for M = 3
+    (Theorem 4.1's jump). At β_c the singular value jumps from (M−2)/(M−1) to 0 (docs/theory.md).
     """
-
-    objective: float
-    structure: str  # 'OF' (ReLU: non-negative OF for H_L) or 'zero'
-    Ka: float
-    threshold: float  # K·a where the global minimiser jumps to zero
-    local_limit: float  # K·a past which the nonzero stationary point no longer exists
-    s: float  # singular value of W_L⋯W_1H̄_1 at the global minimiser
-    s_nonzero: Optional[float]  # the nonzero local minimiser's s, if it exists
-    objective_nonzero: Optional[float]  # objective there (above the jump: a local minimum)
-    rho_H: tuple  # H̄_lᵀH̄_l = ρ_l·I for l = 1 … L (ReLU: H1 not determined, None)
-    rho_W: float  # W_L W_Lᵀ = ρ_W·I
+    return (1.0 / (M - 1)) * ((M - 2) / (M - 1)) ** ((M - 2) / M)
 
 
-def _g(s, K, a, L):
-    return (s - 1.0) ** 2 / (2 * K) + (L + 1) / 2 * a * s ** (2.0 / (L + 1))
+def beta_max(M):
+    """β past which φ_β has no nonzero local minimum: (M/(2(M−1)))·((M−2)/(2(M−1)))^((M−2)/M);
+    1 for M = 2, 3·4^(−4/3) for M = 3."""
+    return (M / (2 * (M - 1))) * ((M - 2) / (2 * (M - 1))) ** ((M - 2) / M)
 
 
-def _nonzero_stationary_t(Ka, L):
-    """Largest positive real root of t^{2L} − t^{L−1} + K·a (the local minimum), or None."""
-    coeffs = np.zeros(2 * L + 1)
+THREE_FACTOR_THRESHOLD = beta_c(3)  # K·a where the nonzero minimum stops being global (2^(−4/3))
+THREE_FACTOR_LOCAL_LIMIT = beta_max(3)  # K·a where it stops being a local minimum (3·4^(−4/3))
+
+
+def phi(t, beta, M):
+    """The scalar problem of one class: φ_β(t) = (t − 1)²/2 + (M/2)·β·t^(2/M), t ≥ 0."""
+    return (t - 1.0) ** 2 / 2 + M / 2 * beta * t ** (2.0 / M)
+
+
+def nonzero_stationary(beta, M):
+    """The nonzero local minimiser t of φ_β, or None (β ≥ β_max; for M = 2, β ≥ 1).
+
+    t = s^M with s the largest positive root of s^(2M−2) − s^(M−2) + β (M = 3: the quartic
+    t⁴ − t + Ka of Theorem 4.1, in s); for M = 2, t = 1 − β.
+    """
+    if M == 2:
+        return 1.0 - beta if beta < 1 else None
+    coeffs = np.zeros(2 * M - 1)
     coeffs[0] = 1.0
-    coeffs[2 * L - (L - 1)] -= 1.0
-    coeffs[-1] += Ka
+    coeffs[M] -= 1.0  # s^(M−2) sits M places after s^(2M−2)
+    coeffs[-1] += beta
     roots = np.roots(coeffs)
     real = roots[(np.abs(roots.imag) < 1e-9 * max(1.0, np.max(np.abs(roots)))) & (roots.real > 0)]
     if real.size == 0:
         return None
-    t0 = float(np.max(real.real))
+    s = float(np.max(real.real))
     for _ in range(3):  # Newton polish to full float64 precision
-        f = t0 ** (2 * L) - t0 ** (L - 1) + Ka
-        df = 2 * L * t0 ** (2 * L - 1) - (L - 1) * t0 ** (L - 2) if L > 1 else 2 * t0
-        t0 -= f / df
-    return t0
+        f = s ** (2 * M - 2) - s ** (M - 2) + beta
+        df = (2 * M - 2) * s ** (2 * M - 3) - (M - 2) * s ** (M - 3)
+        if df == 0:
+            break
+        s -= f / df
+    # past β_max only a double root is left: it is an inflection of φ, not a local minimum
+    if beta >= beta_max(M):
+        return None
+    return s ** M
 
 
 def layered_threshold(L):
-    """K·a at which the zero solution becomes global for depth L (bisection on g(s+) = g(0)).
+    """β_c by bisection on φ_β(t_nonzero) = φ_β(0) = 1/2, for depth L (M = L + 1 factors): an
+    independent check of `beta_c`. L = 1 gives c = 1 (Theorem 3.1); L = 2 gives 2^(−4/3)."""
+    M = L + 1
 
-    L = 1 gives c = 1 (Theorem 3.1); L = 2 gives 2^{−4/3} (Theorem 4.1).
-    """
-    def nonzero_wins(Ka):
-        t = _nonzero_stationary_t(Ka, L)
-        return t is not None and _g(t ** (L + 1), 1.0, Ka, L) < _g(0.0, 1.0, Ka, L)
+    def nonzero_wins(beta):
+        t = nonzero_stationary(beta, M) if beta < 1 or M > 2 else None
+        return t is not None and phi(t, beta, M) < 0.5
 
     lo, hi = 0.0, 1.0
     for _ in range(200):
@@ -169,46 +178,145 @@ def layered_threshold(L):
     return (lo + hi) / 2
 
 
+class LayeredPrediction(NamedTuple):
+    """Global minimiser of the deep linear UFM with L weight matrices after H_1 (M = L + 1
+    factors, any per-class counts); for the ReLU model the deep-neural-collapse value.
+
+    Per class k, with β_k = N·λ̄·n_k^(1/M − 1), λ̄ = (λ_H1·Π λ_Wl)^(1/M), the class's singular
+    value of W_L⋯W_1H_1 divided by √n_k is the minimiser t_k of φ_{β_k}, and
+    f* = Σ_k (n_k/N)·φ_{β_k}(t_k) (docs/theory.md, "Deep linear MSE"). L = 1: Theorem 3.1;
+    L = 2: Theorem 4.1 (4.2 for ReLU).
+    """
+
+    objective: float  # f* (ReLU at depth ≥ 3 with K > 2: the DNC value, not the optimum)
+    structure: str  # 'OF', 'OF on r of K classes' (the rest at zero) or 'zero'
+    depth: int  # L
+    lam_bar: float  # λ̄
+    beta: tuple  # β_k per class
+    t: tuple  # t_k per class at the global minimiser (0: the class is not fit)
+    fit: tuple  # per class: whether it is fit (β_k < β_c)
+    threshold: float  # β_c(M)
+    local_limit: float  # β_max(M)
+    exact: bool  # whether `objective` is the optimum (False: a reference value)
+    # balanced classes only (None otherwise):
+    Ka: Optional[float]  # β (K·a for L = 2, c for L = 1)
+    s: Optional[float]  # the common singular value t at the global minimiser
+    s_nonzero: Optional[float]  # the nonzero local minimiser's t, if it exists
+    objective_nonzero: Optional[float]  # φ there (above β_c: a local minimum's value)
+    rho_H: Optional[tuple]  # H̄_lᵀH̄_l = ρ_l·I for l = 1 … L (ReLU: H1 not determined, None)
+    rho_W: Optional[float]  # W_L W_Lᵀ = ρ_W·I
+
+
 def layered(hyper, sizes, depth=2, activation="linear"):
-    """Theorem 4.1 (linear) / 4.2 (ReLU, assuming ‖W1H1‖_* = ‖σ(W1H1)‖_*) at depth L = `depth`."""
-    K, n, L = sizes.K, sizes.n, depth
+    """The deep linear closed form at depth L = `depth` for any counts (Theorem 4.1 at L = 2);
+    for ReLU the DNC value, which is the optimum for L ≤ 2 (Theorem 4.2, assuming
+    ‖W1H1‖_* = ‖σ(W1H1)‖_*) or K = 2, and an upper bound otherwise."""
+    L, M, K, counts = depth, depth + 1, sizes.K, sizes.counts
+    N = sum(counts)
     lam_H1 = float(hyper["lam_H1"])
     lam_Ws = [float(hyper[f"lam_W{layer}"]) for layer in range(1, L + 1)]
-    a = (n * lam_H1 * math.prod(lam_Ws)) ** (1.0 / (L + 1))
-    Ka = K * a
-    threshold = {1: 1.0, 2: THREE_FACTOR_THRESHOLD}.get(L) or layered_threshold(L)
-    t = _nonzero_stationary_t(Ka, L)
-    s_nz = None if t is None else t ** (L + 1)
-    f_nz = None if t is None else K * _g(s_nz, K, a, L)
-    f_zero = K * _g(0.0, K, a, L)  # = 1/2
-    nonzero = f_nz is not None and f_nz < f_zero
-    s = s_nz if nonzero else 0.0
-    # Balanced factors: λ_X·σ_X² = a·t² for every factor X; Grams multiply down the layers.
-    unit = a * t * t if nonzero else 0.0
-    rho = [unit / (n * lam_H1)]
-    for lam in lam_Ws[:-1]:
-        rho.append(rho[-1] * unit / lam)
-    if activation == "relu":
-        rho[0] = None  # H1's Gram lies anywhere between an OF and an ETF (SPEC §3.5)
-    return LayeredPrediction(
-        objective=min(f_zero, f_nz) if f_nz is not None else f_zero,
-        structure="OF" if nonzero else "zero", Ka=Ka, threshold=threshold,
-        local_limit=THREE_FACTOR_LOCAL_LIMIT if L == 2 else float("nan"),
-        s=s, s_nonzero=s_nz, objective_nonzero=f_nz, rho_H=tuple(rho),
-        rho_W=unit / lam_Ws[-1])
+    lam_bar = (lam_H1 * math.prod(lam_Ws)) ** (1.0 / M)
+    betas = [N * lam_bar * n_k ** (1.0 / M - 1.0) for n_k in counts]
+    t_nz = [nonzero_stationary(b, M) for b in betas]
+    t = [tn if tn is not None and phi(tn, b, M) < 0.5 else 0.0 for tn, b in zip(t_nz, betas)]
+    values = [phi(tk, b, M) if tk > 0 else 0.5 for tk, b in zip(t, betas)]
+    objective = sum(n_k / N * v for n_k, v in zip(counts, values))
+    fit = tuple(tk > 0 for tk in t)
+    r = sum(fit)
+    structure = "OF" if r == K else "zero" if r == 0 else f"OF on {r} of {K} classes"
+    exact = activation == "linear" or L <= 2 or K == 2
+    balanced = dict(Ka=None, s=None, s_nonzero=None, objective_nonzero=None, rho_H=None,
+                    rho_W=None)
+    if sizes.balanced:
+        n = sizes.n
+        # Balanced factors: λ_X·σ_X² = λ̄·(√n·t)^(2/M) for every factor X (AM–GM); Grams multiply.
+        unit = lam_bar * (math.sqrt(n) * t[0]) ** (2.0 / M) if t[0] > 0 else 0.0
+        rho = [unit / (n * lam_H1)]
+        for lam in lam_Ws[:-1]:
+            rho.append(rho[-1] * unit / lam)
+        if activation == "relu":
+            rho[0] = None  # H1's Gram lies anywhere between an OF and an ETF (docs/theory.md)
+        balanced = dict(Ka=betas[0], s=t[0], s_nonzero=t_nz[0],
+                        objective_nonzero=None if t_nz[0] is None else phi(t_nz[0], betas[0], M),
+                        rho_H=tuple(rho), rho_W=unit / lam_Ws[-1])
+    return LayeredPrediction(objective=objective, structure=structure, depth=L, lam_bar=lam_bar,
+                             beta=tuple(betas), t=tuple(t), fit=fit, threshold=beta_c(M),
+                             local_limit=beta_max(M), exact=exact, **balanced)
 
 
 def layered_rank_objectives(prediction, K):
-    """Objective of the critical point with r nonzero singular values, for r = 0 … K  [K+1].
+    """Objective of the balanced critical point with r nonzero singular values, r = 0 … K  [K+1].
 
     Each singular direction is a separate scalar problem, so with the nonzero local minimiser on
-    r directions and zero on the rest f_r = (r·f_nonzero + (K − r)·f_zero)/K. Gradient descent
-    can end at any of these that is a local minimum; this names which one it reached.
+    r directions and zero on the rest f_r = (r·φ(t_nonzero) + (K − r)/2)/K. For M ≥ 3 factors
+    these are local minima; gradient descent can end at any of them, and this names which one it
+    reached. (For M = 2 the ones with r < K are saddles.)
     """
     f_zero = 0.5
     if prediction.objective_nonzero is None:
         return [f_zero] * (K + 1)
     return [(r * prediction.objective_nonzero + (K - r) * f_zero) / K for r in range(K + 1)]
+
+
+class DeepCrossEntropyPrediction(NamedTuple):
+    """Reference solutions of the deep linear cross-entropy UFM (Garrod & Keating 2025), balanced
+    classes: deep neural collapse, the low-rank solution (K even) and zero; each a 1-D problem
+    after balancing the M = L + 1 factors (penalty (M/2)·λ̄·Σ_j σ_j(Z)^(2/M))."""
+
+    objective: float  # the lowest of the references
+    structure: str  # which one: 'dnc', 'low-rank' or 'zero'
+    depth: int
+    lam_bar: float  # λ̄ = (λ_H1·Π λ_Wl)^(1/M)
+    dnc: float  # f_DNC = min_α log(1 + (K−1)e^(−α)) + (M/2)λ̄(K−1)(α√n)^(2/M)
+    dnc_alpha: float  # its α: class-mean logits α·P
+    low_rank: Optional[float]  # f_LR (K even): min_β log(1 + e^(−2β) + (K−2)e^(−β)) + (M/2)λ̄(K/2)(2β√n)^(2/M)
+    low_rank_beta: Optional[float]  # its β: K/2 blocks β[[1, −1], [−1, 1]]
+    zero: float  # log K
+    exact: bool  # L = 1: DNC is the optimum (Zhu et al. 2021); deeper: references only
+
+
+def _min_on_ray(fn, hi):
+    """min over x ∈ [0, hi] of a 1-D function: a log-spaced grid, then Brent's method on the
+    bracket around the best grid point. Returns (x*, f(x*))."""
+    from scipy.optimize import minimize_scalar
+
+    grid = np.concatenate([[0.0], np.logspace(-8, math.log10(hi), 4000)])
+    vals = np.array([fn(x) for x in grid])
+    i = int(np.argmin(vals))
+    if i == 0:
+        return 0.0, float(vals[0])
+    lo, up = grid[i - 1], grid[min(i + 1, len(grid) - 1)]
+    res = minimize_scalar(fn, bounds=(lo, up), method="bounded",
+                          options={"xatol": 1e-14 * max(1.0, up)})
+    x, f = (float(res.x), float(res.fun)) if res.fun <= vals[i] else (grid[i], float(vals[i]))
+    return x, f
+
+
+def deep_cross_entropy(hyper, sizes, depth):
+    """The references of the deep linear CE UFM at depth L (balanced classes, docs/theory.md).
+
+    For small λ, f_LR < f_DNC iff (K/2)·2^(2/M) < K − 1: K ≥ 6 at L = 2, K ≥ 4 at L ≥ 3.
+    """
+    K, n, L, M = sizes.K, sizes.n, depth, depth + 1
+    lam_bar = (float(hyper["lam_H1"]) * math.prod(
+        float(hyper[f"lam_W{layer}"]) for layer in range(1, L + 1))) ** (1.0 / M)
+    log_K = math.log(K)
+    pen = lambda scale: M / 2 * lam_bar * scale ** (2.0 / M)
+    # f ≥ the penalty, and f(0) = log K: the minimiser lies where the penalty is below log K
+    reach = lambda count, factor: (log_K / (M / 2 * lam_bar * count)) ** (M / 2) / (factor * math.sqrt(n))
+    f_dnc = lambda a: math.log1p((K - 1) * math.exp(-a)) + (K - 1) * pen(a * math.sqrt(n))
+    alpha, dnc = _min_on_ray(f_dnc, min(reach(K - 1, 1.0), 1e4))
+    low_rank = beta = None
+    if K % 2 == 0:
+        f_lr = lambda b: (math.log1p(math.exp(-2 * b) + (K - 2) * math.exp(-b))
+                          + K / 2 * pen(2 * b * math.sqrt(n)))
+        beta, low_rank = _min_on_ray(f_lr, min(reach(K / 2, 2.0), 1e4))
+    refs = {"dnc": dnc, "low-rank": low_rank, "zero": log_K}
+    best = min((v, k) for k, v in refs.items() if v is not None)
+    return DeepCrossEntropyPrediction(objective=best[0], structure=best[1], depth=L,
+                                      lam_bar=lam_bar, dnc=dnc, dnc_alpha=alpha,
+                                      low_rank=low_rank, low_rank_beta=beta, zero=log_K,
+                                      exact=L == 1)
 
 
 class PerturbedPrediction(NamedTuple):
@@ -281,3 +389,37 @@ def as_dict(prediction):
     for k, v in prediction._asdict().items():
         out[k] = v.tolist() if isinstance(v, np.ndarray) else (list(v) if isinstance(v, tuple) else v)
     return out
+
+
+def optimum(prediction):
+    """The closed-form optimal value of a prediction, or None where there is none (no prediction,
+    or one whose value is a reference rather than the proven optimum: `exact` False)."""
+    if prediction is None or not getattr(prediction, "exact", True):
+        return None
+    return prediction.objective
+
+
+LANDING_TOL = 1e-6  # relative gap within which a run counts as having reached a reference
+
+
+def landing(prediction, objective, tol=LANDING_TOL):
+    """Where a run with final `objective` landed against the references of a prediction, as a
+    JSON-ready dict, or None for predictions that are the optimum itself.
+
+    Deep linear CE: `reached` ('dnc', 'low-rank', 'zero' — the reference within a relative `tol`
+    — or 'other'), `excess` = f − (the lowest reference) and each reference's relative gap.
+    Deep ReLU (DNC value not the optimum): `dnc`, `below_dnc` (f below it by more than `tol`,
+    relative) and `dnc_gap` = (f − f_DNC)/f_DNC.
+    """
+    if prediction is None or not math.isfinite(objective):
+        return None
+    if isinstance(prediction, DeepCrossEntropyPrediction):
+        refs = {"dnc": prediction.dnc, "low-rank": prediction.low_rank, "zero": prediction.zero}
+        gaps = {k: (objective - v) / abs(v) for k, v in refs.items() if v is not None}
+        closest = min(gaps, key=lambda k: abs(gaps[k]))
+        return {"reached": closest if abs(gaps[closest]) <= tol else "other",
+                "excess": objective - prediction.objective, "gaps": gaps}
+    if isinstance(prediction, LayeredPrediction) and not prediction.exact:
+        gap = (objective - prediction.objective) / prediction.objective
+        return {"dnc": prediction.objective, "below_dnc": bool(gap < -tol), "dnc_gap": gap}
+    return None
