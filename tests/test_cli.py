@@ -56,7 +56,7 @@ def test_extended_params_and_theory_null_for_small_d(tmp_path):
     (["train", "bias-free", "--K", "1"], "K (--K) must be >= 2, got 1"),
     (["train", "bias-free", "--n", "0"], "n (--n) must be >= 1"),
     (["train", "bias-free", "--d", "3"], "--allow-small-d"),
-    (["train", "linear-extended", "--lam-W", "0.1"], "--lam-W does not apply"),
+    (["train", "linear-extended", "--lam-H", "0.1"], "--lam-H does not apply"),
     (["train", "bias-free", "--steps", "ten"], "invalid int value: 'ten'"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):

@@ -80,12 +80,13 @@ def test_interrupted_sweep_resumes_with_the_same_results(tmp_path):
     assert len(done_chunks) == 2
     stamps = {f: os.path.getmtime(os.path.join(out, "chunks", f)) for f in done_chunks}
     seen = []
-    resumed, _ = small_sweep(chunk=2, out=out, progress=lambda d, t: seen.append(d))
-    assert seen == [1, 2, 3]
+    resumed, config = small_sweep(chunk=2, out=out, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 1)]  # only the missing chunk is computed
+    assert config["work"]["computed_points"] == 2 and config["work"]["loaded_points"] == 4
     assert {f: os.path.getmtime(os.path.join(out, "chunks", f)) for f in done_chunks} == stamps
     for k in full:
         np.testing.assert_array_equal(resumed[k], full[k])
-    with pytest.raises(ValueError, match="holds chunks of a different sweep"):
+    with pytest.raises(ValueError, match="was computed with another configuration"):
         model = ufm.get_model("unregularized-bias")
         sweep.run_sweep(model, SIZES, sweep.base_hyper(model, {}, 0.1, None), AXES, steps=10,
                         out=out, chunk=2)

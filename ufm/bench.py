@@ -15,6 +15,7 @@ from ufm import optimise, sweep
 from ufm.models import MODELS, Sizes
 
 SIZES = (Sizes(4, 50, 20), Sizes(10, 100, 64))
+SECTIONS = ("throughput", "deep", "solvers")
 BATCHES = (1, 64, 1024, 4096)
 LAM, LR = 5e-3, 0.1
 
@@ -105,7 +106,7 @@ def grid_rates(sizes, B, steps):
     return rate_plain, rate_sweep
 
 
-def run(quick=False, batches=BATCHES, sizes=SIZES):
+def run(quick=False, batches=BATCHES, sizes=SIZES, sections=("throughput",)):
     """All measurements as a JSON-ready dict."""
     out = {"device": f"{jax.local_device_count()} × {jax.devices()[0].device_kind}",
            "backend": jax.default_backend(), "jax": jax.__version__,

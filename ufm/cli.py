@@ -1,17 +1,24 @@
-"""Command-line interface: `ufm train|sweep|bench|proof|figures …`.
+"""Command-line interface: `ufm train|sweep|proof|measure|bench|figures …`.
 
-Bad input gets one line on stderr and exit code 2, with nothing written.
+Bad input gets one line on stderr naming the flag, the value and what is allowed, and exit code 2,
+with nothing written; every check runs before any computation starts. A subcommand defines only
+the flags it uses, so any other flag is an error too.
 """
 import argparse
+import math
 import os
+import re
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-from ufm.models import FRAMES, MODELS
+from ufm.models import DEEP, FRAMES, MODELS
 from ufm.progress import progress_bar
-from ufm.runner import DEFAULTS, HYPER_FLAGS, flag, parse_counts
+from ufm.runner import DEFAULTS, HYPER_FLAGS, LAYER_LAMBDA, flag
+
+LAYER_FLAG = re.compile(r"--lam-W([1-9][0-9]*)(=.*)?$")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,30 +26,55 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ufm: error: {message}\n")
 
 
-def _add_train_flags(p, grid=False, model=True):
+class UsageError(ValueError):
+    """Bad input found by the CLI itself (as opposed to the library's ValueErrors)."""
+
+
+# --- flags ------------------------------------------------------------------------------------
+
+def _add_size_flags(p, static=False):
+    axis = " (a comma list: one compiled program per value)" if static else ""
+    p.add_argument("--K", type=str if static else int, default=str(DEFAULTS["K"]) if static
+                   else DEFAULTS["K"], help=f"number of classes (default 4){axis}")
+    counts = ("samples per class (default 50): one count, or K per-class counts joined by '/'; "
+              "a comma list is an axis (one program per value)" if static else
+              "samples per class (default 50), or K per-class counts joined by ',' or '/'")
+    p.add_argument("--n", type=str, default=str(DEFAULTS["n"]), help=counts)
+    p.add_argument("--d", type=str if static else int, default=str(DEFAULTS["d"]) if static
+                   else DEFAULTS["d"], help=f"feature dimension, every layer's width "
+                                            f"(default 20){axis}")
+
+
+def _add_lambda_flags(p, layers, grid):
     number = str if grid else float  # a sweep parses grids itself (start:stop:num[:log], a,b,c)
     grid_help = " (a grid: start:stop:num, start:stop:num:log, or a,b,c)" if grid else ""
-    if model:
-        p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
-    p.add_argument("--K", type=int, default=DEFAULTS["K"], help="number of classes (default 4)")
-    p.add_argument("--n", type=str, default=str(DEFAULTS["n"]),
-                   help="samples per class (default 50), or a comma list of K per-class counts")
-    p.add_argument("--d", type=int, default=DEFAULTS["d"], help="feature dimension (default 20)")
     for name in HYPER_FLAGS:
+        what = ("one λ for every W_l of a deep/extended model, or λ_W of the plain models"
+                if name == "lam_W" else name)
         p.add_argument(flag(name), dest=name, type=number, default=None,
-                       help=f"{name} (default {'1' if name.startswith('E_') else '5e-3'}; only for "
-                            f"models that have it){grid_help}")
-    p.add_argument("--lr", type=number, default=DEFAULTS["lr"],
-                   help=f"step size (default 0.1){grid_help}")
+                       help=f"{what} (default {'1' if name.startswith('E_') else '5e-3'}; only "
+                            f"for models that have it){grid_help}")
+    for layer in layers:  # --lam-W3 … as given on the command line (deep models)
+        name = f"lam_W{layer}"
+        if name not in HYPER_FLAGS:
+            p.add_argument(flag(name), dest=name, type=number, default=None,
+                           help=f"λ of W{layer} (deep models){grid_help}")
+
+
+def _add_run_flags(p, grid=False):
+    number = str if grid else float
+    grid_help = " (a grid: start:stop:num, start:stop:num:log, or a,b,c)" if grid else ""
+    p.add_argument("--lr", type=number, default=None,
+                   help=f"step size of gd/momentum/adam (default 0.1; not for lbfgs){grid_help}")
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"],
-                   help="gradient steps (default 20000; 100000 for proof)")
-    p.add_argument("--log-every", type=int, default=DEFAULTS["log_every"],
-                   help="record measurements every this many steps (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+                   help="optimiser steps, or their cap with --tol (default 20000)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed, 0 … 2^32−1 (default 0)")
     p.add_argument("--init-scale", type=number, default=None,
-                   help=f"std of the Gaussian init (default: 1 plain models, 0.1 extended){grid_help}")
-    p.add_argument("--restarts", type=int, default=1,
-                   help="independent initialisations run together with vmap; best kept")
+                   help=f"std of the Gaussian init (default: 1 plain models, 0.1 "
+                        f"extended/deep){grid_help}")
+    p.add_argument("--restarts", type=int, default=None,
+                   help="independent initialisations run together with vmap; best kept "
+                        "(default 1)")
     p.add_argument("--optimizer", default="gd", choices=("gd", "momentum", "adam", "lbfgs"),
                    help="plain gradient descent (default), heavy-ball momentum, Adam, or L-BFGS "
                         "with a line search (unconstrained models; needs no --lr)")
@@ -53,32 +85,36 @@ def _add_train_flags(p, grid=False, model=True):
     p.add_argument("--allow-small-d", action="store_true",
                    help="run with d below what the theorem needs (theory is then null)")
     p.add_argument("--x64", action="store_true", help="float64 (default float32)")
-    if model:
-        p.add_argument("--loss", choices=("ce", "dot-regression"), default=None,
-                       help="fixed-etf: cross-entropy (default) or dot-regression")
-        p.add_argument("--alpha", choices=("none", "inverse-count"), default=None,
-                       help="constrained models: per-class weights of the loss, none (average "
-                            "over samples, default) or inverse-count (α_k = 1/n_k)")
-        p.add_argument("--mask-softmax", action="store_true",
-                       help="fixed classifiers: softmax over the current session's classes only")
 
 
-def _add_session_flags(p):
+def _add_variant_flags(p, static=False):
+    p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("--depth", type=str if static else int, default=None,
+                   help=f"deep models ({', '.join(DEEP)}): L, the weight matrices after H1 "
+                        f"(default 3){' (a comma list: one program per value)' if static else ''}")
+    p.add_argument("--loss", choices=("ce", "dot-regression"), default=None,
+                   help="fixed-etf: cross-entropy (default) or dot-regression")
+    p.add_argument("--alpha", choices=("none", "inverse-count"), default=None,
+                   help="constrained models: per-class weights of the loss, none (average "
+                        "over samples, default) or inverse-count (α_k = 1/n_k)")
+    p.add_argument("--mask-softmax", action="store_true",
+                   help="fixed classifiers: softmax over the current session's classes only")
     p.add_argument("--sessions", default=None,
                    help="fixed-etf/fixed-orthogonal: class-incremental sessions, T (K classes "
                         "split in order) or a comma list of class counts per session; --steps "
                         "per session")
-    p.add_argument("--distill", type=float, default=0.0,
+    p.add_argument("--distill", type=float, default=None,
                    help="with --sessions: weight of the tie of each session's features to their "
                         "values when the session starts (seed 000, Extension 2; default 0)")
 
 
 def _add_host_devices(p):
     p.add_argument("--host-devices", type=int, default=1,
-                   help="CPU only: split the host into this many JAX devices so a grid is sharded "
-                        "over several cores (default 1; ignored if XLA_FLAGS sets it). Faster on "
-                        "small problems, but jax 0.10.2's CPU runtime was seen to hang with 2 "
-                        "devices on K=10, d=64, n=100: opt in with care")
+                   help=f"CPU only: split the host into this many JAX devices (1 … "
+                        f"{os.cpu_count()}, the cores) so a grid is sharded over several cores "
+                        f"(default 1; ignored if XLA_FLAGS sets it). Faster on small problems, "
+                        f"but jax 0.10.2's CPU runtime was seen to hang with 2 devices on K=10, "
+                        f"d=64, n=100: opt in with care")
 
 
 def _use_host_devices(count):
@@ -87,47 +123,34 @@ def _use_host_devices(count):
     The CLI is the caller here, as with --x64; the library never does this. A setting already in
     XLA_FLAGS wins. Accelerator platforms are unaffected.
     """
+    cores = os.cpu_count() or 1
+    if isinstance(count, bool) or not 1 <= count <= cores:
+        raise UsageError(f"host-devices (--host-devices) must be between 1 and {cores} (this "
+                         f"machine's cores), got {count}")
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" in flags:
-        return
-    if count <= 1:
+    if "xla_force_host_platform_device_count" in flags or count == 1:
         return
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
-def cmd_bench(args):
-    from ufm import bench
-
-    try:
-        batches = tuple(int(b) for b in args.batches.split(","))
-        if any(b < 1 for b in batches):
-            raise ValueError
-    except ValueError:
-        print(f"ufm: error: --batches must be a comma list of positive integers, got "
-              f"{args.batches!r}", file=sys.stderr)
-        return 2
-    sizes = {"paper": bench.SIZES[:1], "large": bench.SIZES[1:], "both": bench.SIZES}[args.sizes]
-    res = bench.run(quick=args.quick, batches=batches, sizes=sizes)
-    if args.json:
-        import json
-
-        print(json.dumps(res, indent=1))
-    else:
-        print(bench.report(res))
-    return 0
-
-
-def build_parser():
+def build_parser(layers=()):
+    """The parser; `layers`: the l of every --lam-W<l> on the command line (deep models)."""
     parser = _Parser(prog="ufm", description="Unconstrained features model simulator (JAX).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("train", help="run gradient descent on one configuration")
-    _add_train_flags(p)
-    _add_session_flags(p)
+    p = sub.add_parser("train", help="optimise one configuration")
+    _add_variant_flags(p)
+    _add_size_flags(p)
+    _add_lambda_flags(p, layers, grid=False)
+    _add_run_flags(p)
+    p.add_argument("--log-every", type=int, default=DEFAULTS["log_every"],
+                   help="record measurements every this many steps (default 500)")
     p.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    w = sub.add_parser("sweep", help="run a hyperparameter grid as one compiled, vmapped program")
-    _add_train_flags(w, grid=True)
-    _add_session_flags(w)
+    w = sub.add_parser("sweep", help="run a grid as compiled, vmapped programs")
+    _add_variant_flags(w, static=True)
+    _add_size_flags(w, static=True)
+    _add_lambda_flags(w, layers, grid=True)
+    _add_run_flags(w, grid=True)
     w.add_argument("--seeds", type=int, default=0, help="add a last axis of S seeds (seed, seed+1, …)")
     w.add_argument("--chunk", type=int, default=None, help="configurations per compiled chunk (auto)")
     w.add_argument("--out", default=None, help="output folder (default runs/sweep-MODEL); a rerun "
@@ -137,23 +160,53 @@ def build_parser():
     w.add_argument("--distributed", action="store_true",
                    help="several hosts: call jax.distributed.initialize() first (SLURM and other "
                         "launchers are detected by JAX); run the same command on every host")
-    b = sub.add_parser("bench", help="gradient steps per second: scan vs loops, and grids")
+    r = sub.add_parser("proof", help="check every step of a theorem's proof at random points and "
+                                     "at the optimiser's solution")
+    r.add_argument("theorem", help="one of: 3.1, 3.2, C.1 (Lemma C.1), 4.1, 4.2, 5.1")
+    _add_size_flags(r)
+    _add_lambda_flags(r, layers, grid=False)
+    _add_run_flags(r)
+    r.set_defaults(steps=100000)  # tightness to 1e-8 needs within-class deviations gone
+    r.add_argument("--random", type=int, default=200, help="random points per step (default 200)")
+    r.add_argument("--sigma", type=float, default=None,
+                   help="Theorem 5.1 only: noise std of the fixed features (default 0.1)")
+    r.add_argument("--out", default=None, help="output folder (default runs/proof-THEOREM)")
+    m = sub.add_parser("measure", help="the neural-collapse suite of features from a network")
+    m.add_argument("file", help="FILE.npz (features [N, d] or one array per layer, labels [N], "
+                                "optionally W [K, d] and b [K]) or features.npy")
+    m.add_argument("--labels", default=None, help="labels.npy, with a features .npy file")
+    m.add_argument("--layer", action="append", default=None,
+                   help="an array of FILE.npz to measure as a layer (repeatable; default: "
+                        "'features', or every 2-D array but W)")
+    m.add_argument("--classifier", default=None, help="W.npy (with .npy features)")
+    m.add_argument("--bias", default=None, help="b.npy (with .npy features)")
+    m.add_argument("--global-mean", choices=("class-balanced", "sample-weighted"),
+                   default="class-balanced",
+                   help="h̄_G as the mean of the class means (default) or the mean of all "
+                        "samples, ΣH/N (as tding1/Neural-Collapse's validate_NC.py)")
+    m.add_argument("--std", choices=("population", "unbiased"), default="population",
+                   help="the standard deviation of equinorm/equiangularity (default population)")
+    m.add_argument("--pinv-rtol", type=float, default=None,
+                   help="NC1's pseudo-inverse keeps singular values of the centred means above "
+                        "this × the largest (default: a round-off cut-off, see docs/theory.md)")
+    m.add_argument("--stream", action="store_true",
+                   help="read .npy features in chunks through memory maps (for N too large to "
+                        "hold); the same numbers as in memory")
+    m.add_argument("--chunk-rows", type=int, default=65536, help="rows per streamed chunk")
+    m.add_argument("--out", default=None, help="output folder (default runs/measure)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.add_argument("--x64", action="store_true", help="float64 (default float32)")
+    b = sub.add_parser("bench", help="speed: gradient steps per second, and time to the optimum")
     b.add_argument("--json", action="store_true", help="machine-readable output")
-    b.add_argument("--quick", action="store_true", help="10× shorter measurements")
+    b.add_argument("--quick", action="store_true", help="short measurements")
+    b.add_argument("--only", default="throughput,deep,solvers",
+                   help="comma list of sections: throughput (GD steps/s, grids), deep (deep "
+                        "model line), solvers (time to a 1e-10 gap per optimiser) (default all)")
     b.add_argument("--batches", default="1,64,1024,4096", help="grid sizes B (comma list)")
     b.add_argument("--sizes", choices=("paper", "large", "both"), default="both",
                    help="K=4,d=20,n=50 (paper), K=10,d=64,n=100 (large) or both")
     b.add_argument("--x64", action="store_true", help="float64 (default float32)")
     _add_host_devices(b)
-    r = sub.add_parser("proof", help="check every step of a theorem's proof at random points and "
-                                     "at the gradient-descent solution")
-    r.add_argument("theorem", help="one of: 3.1, 3.2, C.1 (Lemma C.1), 4.1, 4.2, 5.1")
-    _add_train_flags(r, model=False)
-    r.set_defaults(steps=100000)  # tightness to 1e-8 needs within-class deviations gone
-    r.add_argument("--random", type=int, default=200, help="random points per step (default 200)")
-    r.add_argument("--sigma", type=float, default=0.1,
-                   help="Theorem 5.1: noise std of the fixed features (default 0.1)")
-    r.add_argument("--out", default=None, help="output folder (default runs/proof-THEOREM)")
     f = sub.add_parser("figures", help="rebuild the figures (python -m experiments)")
     f.add_argument("--only", default=None, help="comma list of figure names")
     f.add_argument("--smoke", action="store_true", help="tiny sizes")
@@ -162,35 +215,172 @@ def build_parser():
     return parser
 
 
+def _value_options(parser):
+    """Option strings of every subcommand that take a value."""
+    out = set()
+    for action in parser._subparsers._group_actions[0].choices.values():
+        for a in action._actions:
+            if a.option_strings and a.nargs is None and not isinstance(
+                    a, (argparse._StoreTrueAction, argparse._HelpAction)):
+                out.update(a.option_strings)
+    return out
+
+
+def _attach_negative_values(argv, options):
+    """`--n -1,2` as `--n=-1,2`: argparse would read a value starting with '-' that is not a plain
+    number as another flag ("expected one argument") instead of giving the real message."""
+    out, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if tok in options and nxt is not None and re.match(r"-[0-9.]", nxt):
+            out.append(f"{tok}={nxt}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+def parse(argv):
+    layers = sorted({int(m.group(1)) for tok in argv for m in [LAYER_FLAG.match(tok)] if m})
+    parser = build_parser(layers)
+    return parser.parse_args(_attach_negative_values(argv, _value_options(parser)))
+
+
+# --- checks shared by the subcommands -------------------------------------------------------------
+
+def check_out(path, default):
+    """The output folder: `default` when not given. It must be a usable folder path: not empty,
+    not an existing file, not under a file, and writable (probed with a temporary file in its
+    nearest existing folder, removed at once). Nothing is created."""
+    if path is None:
+        path = default
+    if path.strip() == "":
+        raise UsageError("out (--out) must be a folder path, got ''")
+    probe = os.path.abspath(path)
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise UsageError(f"out (--out) {path} exists and is not a folder")
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise UsageError(f"out (--out) {path} is under {probe}, which is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise UsageError(f"out (--out) {path} is not writable ({probe}: "
+                         f"{err.strerror or err})") from None
+    return path
+
+
+def _model_flags(model, args):
+    """The λ flags as given; a flag the model does not take is a ValueError naming it (a deep or
+    extended model also takes --lam-W, one λ for every layer)."""
+    from ufm.models import model_depth
+
+    names = list(HYPER_FLAGS) + [k for k in vars(args) if LAYER_LAMBDA.match(k)]
+    lams = {k: getattr(args, k, None) for k in dict.fromkeys(names)}
+    for name, value in lams.items():
+        tied = name == "lam_W" and model_depth(model) is not None
+        if value is not None and name not in model.hyper_names and not tied:
+            raise ValueError(f"{flag(name)} does not apply to model {model.name!r} "
+                             f"(it takes: {', '.join(flag(k) for k in model.hyper_names)})")
+    return lams
+
+
+def _lr_for(args):
+    """--lr as given, or the default; L-BFGS takes no step size."""
+    if args.optimizer == "lbfgs" and args.lr is not None:
+        raise UsageError(f"lr (--lr) does not apply to --optimizer lbfgs (its line search "
+                         f"chooses every step), got {args.lr}")
+    return DEFAULTS["lr"] if args.lr is None else args.lr
+
+
+def _session_args(args):
+    if args.sessions is None and args.distill is not None:
+        raise UsageError("distill (--distill) ties a session's features to the previous "
+                         "session's: it needs --sessions")
+    return args.sessions, 0.0 if args.distill is None else args.distill
+
+
+def _error(err):
+    print(f"ufm: error: {err}", file=sys.stderr)
+    return 2
+
+
+# --- train ------------------------------------------------------------------------------------
+
 def _fmt(v):
-    return "nan" if v is None else f"{v:.6g}"
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
+
+
+def describe_theory(th):
+    """The line naming a prediction's regime, its control parameter and threshold."""
+    from ufm import theory
+
+    if isinstance(th, theory.PlainPrediction):
+        return f"c = {th.c:.4g} (threshold 1)"
+    if isinstance(th, theory.CrossEntropyPrediction):
+        return f"c = {th.c:.4g} (threshold 1)"
+    if isinstance(th, theory.LayeredPrediction):
+        M = th.depth + 1
+        beta = (f"β = {th.Ka:.4g}" if th.Ka is not None else
+                f"β_k = {', '.join(f'{b:.3g}' for b in th.beta)}")
+        name = {1: "c", 2: "K·a"}.get(th.depth)
+        named = f" ({name})" if name and th.Ka is not None else ""
+        kind = "" if th.exact else "; the DNC value, not the optimum, for ReLU at this depth"
+        return (f"depth {th.depth}: {beta}{named}, jump to zero at β_c({M}) = {th.threshold:.4g}, "
+                f"local minimum until β_max = {th.local_limit:.4g}{kind}")
+    if isinstance(th, theory.DeepCrossEntropyPrediction):
+        lr = "n/a (K odd)" if th.low_rank is None else f"{th.low_rank:.8g}"
+        return (f"depth {th.depth}: f_DNC {th.dnc:.8g}, f_LR {lr}, log K {th.zero:.6g}; lowest: "
+                f"{th.structure}")
+    return f"every feature √E_H·(its class vector), √E_H = {th.feature_norm:.4g}"
 
 
 def summary(result):
     """A short human summary: objective against the closed form, then the measurements."""
+    from ufm import theory as theory_mod
+
     cfg = result.config
-    lines = [f"{result.model}  K={cfg['K']} n={cfg['n']} d={cfg['d']}  {cfg['dtype']}  "
-             f"{cfg['steps']} steps of {cfg['optimizer']} (lr={cfg['lr']:g})"]
+    depth = f" depth={cfg['depth']}" if "depth" in cfg else ""
+    lr = "" if cfg["optimizer"] == "lbfgs" else f" (lr={cfg['lr']:g})"
+    lines = [f"{result.model}{depth}  K={cfg['K']} n={cfg['n']} d={cfg['d']}  {cfg['dtype']}  "
+             f"{cfg['steps']} steps of {cfg['optimizer']}{lr}"]
     obj = result.final["objective"]
-    if result.theory is not None:
-        th = result.theory
-        gap = abs(obj - th.objective) / max(abs(th.objective), 1e-300)
-        where = (f"; c = {th.c:.4g} (threshold 1)" if hasattr(th, "c")
-                 else f"; K·a = {th.Ka:.4g} (threshold 2^(-4/3) = {th.threshold:.4g})"
-                 if hasattr(th, "Ka") else f"; every feature √E_H·(its class vector), "
-                                            f"√E_H = {th.feature_norm:.4g}")
+    th = result.theory
+    best = theory_mod.optimum(th)
+    if best is not None:
+        gap = abs(obj - best) / max(abs(best), 1e-300)
         what = "closed form" if result.sessions is None else "closed form without sessions"
-        lines.append(f"objective {obj:.10g}   {what} {th.objective:.10g}   "
-                     f"{'relative' if th.objective else 'absolute'} gap {gap:.2e}")
-        lines.append(f"predicted structure: {th.structure}{where}")
+        lines.append(f"objective {obj:.10g}   {what} {best:.10g}   "
+                     f"{'relative' if best else 'absolute'} gap {gap:.2e}")
+    elif th is not None:
+        lines.append(f"objective {obj:.10g}   (reference values below; none is proven optimal)")
     else:
         lines.append(f"objective {obj:.10g}   (no theorem applies to this setting)")
+    if th is not None:
+        lines.append(f"predicted structure: {th.structure}; {describe_theory(th)}")
+    ref = result.reference
+    if ref and "reached" in ref:
+        lines.append(f"reached: {ref['reached']} (objective − lowest reference = "
+                     f"{ref['excess']:.3e})")
+    elif ref and "below_dnc" in ref:
+        lines.append(f"{'below' if ref['below_dnc'] else 'not below'} the DNC value "
+                     f"{ref['dnc']:.8g}: relative gap {ref['dnc_gap']:+.3e}")
     if len(result.restart_objectives) > 1:
         objs = result.restart_objectives
         lines.append(f"restarts: {len(objs)}, final objectives {min(objs):.6g} … {max(objs):.6g}")
     meas = [f"{k} {_fmt(v)}" for k, v in result.final.items() if k != "objective"]
     for i in range(0, len(meas), 4):
         lines.append("  " + "   ".join(meas[i:i + 4]))
+    if result.undefined:
+        lines.append("undefined (NaN): " + "; ".join(f"{', '.join(ks)}: {why}" for why, ks in
+                                                      _by_reason(result.undefined).items()))
     for s in result.sessions or []:
         cos = " ".join(f"{c:.4f}" for c in s["cos_prototype"])
         lines.append(f"session {s['session']} (classes {s['classes']}, to step {s['end_step']}): "
@@ -207,6 +397,13 @@ def summary(result):
     if result.diverged_at is not None:
         lines.append(f"DIVERGED: the objective became non-finite at step {result.diverged_at}")
     return "\n".join(lines)
+
+
+def _by_reason(undefined):
+    out = {}
+    for k, why in undefined.items():
+        out.setdefault(why, []).append(k)
+    return out
 
 
 def convergence_warning(result):
@@ -226,42 +423,29 @@ def convergence_warning(result):
             f"{cert['grad_norm']:.1e} > tol {cert['tol']:.0e}{far}; try {' or '.join(tries)}")
 
 
-def _model_flags(model, args):
-    """The λ flags as given; a flag the model does not take is a ValueError naming it."""
-    lams = {k: getattr(args, k) for k in HYPER_FLAGS}
-    for name, value in lams.items():
-        if value is not None and name not in model.hyper_names:
-            raise ValueError(f"{flag(name)} does not apply to model {model.name!r} "
-                             f"(it takes: {', '.join(flag(k) for k in model.hyper_names)})")
-    return lams
-
-
 def cmd_train(args):
     from ufm.models import get_model
-    from ufm.runner import train, write_result
+    from ufm.runner import session_groups, train, write_result
 
     try:
-        lams = _model_flags(get_model(args.model, args.loss, args.alpha, args.mask_softmax), args)
-        total = args.steps
-        if args.sessions is not None:
-            from ufm.runner import session_groups
-
-            total *= len(session_groups(args.sessions, args.K))
+        out = check_out(args.out, os.path.join("runs", args.model))
+        model = get_model(args.model, args.loss, args.alpha, args.mask_softmax, args.depth)
+        lams = _model_flags(model, args)
+        sessions, distill = _session_args(args)
+        kw = dict(K=args.K, n=args.n, d=args.d, steps=args.steps, log_every=args.log_every,
+                  seed=args.seed, lr=_lr_for(args), init_scale=args.init_scale,
+                  restarts=1 if args.restarts is None else args.restarts,
+                  optimizer=args.optimizer, allow_small_d=args.allow_small_d, loss=args.loss,
+                  alpha=args.alpha, mask_softmax=args.mask_softmax, sessions=sessions,
+                  distill=distill, tol=args.tol, depth=args.depth, **lams)
+        total = args.steps * (len(session_groups(sessions, args.K)) if sessions else 1)
         update, close = progress_bar(total, args.quiet)
         t0 = time.perf_counter()
-        result = train(args.model, K=args.K, n=args.n, d=args.d, steps=args.steps,
-                       log_every=args.log_every, seed=args.seed, lr=args.lr,
-                       init_scale=args.init_scale, restarts=args.restarts,
-                       optimizer=args.optimizer, allow_small_d=args.allow_small_d,
-                       progress=update, loss=args.loss, alpha=args.alpha,
-                       mask_softmax=args.mask_softmax, sessions=args.sessions,
-                       distill=args.distill, tol=args.tol, **lams)
+        result = train(args.model, progress=update, **kw)
         elapsed = time.perf_counter() - t0
     except ValueError as err:
-        print(f"ufm: error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     close()
-    out = args.out or os.path.join("runs", args.model)
     write_result(result, out)
     print(summary(result))
     print(f"{elapsed:.2f} s including compilation; wrote {out}/result.json and {out}/params.npz")
@@ -271,6 +455,8 @@ def cmd_train(args):
     return 1 if result.diverged_at is not None else 0
 
 
+# --- proof ------------------------------------------------------------------------------------
+
 def cmd_proof(args):
     import json
 
@@ -279,16 +465,28 @@ def cmd_proof(args):
 
     try:
         proof = proofs.get_proof(args.theorem)
+        out = check_out(args.out, os.path.join("runs", f"proof-{proof.theorem}"))
         lams = _model_flags(MODELS[proof.model], args)
+        if proof.theorem != "5.1" and args.sigma is not None:
+            raise UsageError(f"sigma (--sigma) is the noise of Theorem 5.1's fixed features; "
+                             f"Theorem {proof.theorem} has none (got {args.sigma})")
+        if proof.theorem == "5.1":
+            given = [f for f, v in (("--optimizer", args.optimizer != "gd"),
+                                    ("--restarts", args.restarts is not None),
+                                    ("--init-scale", args.init_scale is not None),
+                                    ("--tol", args.tol is not None)) if v]
+            if given:
+                raise UsageError(f"{', '.join(given)} do(es) not apply to Theorem 5.1: its W is "
+                                 f"found by gradient descent on fixed features (--lr, --steps)")
         doc = proofs.run_proof(args.theorem, K=args.K, n=args.n, d=args.d, random=args.random,
-                               seed=args.seed, steps=args.steps, lr=args.lr,
-                               restarts=args.restarts, optimizer=args.optimizer,
-                               init_scale=args.init_scale, sigma=args.sigma, tol=args.tol,
+                               seed=args.seed, steps=args.steps, lr=_lr_for(args),
+                               restarts=1 if args.restarts is None else args.restarts,
+                               optimizer=args.optimizer, init_scale=args.init_scale,
+                               sigma=0.1 if args.sigma is None else args.sigma, tol=args.tol,
+                               allow_small_d=args.allow_small_d,
                                **{k: v for k, v in lams.items() if v is not None})
     except ValueError as err:
-        print(f"ufm: error: {err}", file=sys.stderr)
-        return 2
-    out = args.out or os.path.join("runs", f"proof-{proof.theorem}")
+        return _error(err)
     text = json.dumps(doc, indent=1).encode()
     atomic_write(os.path.join(out, "proof.json"), lambda fh: fh.write(text))
     print(proofs.format_table(doc))
@@ -307,8 +505,10 @@ def cmd_proof(args):
     return 1 if failed else 0
 
 
+# --- sweep ------------------------------------------------------------------------------------
+
 def _axis_order(argv):
-    """Names of the grid flags in the order they appear on the command line."""
+    """Names of the flags in the order they appear on the command line."""
     order = []
     for tok in argv:
         name = tok.split("=")[0].lstrip("-").replace("-", "_")
@@ -319,53 +519,91 @@ def _axis_order(argv):
 
 def cmd_sweep(args, argv):
     from ufm import sweep
-    from ufm.models import Sizes, get_model
 
     try:
-        model = get_model(args.model, args.loss, args.alpha, args.mask_softmax)
-        lams = _model_flags(model, args)
+        out = check_out(args.out, os.path.join("runs", f"sweep-{args.model}"))
         if args.seeds < 0:
-            raise ValueError(f"seeds (--seeds) must be >= 0, got {args.seeds}")
+            raise UsageError(f"seeds (--seeds) must be >= 0, got {args.seeds}")
         if args.chunk is not None and args.chunk < 1:
-            raise ValueError(f"chunk (--chunk) must be >= 1, got {args.chunk}")
+            raise UsageError(f"chunk (--chunk) must be >= 1, got {args.chunk}")
+        static = {}
+        if args.depth is not None:
+            static["depth"] = sweep.parse_static("depth", args.depth)
+        for name in ("K", "d", "n"):
+            static[name] = sweep.parse_static(name, getattr(args, name))
+        from ufm.models import get_model
+
+        first = get_model(args.model, args.loss, args.alpha, args.mask_softmax,
+                          static["depth"][-1] if "depth" in static else None)
+        lams = _model_flags(first, args)
+        if args.optimizer == "lbfgs" and args.lr is not None:
+            _lr_for(args)
         raw = dict(lams, lr=args.lr, init_scale=args.init_scale)
         axes, fixed = {}, {}
-        for name in _axis_order(argv or sys.argv[1:]):
+        order = _axis_order(argv)
+        for name in order:
             text = raw.get(name)
             if text is not None and any(ch in str(text) for ch in ":,"):
                 axes[name] = sweep.parse_axis(name, text)
         for name, text in raw.items():
             if name not in axes and text is not None:
                 fixed[name] = float(sweep.parse_axis(name, text)[0])
-        base = sweep.base_hyper(model, {k: fixed.get(k) for k in HYPER_FLAGS},
-                                fixed.get("lr", DEFAULTS["lr"]), fixed.get("init_scale"))
-        out = args.out or os.path.join("runs", f"sweep-{args.model}")
-        update, close = progress_bar(None, args.quiet, unit="chunk")
+        sessions, distill = _session_args(args)
+        update, close = progress_bar(None, args.quiet, unit="combination" if len(
+            [v for v in static.values() if len(v) > 1]) else "chunk")
         t0 = time.perf_counter()
-        arrays, config = sweep.run_sweep(
-            model, Sizes(args.K, parse_counts(args.n), args.d), base, axes, steps=args.steps, seed=args.seed,
-            seeds=args.seeds, optimizer=args.optimizer, restarts=args.restarts, chunk=args.chunk,
-            out=out, progress=update, allow_small_d=args.allow_small_d, sessions=args.sessions,
-            distill=args.distill, tol=args.tol)
+        arrays, config = sweep.run_grid(
+            args.model, static, {k: fixed.get(k) for k in lams}, axes, order=order,
+            steps=args.steps, lr=fixed.get("lr", DEFAULTS["lr"]),
+            init_scale=fixed.get("init_scale"), loss=args.loss, alpha=args.alpha,
+            mask_softmax=args.mask_softmax, out=out,
+            progress=None if update is None else (lambda d, t: update(d, t)),
+            seed=args.seed, seeds=args.seeds, optimizer=args.optimizer,
+            restarts=1 if args.restarts is None else args.restarts, chunk=args.chunk,
+            allow_small_d=args.allow_small_d, sessions=sessions, distill=distill, tol=args.tol)
         elapsed = time.perf_counter() - t0
     except ValueError as err:
-        print(f"ufm: error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     close()
     sweep.write_sweep(arrays, config, out)
-    n = int(np.prod(config["shape"])) if config["shape"] else 1
-    th = arrays["theory_objective"]
-    gap = np.abs(arrays["objective"] - th) / np.where(th > 0, th, 1.0)  # absolute where f* = 0
-    print(f"{args.model}: {n} configurations × {args.steps} steps in {elapsed:.1f} s "
-          f"({n * args.steps / elapsed:,.0f} config-steps/s, compilation included) on "
-          f"{jax_devices_summary()}")
-    print(f"axes: {', '.join(f'{k}[{len(v)}]' for k, v in axes.items()) or 'none'}"
-          f"{f', seed[{args.seeds}]' if args.seeds else ''}; diverged: {int(arrays['diverged'].sum())}; "
-          f"not converged (relative gradient norm > {config['certificate_tol']:.0e}): "
-          f"{int((~arrays['converged']).sum())}; "
-          f"median relative gap to the closed form: {np.nanmedian(gap) if np.isfinite(gap).any() else float('nan'):.2e}")
-    print(f"wrote {out}/sweep.npz and {out}/sweep.json")
+    print(sweep_summary(args.model, arrays, config, elapsed, out))
     return 0
+
+
+def sweep_summary(model, arrays, config, elapsed, out):
+    """The lines `ufm sweep` prints: work done and its rate (computed points only), the axes,
+    divergence and convergence counts, the gap to the closed form, and where runs landed."""
+    n = int(np.prod(config["shape"])) if config["shape"] else 1
+    work = config["work"]
+    lines = []
+    if work["computed_points"] == 0:
+        lines.append(f"{model}: nothing to compute: all {n} configurations were already in {out}")
+    else:
+        rate = work["computed_config_steps"] / elapsed
+        resumed = (f" ({work['loaded_points']} resumed from {out})" if work["loaded_points"]
+                   else "")
+        lines.append(f"{model}: {work['computed_points']} of {n} configurations computed"
+                     f"{resumed}, {work['computed_config_steps']:,} config-steps in "
+                     f"{elapsed:.1f} s ({rate:,.0f} config-steps/s, compilation included) on "
+                     f"{jax_devices_summary()}")
+    axes = ", ".join(f"{k}[{len(arrays[k])}]" for k in config["axes_order"])
+    lines.append(f"axes: {axes or 'none'}; diverged: {int(arrays['diverged'].sum())}; "
+                 f"not converged (relative gradient norm > {config['certificate_tol']:.0e}): "
+                 f"{int((~arrays['converged']).sum())}")
+    th = arrays["theory_objective"]
+    if "below_dnc" in arrays:
+        below = arrays["below_dnc"]
+        best = np.nanmin(arrays["dnc_gap"]) if np.isfinite(arrays["dnc_gap"]).any() else np.nan
+        lines.append(f"below the DNC value: {int(below.sum())} of {below.size} runs (lowest "
+                     f"relative gap {best:+.3e})")
+    elif np.isfinite(th).any() and "reached" not in arrays:  # deep CE: references, below
+        gap = np.abs(arrays["objective"] - th) / np.where(th > 0, th, 1.0)
+        lines.append(f"median relative gap to the closed form: {np.nanmedian(gap):.2e}")
+    if "reached" in arrays:
+        kinds, counts = np.unique(arrays["reached"], return_counts=True)
+        lines.append("reached: " + ", ".join(f"{k or 'n/a'} {c}" for k, c in zip(kinds, counts)))
+    lines.append(f"wrote {out}/sweep.npz and {out}/sweep.json")
+    return "\n".join(lines)
 
 
 def jax_devices_summary():
@@ -376,19 +614,80 @@ def jax_devices_summary():
     return f"{len(devs)} × {devs[0].device_kind}{hosts}"
 
 
+# --- measure, bench, figures ------------------------------------------------------------------
+
+def cmd_measure(args):
+    from ufm import measure
+
+    try:
+        out = check_out(args.out, os.path.join("runs", "measure"))
+        doc = measure.measure_file(
+            args.file, labels=args.labels, layers=args.layer, classifier=args.classifier,
+            bias=args.bias, global_mean=args.global_mean, std=args.std,
+            pinv_rtol=args.pinv_rtol, stream=args.stream, chunk_rows=args.chunk_rows,
+            progress=not args.quiet)
+    except ValueError as err:
+        return _error(err)
+    measure.write(doc, out)
+    print(measure.format_report(doc))
+    print(f"wrote {out}/measure.json")
+    return 0
+
+
+def cmd_bench(args):
+    from ufm import bench
+
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+        if any(b < 1 for b in batches):
+            raise ValueError
+    except ValueError:
+        return _error(f"batches (--batches) must be a comma list of positive integers, got "
+                      f"{args.batches!r}")
+    sections = [s.strip() for s in args.only.split(",")]
+    unknown = [s for s in sections if s not in bench.SECTIONS]
+    if unknown or not sections:
+        return _error(f"only (--only) must be a comma list of {', '.join(bench.SECTIONS)}, got "
+                      f"{args.only!r}")
+    sizes = {"paper": bench.SIZES[:1], "large": bench.SIZES[1:], "both": bench.SIZES}[args.sizes]
+    res = bench.run(quick=args.quick, batches=batches, sizes=sizes, sections=sections)
+    if args.json:
+        import json
+
+        print(json.dumps(res, indent=1))
+    else:
+        print(bench.report(res))
+    return 0
+
+
 def cmd_figures(args):
+    from experiments import SCRIPTS
     from experiments.__main__ import main as figures_main
 
-    argv = (["--only", args.only] if args.only else []) + ["--smoke"] * args.smoke
+    if args.only is not None:
+        names = [n.strip() for n in args.only.split(",")]
+        bad = [n for n in names if n not in SCRIPTS]
+        if bad or not names:
+            return _error(f"only (--only) must be a comma list of figure names ({', '.join(SCRIPTS)}),"
+                          f" got {args.only!r}")
+    try:
+        if args.out is not None:
+            check_out(args.out, None)
+    except ValueError as err:
+        return _error(err)
+    argv = (["--only", args.only] if args.only is not None else []) + ["--smoke"] * args.smoke
     argv += ["--quiet"] * args.quiet + (["--out", args.out] if args.out else [])
     return figures_main(argv)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    if args.command in ("sweep", "bench"):
-        _use_host_devices(args.host_devices)
+    args = parse(argv)
+    try:
+        if args.command in ("sweep", "bench"):
+            _use_host_devices(args.host_devices)
+    except ValueError as err:
+        return _error(err)
     if getattr(args, "distributed", False):
         import jax
 
@@ -400,7 +699,7 @@ def main(argv=None):
     if args.command == "sweep":
         return cmd_sweep(args, argv)
     return {"train": cmd_train, "figures": cmd_figures, "bench": cmd_bench,
-            "proof": cmd_proof}[args.command](args)
+            "proof": cmd_proof, "measure": cmd_measure}[args.command](args)
 
 
 if __name__ == "__main__":

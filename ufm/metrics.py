@@ -199,7 +199,8 @@ def nc4_mismatch(W, H, b=None, classes=None):
     NC4: the classifier against the nearest class centre; b = 0 for a bias-free model)."""
     logits = W @ H + (0.0 if b is None else b[:, None])
     Hbar = class_means(H, classes or W.shape[0])
-    dist = jnp.sum((H[:, None, :] - Hbar[:, :, None]) ** 2, axis=0)  # [K, N]
+    # ‖h − h̄_k‖² up to the ‖h‖² every class shares: [K, N], not a [d, K, N] tensor
+    dist = jnp.sum(Hbar * Hbar, axis=0)[:, None] - 2 * Hbar.T @ H
     return jnp.mean((jnp.argmax(logits, axis=0) != jnp.argmin(dist, axis=0)).astype(H.dtype))
 
 

@@ -653,7 +653,7 @@ def optimum_point(proof, sizes, hyper, *, steps, lr, seed=0, restarts=1, optimiz
         return {"W": np.asarray(W), "Hbar": Hbar, "E": E}, None, cert
     result = train(proof.model, K=sizes.K, n=sizes.n, d=sizes.d, steps=steps, log_every=steps,
                    seed=seed, lr=lr, restarts=restarts, optimizer=optimizer,
-                   init_scale=init_scale, tol=tol, **lams)
+                   init_scale=init_scale, tol=tol, allow_small_d=True, **lams)
     params = {k: np.asarray(v, np.float64) for k, v in result.params.items()}
     if proof.theorem == "C.1":
         params = lemma_c1_point(params["W"], params["H"], lams["lam_W"], lams["lam_H"])
@@ -661,7 +661,7 @@ def optimum_point(proof, sizes, hyper, *, steps, lr, seed=0, restarts=1, optimiz
 
 
 def run_proof(theorem, *, K=4, n=10, d=8, random=200, seed=0, steps=50000, lr=0.1, restarts=1,
-              optimizer="gd", init_scale=None, sigma=0.1, tol=None, **lams):
+              optimizer="gd", init_scale=None, sigma=0.1, tol=None, allow_small_d=False, **lams):
     """Check every step of a proof at `random` random points and at the gradient-descent solution.
 
     Returns the proof.json document {"theorem", "config", "steps": rows, "summary"}; rows as in
@@ -669,14 +669,14 @@ def run_proof(theorem, *, K=4, n=10, d=8, random=200, seed=0, steps=50000, lr=0.
     """
     from ufm.runner import check_config, flag, hyper_for, parse_counts
 
-    n = parse_counts(n)
+    n = parse_counts(n, K)
     if isinstance(n, tuple):
         raise ValueError(f"n (--n) must be one count for the proofs (balanced classes), got {n}")
     proof = get_proof(theorem)
     model = MODELS[proof.model]
     sizes = Sizes(K, n, d)
     hyper = hyper_for(model, lams, lr, init_scale)
-    check_config(model, sizes, hyper, steps, restarts=restarts)
+    check_config(model, sizes, hyper, steps, restarts=restarts, allow_small_d=allow_small_d)
     for name in model.hyper_names:
         if hyper[name] <= 0:
             raise ValueError(f"{name} ({flag(name)}) must be > 0 for the proof of {proof.theorem} "

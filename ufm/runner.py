@@ -46,16 +46,27 @@ def _int_or_ints(text, message):
         raise ValueError(message) from None
 
 
-def parse_counts(n):
-    """`--n`: one count, or a comma list / sequence of per-class counts (an int, or a tuple of
-    ints; equal counts collapse to one int so the balanced theorems apply). ValueError otherwise."""
+def parse_counts(n, K=None):
+    """`--n`: one count, or per-class counts: a list joined by ',' or '/', or a sequence. With K
+    given a list must have exactly K entries (ValueError otherwise); equal counts then collapse
+    to one int, so the balanced theorems apply. Returns an int or a tuple of ints."""
+    given = n
     if isinstance(n, str):
-        n = _int_or_ints(n, f"{_named('n')} must be an integer or a comma list of integers "
-                            f"(one per class), got {n!r}")
+        text = n.strip()
+        try:
+            parts = [int(v) for v in text.replace("/", ",").split(",")]
+        except ValueError:
+            raise ValueError(f"{_named('n')} must be an integer or a list of K per-class counts "
+                             f"joined by ',' or '/', got {given!r}") from None
+        n = parts[0] if len(parts) == 1 and not any(c in text for c in ",/") else tuple(parts)
     if isinstance(n, (list, tuple, np.ndarray)):
         n = tuple(int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v
                   for v in n)
-        if len(set(n)) == 1:
+        if K is not None and len(n) != K:
+            shown = given if isinstance(given, str) else ",".join(map(str, n))
+            raise ValueError(f"{_named('n')} {shown} has {len(n)} per-class counts but K (--K) "
+                             f"is {K}: give one count or exactly K")
+        if n and len(set(n)) == 1:
             return n[0]
     return n
 
@@ -207,6 +218,7 @@ class Result(NamedTuple):
     sessions: Optional[list] = None  # incremental sessions: one dict per session
     certificate: Optional[dict] = None  # see `certificate`
     reference: Optional[dict] = None  # where the run landed against reference values (theory.landing)
+    undefined: Optional[dict] = None  # measurement -> why it is NaN (see metrics.undefined_reasons)
 
 
 def stopping_tol(optimizer, tol, dtype=None):
@@ -279,7 +291,7 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
                          f"lam_W<l> for a deep model's layer l")
     optimise.check_optimizer(spec, optimizer)
     check_tol(tol)
-    n = parse_counts(n)
+    n = parse_counts(n, K if isinstance(K, (int, np.integer)) else None)
     sizes = Sizes(K, n, d)
     hyper = hyper_for(spec, lams, lr, init_scale)
     check_config(spec, sizes, hyper, steps, log_every, restarts, allow_small_d)

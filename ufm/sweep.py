@@ -1,28 +1,42 @@
-"""Hyperparameter grids as one compiled program: vmap over stacked configurations, in chunks
-sized to fit memory, sharded over every local device, resumable chunk by chunk.
+"""Hyperparameter grids as compiled programs: vmap over stacked configurations, in chunks sized to
+fit memory, sharded over every device, resumable point by point.
 
+Traced axes (the λ's, `lr`, `init_scale`) vary inside one compiled program; static axes (`depth`,
+`K`, `d`, `n`) set shapes, so each static combination is one program of its own (`run_grid`).
 Every grid point runs the same single-configuration code as `ufm train` (`optimise.simulate`);
 batching comes only from `vmap`, and sharding from `jax.sharding` (identical numbers on one
-device or many).
+device or many). See docs/architecture.md, "Sweeps".
 """
+import contextlib
 import functools
 import hashlib
 import itertools
 import json
 import math
 import os
+import shutil
+import socket
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ufm import optimise
-from ufm.runner import (_json_safe, atomic_write, certificate_tol, check_config, check_sessions,
-                        check_tol, flag, hyper_for, predict, stopping_tol)
+from ufm import limits, optimise
+from ufm import theory as theory_mod
+from ufm.models import DEEP, Sizes, get_model, model_depth
+from ufm.runner import (LAYER_LAMBDA, _json_safe, atomic_write, certificate_tol, check_config,
+                        check_sessions, check_tol, flag, hyper_for, parse_counts, predict,
+                        stopping_tol, tie_layers)
 
-SWEEPABLE = ("lam_W", "lam_H", "lam_b", "lam_W1", "lam_W2", "lam_H1", "E_H", "E_W", "lr",
-             "init_scale")
+TRACED = ("lam_W", "lam_H", "lam_b", "lam_H1", "E_H", "E_W", "lr", "init_scale")  # and lam_W<l>
+STATIC = ("depth", "K", "d", "n")
+MAX_POINTS = 10 ** 8  # a grid's points are enumerated lazily, but its results live on the host
+
+
+def is_traced(name):
+    return name in TRACED or bool(LAYER_LAMBDA.match(name))
 
 
 def parse_axis(name, text):
@@ -46,6 +60,30 @@ def parse_axis(name, text):
     except ValueError:
         raise ValueError(f"{flag(name)} must be a number, a comma list, start:stop:num or "
                          f"start:stop:num:log (positive ends), got {text!r}") from None
+
+
+def parse_static(name, text):
+    """A static axis: a comma list of integers (`depth`, `K`, `d`) or of counts (`n`: each one
+    count, or per-class counts joined by '/', e.g. 40/10/4/2). A list of one value is no axis.
+    ValueError naming the flag otherwise."""
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if name == "n" and "/" in part:
+                values.append(tuple(int(v) for v in part.split("/")))
+            else:
+                values.append(int(part))
+        except ValueError:
+            what = ("an integer, or per-class counts joined by '/'" if name == "n"
+                    else "an integer")
+            raise ValueError(f"{flag(name)} must be a comma list, each value {what}; got "
+                             f"{text!r}") from None
+    if len(set(values)) != len(values):
+        hint = (" (per-class counts in a sweep are joined by '/', e.g. 5/5/5/5)" if name == "n"
+                else "")
+        raise ValueError(f"{flag(name)} {text!r} repeats a value{hint}")
+    return values
 
 
 def point_function(model, sizes, steps, opt_name, restarts, sessions=None, distill=0.0,
@@ -135,20 +173,18 @@ def compiled_chunk(model, sizes, steps, opt_name, restarts, n_devices, micro=Non
     return jax.jit(program), NamedSharding(mesh, spec)
 
 
-def auto_chunk(model, sizes, restarts, n_points, n_devices, budget_bytes=None):
-    """Configurations per chunk: what fits a memory budget (default 1 GiB per device, or half
-    the device's memory where JAX reports it), rounded to a multiple of the device count."""
-    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sizes, 1.0))
-    per_point = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
-    per_point *= 8 * restarts * jnp.dtype(jnp.result_type(float)).itemsize  # params, grads, opt, temps
+def auto_chunk(model, sizes, restarts, n_points, n_devices, optimizer="gd", budget_bytes=None):
+    """Configurations per chunk: at most 4096 per device and, where a whole share is one vmap
+    (accelerators), what fits half the device's memory; a multiple of the device count."""
+    micro = default_micro_batch(optimizer)
+    per_point = limits.run_bytes(model, sizes, optimizer, restarts)
     if budget_bytes is None:
-        stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
-        limit = (stats or {}).get("bytes_limit")
-        budget_bytes = limit // 2 if limit else 1 << 30
-    per_device = max(1, min(4096, budget_bytes // per_point))
+        budget_bytes = limits.machine_memory()[0] // 2
+    per_device = 4096 if micro is not None else max(1, min(4096, budget_bytes // per_point))
     chunk = min(per_device * n_devices, n_points)
-    unit = n_devices * (default_micro_batch() or 1)
-    return max(n_devices, -(-chunk // unit) * unit if chunk >= unit else -(-chunk // n_devices) * n_devices)
+    unit = n_devices * (micro or 1)
+    return max(n_devices, -(-chunk // unit) * unit if chunk >= unit
+               else -(-chunk // n_devices) * n_devices)
 
 
 def _global(x, sharding):
@@ -166,8 +202,26 @@ def _gather(x):
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+class Grid:
+    """The flattened grid of traced `axes` (name -> 1-D values, in order) and S seeds, the seed
+    axis varying fastest; points are enumerated lazily, a block at a time."""
+
+    def __init__(self, axes, seeds):
+        self.axes = {k: np.asarray(v, np.float64) for k, v in axes.items()}
+        self.seeds = seeds
+        self.shape = tuple(len(v) for v in self.axes.values()) + ((seeds,) if seeds else ())
+        self.size = math.prod(self.shape)
+
+    def block(self, index):
+        """(values by axis name [B], seed offsets [B]) of the points `index` [B]."""
+        coords = np.unravel_index(np.asarray(index), self.shape) if self.shape else ()
+        values = {k: v[c] for (k, v), c in zip(self.axes.items(), coords)}
+        seeds = coords[-1] if self.seeds else np.zeros(len(index), np.int64)
+        return values, seeds
+
+
 def grid_points(axes, seeds):
-    """Flattened grid: list of (values by axis name, seed index); the seed axis varies fastest."""
+    """Flattened grid: (values by axis name, seed index) per point; the seed axis varies fastest."""
     names = list(axes)
     for combo in itertools.product(*[range(len(axes[n])) for n in names], range(max(seeds, 1))):
         yield {n: float(axes[n][i]) for n, i in zip(names, combo[:-1])}, combo[-1]
@@ -177,20 +231,148 @@ def fingerprint(config):
     return hashlib.sha256(json.dumps(_json_safe(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
+# --- the folder of a sweep: a lock, and chunks that carry their configuration ------------------
+
+LOCK = ".lock"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(out):
+    """Hold `out`/.lock while a sweep writes into `out` (process 0 only, on several hosts).
+
+    A second sweep into the same folder is refused while the first runs; a lock left by a
+    process that no longer exists (killed) on this host is stale and taken over.
+    """
+    if jax.process_index() != 0:
+        yield
+        return
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, LOCK)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as fh:
+                    holder = json.load(fh)
+            except (OSError, ValueError):  # being written this instant, or unreadable
+                holder = {}
+            stale = holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1)))
+            if not stale:
+                since = time.strftime("%Y-%m-%d %H:%M:%S",
+                                      time.localtime(holder.get("started", 0)))
+                raise ValueError(f"out (--out) {out} is in use by another sweep (pid "
+                                 f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since "
+                                 f"{since}); wait for it to finish or use another --out") from None
+            os.unlink(path)  # the holder was killed: take the lock over
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _chunk_files(chunk_dir):
+    if not os.path.isdir(chunk_dir):
+        return []
+    return sorted(os.path.join(chunk_dir, f) for f in os.listdir(chunk_dir)
+                  if f.startswith("chunk_") and f.endswith(".npz"))
+
+
+def _load_done(chunk_dir, tag, n_points):
+    """Results of the points finished by earlier runs, from every chunk file of `chunk_dir`
+    (whatever chunk size wrote it): (done mask [P], {key: [P]} or None). A file computed with
+    another configuration is an error."""
+    done, results = np.zeros(n_points, bool), None
+    for path in _chunk_files(chunk_dir):
+        with np.load(path) as f:
+            part = {k: f[k] for k in f.files}
+        if str(part.pop("fingerprint", "")) != tag:
+            raise ValueError(f"{path} was computed with another configuration; use another "
+                             f"--out or delete {chunk_dir}")
+        index = part.pop("index")
+        if results is None:
+            results = {k: np.empty(n_points, v.dtype) for k, v in part.items()}
+        for k, v in part.items():
+            results[k][index] = v
+        done[index] = True
+    return done, results
+
+
+# --- one static combination ---------------------------------------------------------------------
+
+def _check_axes(model, axes):
+    for name, values in axes.items():
+        if not is_traced(name):
+            raise ValueError(f"{flag(name)} cannot be a grid axis; sweepable: "
+                             f"{', '.join(flag(s) for s in TRACED)} and --lam-W<l>")
+        tied = name == "lam_W" and model_depth(model) is not None
+        if name not in ("lr", "init_scale") and name not in model.hyper_names and not tied:
+            raise ValueError(f"{flag(name)} does not apply to model {model.name!r} "
+                             f"(it takes: {', '.join(flag(k) for k in model.hyper_names)})")
+        if len(values) == 0:
+            raise ValueError(f"{flag(name)} is an empty grid")
+
+
 def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd", restarts=1,
               chunk=None, out=None, progress=None, allow_small_d=False, n_devices=None,
               micro="auto", sessions=None, distill=0.0, tol=None):
-    """Run the grid `axes` (name -> 1-D values, in the order given) around `base` hyper values.
+    """Run the grid `axes` (name -> 1-D values, in the order given) around `base` hyper values,
+    for one static combination (`model`, `sizes`): one compiled program.
 
     seeds > 0 adds a last axis: point s uses PRNGKey(seed + s); otherwise every point uses
     PRNGKey(seed), as `ufm train --seed` does. optimizer/tol as in `runner.train`; every point
     carries the certificate (`grad_norm`, `steps_taken`, `converged_at`, and `converged` against
-    the tolerance). With `out`, finished chunks are stored in
-    out/chunks/ and a rerun with the same configuration resumes from them.
-    sessions/distill: class-incremental sessions of `steps` steps each at every point (fixed
-    classifiers only; see `runner.session_groups`).
-    Returns (arrays, config): results shaped like the grid, and the full configuration.
+    the tolerance). With `out`, the folder is locked while the sweep runs, finished chunks are
+    stored in out/chunks/ (each with its configuration's fingerprint and point indices), and a
+    rerun with the same configuration resumes from the points they hold, whatever --chunk either
+    run used. sessions/distill: class-incremental sessions of `steps` steps each at every point
+    (fixed classifiers only; see `runner.session_groups`).
+    Returns (arrays, config): results shaped like the grid, and the full configuration, whose
+    `work` says how many points and config-steps this call computed (not loaded).
     """
+    plan = _plan(model, sizes, base, axes, steps=steps, seed=seed, seeds=seeds,
+                 optimizer=optimizer, restarts=restarts, chunk=chunk, allow_small_d=allow_small_d,
+                 n_devices=n_devices, micro=micro, sessions=sessions, distill=distill, tol=tol)
+    with (folder_lock(out) if out else contextlib.nullcontext()):
+        return _execute(plan, out and os.path.join(out, "chunks"), progress)
+
+
+def point_lams(model, base, values):
+    """The λ's of one point: `base`'s, with the traced `values` (name -> value) applied; an axis
+    over `lam_W` sets every layer of a deep model that has no axis of its own."""
+    lams = {k: v for k, v in base.items() if k not in ("lr", "init_scale")}
+    for name, v in values.items():
+        if name in ("lr", "init_scale"):
+            continue
+        if name == "lam_W" and name not in model.hyper_names:
+            for k in model.hyper_names:
+                if LAYER_LAMBDA.match(k) and k not in values:
+                    lams[k] = v
+        else:
+            lams[name] = v
+    return lams
+
+
+def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, chunk,
+          allow_small_d, n_devices, micro, sessions, distill, tol):
+    """Every check of one static combination, before anything is computed or written: the plan
+    `_execute` runs (a dict)."""
     groups = check_sessions(model, sessions, distill, sizes.K, restarts)
     optimise.check_optimizer(model, optimizer)
     check_tol(tol)
@@ -198,90 +380,283 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
         raise ValueError("tol (--tol) does not apply with --sessions: each session runs its "
                          "--steps")
     stop = stopping_tol(optimizer, tol)
+    _check_axes(model, axes)
+    grid = Grid(axes, seeds)
+    if grid.size > MAX_POINTS:
+        raise ValueError(f"the grid has {grid.size:,} points; at most {MAX_POINTS:,} fit (its "
+                         f"results are kept on the host): split it")
+    limits.check_seed(seed, count=max(seeds, 1))
+    limits.check_steps(steps)
+    # Each value of each axis, with the others at their base values, must be a valid
+    # configuration; the checks are per value, so this covers every point.
+    check_config(model, sizes, base, steps, 1, restarts, allow_small_d)
+    limits.check_representable(base)
     for name, values in axes.items():
-        if name not in SWEEPABLE:
-            raise ValueError(f"{flag(name)} cannot be a grid axis; sweepable: "
-                             f"{', '.join(flag(s) for s in SWEEPABLE)}")
-        if name != "lr" and name != "init_scale" and name not in model.hyper_names:
-            raise ValueError(f"{flag(name)} does not apply to model {model.name!r} "
-                             f"(it takes: {', '.join(flag(k) for k in model.hyper_names)})")
-    points = list(grid_points(axes, seeds))
-    hypers = []
-    for values, _ in points:
-        hyper = {**base, **values}
-        check_config(model, sizes, hyper, steps, 1, restarts, allow_small_d)
-        hypers.append(hyper)
+        for v in values:
+            hyper = dict(base, **point_lams(model, base, {name: float(v)}))
+            if name in ("lr", "init_scale"):
+                hyper[name] = float(v)
+            check_config(model, sizes, hyper, steps, 1, restarts, allow_small_d)
+            limits.check_representable(hyper)
     n_devices = n_devices or jax.device_count()  # all devices of all processes
-    chunk = chunk or auto_chunk(model, sizes, restarts, len(points), n_devices)
+    chunk = chunk or auto_chunk(model, sizes, restarts, grid.size, n_devices, optimizer)
     if chunk % n_devices:
-        raise ValueError(f"chunk (--chunk) must be a multiple of the {n_devices} local devices, "
+        raise ValueError(f"chunk (--chunk) must be a multiple of the {n_devices} devices, "
                          f"got {chunk}")
-    shape = tuple(len(v) for v in axes.values()) + ((seeds,) if seeds else ())
+    micro = micro_batch_for(chunk // n_devices, micro, optimizer)
+    together = micro or chunk // n_devices  # configurations in memory at once per device
+    limits.check_fits(limits.run_bytes(model, sizes, optimizer, restarts * together),
+                      f"a chunk ({together} configuration{'s' * (together != 1)} in memory "
+                      f"together per device, {restarts} restart{'s' * (restarts != 1)} each, "
+                      f"K={sizes.K}, d={sizes.d})")
     config = dict(model=model.name, K=sizes.K, n=sizes.n, d=sizes.d, steps=steps, seed=seed,
                   seeds=seeds, optimizer=optimizer, tol=stop,
                   certificate_tol=certificate_tol(tol), restarts=restarts, base=base,
-                  axes={k: list(map(float, v)) for k, v in axes.items()}, shape=list(shape),
-                  chunk=chunk, dtype=str(jnp.result_type(float)), allow_small_d=allow_small_d,
+                  axes={k: list(map(float, v)) for k, v in axes.items()},
+                  shape=list(grid.shape), chunk=chunk, dtype=str(jnp.result_type(float)),
+                  allow_small_d=allow_small_d,
                   sessions=None if groups is None else [list(g) for g in groups],
                   distill=float(distill))
-    key_cfg = {k: v for k, v in config.items() if k != "chunk"}
-    chunk_dir = None
-    if out:
-        chunk_dir = os.path.join(out, "chunks")  # on a shared file system for several hosts
-        os.makedirs(chunk_dir, exist_ok=True)
-        tag_path = os.path.join(chunk_dir, "config.json")
-        tag = fingerprint(key_cfg)
-        if os.path.exists(tag_path):
-            with open(tag_path) as fh:
-                if json.load(fh).get("fingerprint") != tag:
-                    raise ValueError(f"{out} holds chunks of a different sweep; use another --out "
-                                     f"or delete {chunk_dir}")
-        elif jax.process_index() == 0:
-            doc = json.dumps({"fingerprint": tag, "config": _json_safe(key_cfg)}).encode()
-            atomic_write(tag_path, lambda fh: fh.write(doc))
-    micro = micro_batch_for(chunk // n_devices, micro, optimizer)
-    run, sharding = compiled_chunk(model, sizes, steps, optimizer, restarts, n_devices, micro,
-                                   groups, float(distill), stop)
-    names = list(hypers[0])
-    results = None
-    n_chunks = -(-len(points) // chunk)
+    return dict(model=model, sizes=sizes, base=base, axes=axes, grid=grid, config=config,
+                n_devices=n_devices, micro=micro, groups=groups, stop=stop)
+
+
+def _execute(plan, chunk_dir, progress):
+    """Run a plan of `_plan`: compute the points no chunk in `chunk_dir` holds yet."""
+    model, sizes, base, axes, grid, config = (plan[k] for k in ("model", "sizes", "base", "axes",
+                                                                  "grid", "config"))
+    steps, seed, seeds, chunk = (config[k] for k in ("steps", "seed", "seeds", "chunk"))
+    tag = fingerprint({k: v for k, v in config.items() if k != "chunk"})
+    done, results = (_load_done(chunk_dir, tag, grid.size) if chunk_dir
+                     else (np.zeros(grid.size, bool), None))
+    todo = np.flatnonzero(~done)
+    run, sharding = compiled_chunk(model, sizes, steps, config["optimizer"], config["restarts"],
+                                   plan["n_devices"], plan["micro"], plan["groups"],
+                                   config["distill"], plan["stop"])
+    n_chunks = -(-len(todo) // chunk)
+    computed_steps = 0
     for c in range(n_chunks):
-        lo, hi = c * chunk, min((c + 1) * chunk, len(points))
-        path = chunk_dir and os.path.join(chunk_dir, f"chunk_{lo:08d}_{hi:08d}.npz")
-        if path and os.path.exists(path):
-            with np.load(path) as f:
-                part = {k: f[k] for k in f.files}
-        else:
-            idx = list(range(lo, hi)) + [hi - 1] * (chunk - (hi - lo))  # pad the last chunk
-            stacked = optimise.as_hyper({n: np.array([hypers[i][n] for i in idx]) for n in names})
-            keys = jnp.stack([jax.random.PRNGKey(seed + (points[i][1] if seeds else 0)) for i in idx])
-            stacked, keys = (jax.tree.map(lambda x: _global(x, sharding), t) for t in (stacked, keys))
-            part = {k: _gather(v)[: hi - lo] for k, v in run(keys, stacked).items()}
-            if path and jax.process_index() == 0:
-                atomic_write(path, lambda fh: np.savez(fh, **part))
+        index = todo[c * chunk:(c + 1) * chunk]
+        padded = np.concatenate([index, np.repeat(index[-1:], chunk - len(index))])
+        values, seed_offsets = grid.block(padded)
+        stacked = _stack_hyper(model, base, values, len(padded))
+        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seed + seed_offsets, jnp.uint32))
+        stacked, keys = (jax.tree.map(lambda x: _global(x, sharding), t) for t in (stacked, keys))
+        part = {k: _gather(v)[: len(index)] for k, v in run(keys, stacked).items()}
+        computed_steps += int(np.sum(part["steps_taken"]))
+        if chunk_dir and jax.process_index() == 0:
+            stored = dict(part, index=index, fingerprint=np.array(tag))
+            atomic_write(os.path.join(chunk_dir, f"chunk_{index[0]:09d}_{index[-1]:09d}.npz"),
+                         lambda fh: np.savez(fh, **stored))
         if results is None:
-            results = {k: np.empty((len(points),), v.dtype) for k, v in part.items()}
+            results = {k: np.empty(grid.size, v.dtype) for k, v in part.items()}
         for k, v in part.items():
-            results[k][lo:hi] = v
+            results[k][index] = v
         if progress:
             progress(c + 1, n_chunks)
-    preds = [predict(model, sizes, h) for h in hypers]
-    results["theory_objective"] = np.array([np.nan if p is None else p.objective for p in preds])
-    results["converged"] = results["grad_norm"] <= config["certificate_tol"]
-    arrays = {k: v.reshape(shape) for k, v in results.items()}
+    arrays = {k: v.reshape(grid.shape) for k, v in results.items()}
+    arrays.update(_theory_arrays(model, sizes, base, grid, arrays["objective"]))
+    arrays["converged"] = arrays["grad_norm"] <= config["certificate_tol"]
     arrays.update({k: np.asarray(v) for k, v in axes.items()})
     if seeds:
         arrays["seed"] = seed + np.arange(seeds)
+    config["work"] = {"computed_points": int(len(todo)), "loaded_points": int(done.sum()),
+                      "computed_config_steps": computed_steps}
     return arrays, config
 
 
+def _stack_hyper(model, base, values, B):
+    """The stacked hyper [B] of a block of points: base values with the axes' values applied
+    (see `point_lams`)."""
+    lams = point_lams(model, {k: np.full(B, v) for k, v in base.items()
+                              if k not in ("lr", "init_scale")}, values)
+    hyper = dict(lams)
+    for k in ("lr", "init_scale"):
+        if k in values:
+            hyper[k] = values[k]
+        elif isinstance(base[k], dict):  # a std per block
+            hyper[k] = {b: np.full(B, v) for b, v in base[k].items()}
+        else:
+            hyper[k] = np.full(B, base[k])
+    return optimise.as_hyper(hyper)
+
+
+def _theory_arrays(model, sizes, base, grid, objective):
+    """The closed form at every point (`theory_objective`, NaN where none applies; for deep ReLU
+    the DNC value) and where each run landed against reference values (deep CE: `reached`,
+    `excess`; deep ReLU: `below_dnc`, `dnc_gap`; see theory.landing). Predictions are made once
+    per λ combination (the seed axis repeats them)."""
+    shape = grid.shape[:-1] if grid.seeds else grid.shape
+    cells = math.prod(shape)
+    values, _ = Grid(grid.axes, 0).block(np.arange(cells))
+    preds = [predict(model, sizes, dict(base, **point_lams(
+        model, base, {k: float(v[i]) for k, v in values.items()}))) for i in range(cells)]
+    per_point = [p for p in preds for _ in range(max(grid.seeds, 1))]
+    out = {"theory_objective": np.array([np.nan if p is None else p.objective
+                                         for p in per_point]).reshape(grid.shape)}
+    docs = [theory_mod.landing(p, float(f)) for p, f in zip(per_point, objective.ravel())]
+    for k in sorted({k for d in docs if d for k in d if k != "gaps"}):
+        vals = [None if d is None else d.get(k) for d in docs]
+        if k == "reached":
+            col = np.array(["" if v is None else v for v in vals])
+        elif k == "below_dnc":
+            col = np.array([bool(v) for v in vals])
+        else:
+            col = np.array([np.nan if v is None else v for v in vals], np.float64)
+        out[k] = col.reshape(grid.shape)
+    return out
+
+
+# --- static axes: one program per combination ---------------------------------------------------
+
+def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale=None,
+             loss=None, alpha=None, mask_softmax=False, out=None, progress=None, **kw):
+    """A sweep over static axes too: every combination of `static` (name -> list of values for
+    depth, K, d, n; a list of one value is no axis) is one compiled program, resumable on its own
+    under out/chunks/<combination>/. The results make one set of arrays with every axis in
+    `order` (the command line's), the seed axis last; a measurement that exists only at some
+    combinations (nc1_H4 needs depth ≥ 4) is NaN (−1 for integers) at the others.
+
+    lams: the λ flags as given (a tied `lam_W` for deep models), axes: traced grids; kw: as
+    `run_sweep`. A folder holding the finished sweep of the same configuration is loaded, not
+    recomputed; one holding another configuration's is refused.
+    Returns (arrays, config) as `run_sweep`, config['combinations'] listing each one's.
+    """
+    kw = dict(dict(seed=0, seeds=0, optimizer="gd", restarts=1, chunk=None, allow_small_d=False,
+                   n_devices=None, micro="auto", sessions=None, distill=0.0, tol=None), **kw)
+    kw.pop("progress", None)
+    if "depth" in static and model_name not in DEEP:
+        raise ValueError(f"depth (--depth) applies only to the deep models "
+                         f"({', '.join(DEEP)}), not to {model_name!r}")
+    plans = []
+    for combo in itertools.product(*static.values()):  # validate every one before computing
+        values = dict(zip(static, combo))
+        model = get_model(model_name, loss, alpha, mask_softmax, values.get("depth"))
+        sizes = Sizes(values["K"], parse_counts(values["n"], values["K"]), values["d"])
+        base = hyper_for(model, {k: v for k, v in lams.items()
+                                 if not (k == "lam_W" and "lam_W" in axes)}, lr, init_scale)
+        plans.append((values, _plan(model, sizes, base, axes, steps=steps, **kw)))
+    mark = sweep_fingerprint(model_name, static, lams, axes, steps, lr, init_scale,
+                             (loss, alpha, mask_softmax), kw)
+    parts, configs = [], []
+    with (folder_lock(out) if out else contextlib.nullcontext()):
+        finished = out and _finished(out, mark)
+        if finished:
+            return finished
+        for i, (values, plan) in enumerate(plans):
+            tag = ",".join(f"{k}={_label(v)}" for k, v in values.items())
+            report = None if progress is None else (
+                lambda done, n, i=i: progress(i + done / n, len(plans)))
+            arrays, config = _execute(plan, out and os.path.join(out, "chunks", tag), report)
+            parts.append(arrays)
+            configs.append(dict(config, combination={k: _json_value(v) for k, v in values.items()}))
+    arrays, config = _assemble(parts, static, axes, order, kw["seeds"], configs)
+    config["fingerprint"] = mark
+    return arrays, config
+
+
+def _finished(out, mark):
+    """(arrays, config) of the finished sweep in `out` if it is this configuration's (work: none
+    computed); None if there is none; ValueError if it is another configuration's."""
+    path, data = os.path.join(out, "sweep.json"), os.path.join(out, "sweep.npz")
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        try:
+            config = json.load(fh)
+        except ValueError:
+            config = {}
+    if config.get("fingerprint") != mark:
+        raise ValueError(f"out (--out) {out} holds a finished sweep of another configuration "
+                         f"(sweep.json); use another --out or delete it")
+    if not os.path.exists(data):
+        return None
+    with np.load(data) as f:
+        arrays = {k: f[k] for k in f.files}
+    total = int(np.prod(config["shape"])) if config.get("shape") else 1
+    config["work"] = {"computed_points": 0, "loaded_points": total, "computed_config_steps": 0}
+    return arrays, config
+
+
+def _label(v):
+    return "/".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def _json_value(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _assemble(parts, static, axes, order, seeds, configs):
+    """One set of arrays from the combinations' results, axes in `order`, the seed axis last."""
+    static_axes = [k for k, v in static.items() if len(v) > 1]
+    static_shape = tuple(len(static[k]) for k in static_axes)
+    traced = list(axes)
+    keys = []
+    for p in parts:
+        keys += [k for k in p if k not in keys and k not in traced and k != "seed"]
+    arrays = {}
+    for k in keys:
+        sample = next(p[k] for p in parts if k in p)
+        if sample.dtype.kind == "U":
+            dtype, fill = "U16", ""
+        elif sample.dtype == bool:
+            dtype, fill = bool, False
+        elif np.issubdtype(sample.dtype, np.integer):
+            dtype, fill = sample.dtype, -1
+        else:
+            dtype, fill = sample.dtype, np.nan
+        arrays[k] = np.stack([p[k].astype(dtype) if k in p else np.full(sample.shape, fill, dtype)
+                              for p in parts]).reshape(static_shape + sample.shape)
+    # axes in the order given on the command line, the seed axis last
+    current = static_axes + traced
+    wanted = [k for k in order if k in current] + [k for k in current if k not in order]
+    perm = [current.index(k) for k in wanted]
+    for k, v in arrays.items():
+        arrays[k] = np.transpose(v, perm + list(range(len(perm), v.ndim)))
+    for k in static_axes:
+        vals = static[k]
+        arrays[k] = (np.array([_label(v) for v in vals]) if any(isinstance(v, tuple) for v in vals)
+                     else np.asarray(vals))
+    arrays.update({k: np.asarray(v) for k, v in axes.items()})
+    if seeds:
+        arrays["seed"] = parts[0]["seed"]
+    first = configs[0]
+    config = {k: v for k, v in first.items()
+              if k not in ("work", "combination", "K", "n", "d", "shape", "base", "chunk")}
+    config.update(static={k: [_json_value(v) for v in vals] for k, vals in static.items()},
+                  axes_order=wanted + (["seed"] if seeds else []),
+                  shape=list(arrays["objective"].shape),
+                  combinations=[{k: c[k] for k in ("combination", "chunk", "base")}
+                                for c in configs],
+                  work={k: sum(c["work"][k] for c in configs) for k in first["work"]})
+    for name, vals in static.items():
+        if len(vals) == 1:
+            config[name] = _json_value(vals[0])
+    if len(configs) == 1:
+        config["base"] = first["base"]
+    return arrays, config
+
+
+def sweep_fingerprint(model_name, static, lams, axes, steps, lr, init_scale, variant, kw):
+    """What identifies a sweep's results (not --chunk, not where it runs)."""
+    return fingerprint(dict(model=model_name, variant=list(variant),
+                            static={k: [_json_value(v) for v in vals] for k, vals in static.items()},
+                            lams=lams, lr=lr, init_scale=init_scale,
+                            axes={k: list(map(float, v)) for k, v in axes.items()},
+                            steps=steps, dtype=str(jnp.result_type(float)),
+                            **{k: v for k, v in kw.items() if k not in ("chunk", "n_devices",
+                                                                          "micro")}))
+
+
 def write_sweep(arrays, config, out):
-    """out/sweep.npz and out/sweep.json, atomically (by process 0 only, on several hosts)."""
+    """out/sweep.npz and out/sweep.json, atomically (by process 0 only, on several hosts); then
+    the chunks, which the finished arrays now hold, are removed."""
     if jax.process_index() != 0:
         return
     atomic_write(os.path.join(out, "sweep.npz"), lambda fh: np.savez(fh, **arrays))
     doc = json.dumps(_json_safe(config), indent=1).encode()
     atomic_write(os.path.join(out, "sweep.json"), lambda fh: fh.write(doc))
+    shutil.rmtree(os.path.join(out, "chunks"), ignore_errors=True)
 
 
 def base_hyper(model, lams, lr, init_scale):

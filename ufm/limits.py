@@ -1,0 +1,104 @@
+"""What fits: the ranges the machinery takes and the memory a run, a sweep or a proof needs,
+checked before anything is allocated (docs/architecture.md, "Limits").
+
+Estimates are deliberately simple: bytes = dtype size × (parameter entries × the copies the
+optimiser keeps + the activations of one objective evaluation), times the configurations that are
+in memory together. They are upper bounds within a small factor, meant to refuse what cannot fit
+with a message that says so, not to plan memory to the byte.
+"""
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MAX_STEPS = 2 ** 31 - 1  # the step counter is an int32
+MAX_SEED = 2 ** 32 - 1  # jax.random.PRNGKey keeps 32 bits of a seed: larger ones would alias
+MEMORY_FRACTION = 0.8  # refuse what needs more than this fraction of the machine's memory
+# copies of the parameters an optimiser holds besides params, grads and updates
+OPTIMIZER_COPIES = {"gd": 0, "momentum": 1, "adam": 2, "lbfgs": 2 * 10 + 4}
+
+
+def machine_memory():
+    """(bytes, what) of the default device: an accelerator's memory limit where JAX reports one,
+    else the host's physical memory."""
+    device = jax.devices()[0]
+    stats = getattr(device, "memory_stats", lambda: None)()
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{device.device_kind} memory"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host memory"
+
+
+def gib(nbytes):
+    return f"{nbytes / 2 ** 30:,.1f} GiB"
+
+
+def parameter_entries(model, sizes):
+    """Entries of every parameter block of `model` at `sizes` (no allocation: eval_shape)."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sizes, 1.0))
+    return sum(math.prod(v.shape) for v in jax.tree.leaves(shapes))
+
+
+def run_bytes(model, sizes, optimizer="gd", batch=1):
+    """Estimated peak bytes of `batch` runs of `model` held in memory together (restarts, or a
+    vmapped group of a sweep): parameters with grads, updates and the optimiser's copies, and the
+    activations of one evaluation (targets and logits [K, N], each feature level [d, N])."""
+    itemsize = jnp.dtype(jnp.result_type(float)).itemsize
+    P = parameter_entries(model, sizes)
+    depth = sum(1 for k in model.hyper_names if k.startswith("lam_W") and k[5:].isdigit())
+    levels = max(1, 2 * depth)
+    activations = 4 * sizes.K * sizes.N + 2 * levels * sizes.d * sizes.N
+    return itemsize * batch * (P * (3 + OPTIMIZER_COPIES.get(optimizer, 2)) + activations)
+
+
+def check_fits(nbytes, what):
+    """ValueError when `nbytes` exceed MEMORY_FRACTION of the machine's memory, saying `what`
+    needs it, the estimate and the machine's memory."""
+    limit, where = machine_memory()
+    if nbytes > MEMORY_FRACTION * limit:
+        raise ValueError(f"{what} needs about {gib(nbytes)} but the machine has {gib(limit)} of "
+                         f"{where}: reduce it")
+
+
+def check_run(model, sizes, optimizer, restarts):
+    """A single `ufm train` run (R restarts vmapped together) must fit."""
+    nbytes = run_bytes(model, sizes, optimizer, restarts)
+    check_fits(nbytes, f"this run (K={sizes.K}, n={_counts(sizes)}, d={sizes.d}, "
+                       f"{restarts} restart{'s' * (restarts != 1)}, {optimizer}, "
+                       f"{jnp.dtype(jnp.result_type(float))})")
+
+
+def _counts(sizes):
+    n = sizes.n
+    return n if not isinstance(n, tuple) else f"{min(n)}…{max(n)} per class"
+
+
+def check_steps(steps):
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps (--steps) must be at most {MAX_STEPS:,} (the step counter is "
+                         f"32-bit), got {steps:,}")
+
+
+def check_seed(seed, name="seed (--seed)", count=1):
+    """0 ≤ seed and seed + count − 1 ≤ MAX_SEED (JAX's PRNG keeps 32 bits)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {seed!r}")
+    if seed < 0 or seed + count - 1 > MAX_SEED:
+        top = f" (with {count} seeds, seed + {count - 1})" if count > 1 else ""
+        raise ValueError(f"{name} must be between 0 and {MAX_SEED} (2^32 − 1: JAX's PRNG keys "
+                         f"take 32 bits){top}, got {seed}")
+
+
+def check_representable(hyper):
+    """Every number of a hyper dict must stay finite in the working dtype (1e39 is inf in
+    float32)."""
+    dtype = jnp.result_type(float)
+    top = float(jnp.finfo(dtype).max)
+    for name, value in hyper.items():
+        for part, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+            if abs(float(v)) > top:
+                what = name if part is None else f"{name}[{part!r}]"
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{what} ({flag}) = {float(v):g} overflows {jnp.dtype(dtype)} "
+                                 f"(largest {top:.3g}); pass --x64 or a smaller value")
