@@ -3,4 +3,5 @@ SCRIPTS = ("bias_free", "unregularized_bias", "linear_extended", "relu_extended"
            "regularized_bias", "perturbed_features", "thresholds", "phase_diagram",
            "han_decomposition", "mse_vs_ce", "proof_gaps", "relu_assumption",
            "minority_collapse", "incremental_sessions", "orthogonal_classifier",
-           "depthwise_network")
+           "depthwise_network", "deep_linear_thresholds", "deep_ce_low_rank",
+           "deep_relu_below_dnc")

@@ -1,4 +1,5 @@
 """ufm: the unconstrained features model of neural collapse, simulated in JAX."""
+from ufm import platform as _platform  # first: XLA's CPU runtime settings (see ufm/platform.py)
 from ufm.geometry import (etf_distance, is_etf, is_orthogonal_frame, nonnegative_orthogonal_frame,
                           of_distance, orthogonal_frame, simplex_etf)
 from ufm.metrics import (class_means, centred_means, nc1, nc2_etf_features, nc2_etf_weights,

@@ -1,10 +1,16 @@
-"""Throughput of gradient descent on the bias-free UFM, measured side by side in one process.
+"""Speed, measured side by side in one process, in three sections.
 
-For each problem size: one configuration as a compiled scan, a per-step jitted Python loop, a numpy
-loop with hand-written gradients (and a PyTorch SGD loop when torch happens to be installed; it is
-not a dependency), then config-steps per second for grids of B configurations: a plain vmap, and the
-formulation `ufm sweep` uses (cache-sized vmapped groups under lax.map, sharded over devices).
+throughput: gradient descent on the bias-free UFM. For each problem size: one configuration as a
+compiled scan, a per-step jitted Python loop, a numpy loop with hand-written gradients (and a
+PyTorch SGD loop when torch happens to be installed; it is not a dependency), then config-steps
+per second for grids of B configurations: a plain vmap, and the formulation `ufm sweep` uses
+(cache-sized vmapped groups under lax.map, sharded over devices).
+deep: the same for the deep linear UFM at L = 4, K = 10, d = 32: one run, a grid of 256 seeds,
+and a PyTorch loop when torch is installed.
+solvers (float64): time to a 1e-10 relative gap to the closed form for GD, momentum, Adam and
+L-BFGS, as ratios against GD, and a 32×32 λ grid solved by L-BFGS and by GD.
 """
+import functools
 import time
 
 import jax
@@ -106,11 +112,173 @@ def grid_rates(sizes, B, steps):
     return rate_plain, rate_sweep
 
 
-def run(quick=False, batches=BATCHES, sizes=SIZES, sections=("throughput",)):
-    """All measurements as a JSON-ready dict."""
+DEEP = dict(depth=4, sizes=Sizes(10, 10, 32), seeds=256)
+
+
+def deep_rates(quick=False):
+    """The deep linear UFM (L = 4, K = 10, d = 32, n = 10), GD: steps/s of one compiled run, of
+    a per-step PyTorch loop (when installed), and config-steps/s of a grid of 256 seeds in the
+    `ufm sweep` formulation."""
+    from ufm.models import get_model
+
+    model, sizes = get_model("deep-linear", depth=DEEP["depth"]), DEEP["sizes"]
+    steps = 2000 if quick else 20000
+    hyper = optimise.as_hyper({**{k: LAM for k in model.hyper_names}, "lr": LR,
+                               "init_scale": 0.3})
+    run = optimise.compiled_simulation(model, sizes, steps, steps)
+    one = steps / _timed(run, jax.random.PRNGKey(0), hyper)
+    B, g_steps = DEEP["seeds"], steps // 10
+    n_dev = jax.local_device_count()
+    while B % n_dev:
+        n_dev -= 1
+    program, sharding = sweep.compiled_chunk(model, sizes, g_steps, "gd", 1, n_dev,
+                                             sweep.micro_batch_for(B // n_dev))
+    keys = jax.random.split(jax.random.PRNGKey(0), B)
+    args = jax.device_put((keys, optimise.broadcast_hyper(hyper, B)), sharding)
+    grid = B * g_steps / _timed(program, *args)
+    torch = torch_deep_rate(sizes, DEEP["depth"], 200 if quick else 2000)
+    return {"depth": DEEP["depth"], "K": sizes.K, "d": sizes.d, "n": sizes.n, "steps": steps,
+            "scan_steps_per_s": one, "grid_seeds": B, "grid_config_steps_per_s": grid,
+            "torch_loop_steps_per_s": torch,
+            "scan_over_torch_loop": None if torch is None else one / torch,
+            "grid_over_torch_loop": None if torch is None else grid / torch}
+
+
+def torch_deep_rate(sizes, depth, steps):
+    """A per-step PyTorch SGD loop on the deep linear UFM (None without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    dtype = torch.float64 if jnp.result_type(float) == jnp.float64 else torch.float32
+    blocks = [torch.randn(sizes.d, sizes.N, generator=gen, dtype=dtype) * 0.3]
+    blocks += [torch.randn(sizes.d, sizes.d, generator=gen, dtype=dtype) * 0.3
+               for _ in range(depth - 1)]
+    blocks += [torch.randn(sizes.K, sizes.d, generator=gen, dtype=dtype) * 0.3]
+    for b in blocks:
+        b.requires_grad_(True)
+    Y = torch.kron(torch.eye(sizes.K, dtype=dtype), torch.ones(1, sizes.n, dtype=dtype))
+    opt = torch.optim.SGD(blocks, lr=LR)
+    t0 = time.perf_counter()
+    for _ in range(steps):  # baseline: today's PyTorch loop, measured on purpose
+        opt.zero_grad()
+        Z = blocks[0]
+        for W in blocks[1:]:
+            Z = W @ Z
+        loss = ((Z - Y) ** 2).sum() / (2 * sizes.N) + sum(LAM / 2 * (b ** 2).sum() for b in blocks)
+        loss.backward()
+        opt.step()
+    return steps / (time.perf_counter() - t0)
+
+
+SOLVER_SIZES = Sizes(4, 50, 20)
+SOLVER_LAMBDAS = (1e-2, 1e-3, 1e-4)
+SOLVERS = {"gd": 0.1, "momentum": 0.01, "adam": 1e-3, "lbfgs": None}  # name -> step size
+GAP = 1e-10
+
+
+def _compiled(fn, *args):
+    """fn compiled ahead of time for these arguments (compilation is not timed)."""
+    return jax.jit(fn).lower(*args).compile()
+
+
+def time_to_gap(model, sizes, hyper, opt, cap, init_scale, key=None):
+    """Time for `opt` to bring `model` within a relative GAP of its closed form (float64).
+
+    One compiled run stops at the target f*(1 + GAP) or at `cap` steps. L-BFGS is timed as it
+    runs. A first-order method's time is its steps to the target × its time per step in a plain
+    compiled scan without stopping checks (the fastest it runs those steps); when it does not get
+    there within the cap, the time of the cap is a lower bound.
+    """
+    key = jax.random.PRNGKey(0) if key is None else key
+    f_star = model.theory(hyper, sizes).objective
+    h = optimise.as_hyper(dict(hyper, lr=SOLVERS[opt] or LR, init_scale=init_scale,
+                               target=f_star * (1 + GAP)))
+    checked = functools.partial(optimise.simulate, model, sizes, steps=cap, log_every=cap,
+                                opt_name=opt, tol=0.0)
+    run = _compiled(checked, key, h)
+    t0 = time.perf_counter()
+    traj = jax.block_until_ready(run(key, h))
+    wall = time.perf_counter() - t0
+    reached = int(traj.converged_at) >= 0
+    steps = int(traj.converged_at) if reached else cap
+    if opt == "lbfgs":
+        seconds = wall
+    else:  # per-step time of the plain scan
+        probe = min(cap, 20000)
+        plain = _compiled(functools.partial(optimise.simulate, model, sizes, steps=probe,
+                                            log_every=probe, opt_name=opt), key, h)
+        jax.block_until_ready(plain(key, h))
+        t0 = time.perf_counter()
+        jax.block_until_ready(plain(key, h))
+        seconds = steps * (time.perf_counter() - t0) / probe
+    return {"reached": reached, "steps": steps, "seconds": seconds}
+
+
+def solver_times(quick=False):
+    """Time to a 1e-10 relative gap per optimiser, model and λ, and the 32×32 grid."""
+    from ufm.models import get_model
+
+    cap = 20000 if quick else 1_000_000
+    rows = []
+    for name, init in (("bias-free", 1.0), ("linear-extended", 0.5)):
+        model = get_model(name)
+        for lam in SOLVER_LAMBDAS[:2] if quick else SOLVER_LAMBDAS:
+            hyper = {k: lam for k in model.hyper_names}
+            row = {"model": name, "lam": lam}
+            for opt in SOLVERS:
+                row[opt] = time_to_gap(model, SOLVER_SIZES, hyper, opt, cap, init)
+            gd = row["gd"]["seconds"]
+            for opt in SOLVERS:
+                row[opt]["gd_over"] = gd / row[opt]["seconds"]
+                row[opt]["gd_over_is_lower_bound"] = not row["gd"]["reached"]
+            rows.append(row)
+    return {"sizes": dict(SOLVER_SIZES._asdict()), "gap": GAP, "cap": cap, "rows": rows,
+            "grid": grid_solve(16 if quick else 32, 2000 if quick else 20000)}
+
+
+def grid_solve(points, gd_steps):
+    """A points × points grid over λ_W, λ_H ∈ [1e-5, 1e-1] (bias-free, float64): L-BFGS to its
+    default tolerance, and GD for `gd_steps` steps; time (compiled once, then timed) and how many
+    points end within GAP of the closed form, counting apart those within 5% of the threshold."""
+    from ufm.models import get_model
+
+    model = get_model("bias-free")
+    lams = np.logspace(-5, -1, points)
+    base = sweep.base_hyper(model, {}, LR, 1.0)
+    axes = {"lam_W": lams, "lam_H": lams}
+    out = {"points": points * points}
+    for opt, steps in (("lbfgs", 20000), ("gd", gd_steps)):
+        chunk = sweep.auto_chunk(model, SOLVER_SIZES, 1, points * points, jax.device_count(), opt)
+        sweep.run_sweep(model, SOLVER_SIZES, base, {"lam_W": lams[:1], "lam_H": lams[:1]},
+                        steps=steps, optimizer=opt, chunk=chunk)  # compile the chunk program
+        t0 = time.perf_counter()
+        arrays, _ = sweep.run_sweep(model, SOLVER_SIZES, base, axes, steps=steps, optimizer=opt,
+                                    chunk=chunk)
+        seconds = time.perf_counter() - t0
+        gap = np.abs(arrays["objective"] - arrays["theory_objective"]) / arrays["theory_objective"]
+        c = SOLVER_SIZES.K * np.sqrt(SOLVER_SIZES.n * np.outer(lams, lams))
+        near = np.abs(c - 1) <= 0.05
+        out[opt] = {"seconds": seconds, "steps": steps,
+                    "within_gap": int((gap <= GAP).sum()),
+                    "within_gap_away_from_threshold": int((gap[~near] <= GAP).sum()),
+                    "away_from_threshold": int((~near).sum()),
+                    "max_gap_away_from_threshold": float(gap[~near].max())}
+    return out
+
+
+def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
+    """All measurements of the chosen sections as a JSON-ready dict."""
     out = {"device": f"{jax.local_device_count()} × {jax.devices()[0].device_kind}",
            "backend": jax.default_backend(), "jax": jax.__version__,
            "dtype": str(jnp.result_type(float)), "sizes": []}
+    if "deep" in sections:
+        out["deep"] = deep_rates(quick)
+    if "solvers" in sections:
+        out["solvers"] = solver_times(quick) if out["dtype"] == "float64" else None
+    if "throughput" not in sections:
+        return out
     for sz in sizes:
         flops = 6 * sz.K * sz.d * sz.N  # three K×d×N products per step
         budget = (2e10 if not quick else 2e9) / flops  # config-steps per measurement
@@ -137,10 +305,23 @@ def report(res):
     """The measurements as a plain-text table."""
     fmt = lambda v: "n/a" if v is None else f"{v:,.0f}"
     ratio = lambda v: "n/a" if v is None else f"{v:.1f}×"
-    lines = [f"ufm bench — bias-free UFM, GD step {LR}, {res['dtype']}, {res['device']} "
-             f"(jax {res['jax']})"]
+    lines = [f"ufm bench — {res['dtype']}, {res['device']} (jax {res['jax']})"]
+    deep = res.get("deep")
+    if deep:
+        lines += [f"\ndeep linear UFM, L={deep['depth']}, K={deep['K']}, d={deep['d']}, "
+                  f"n={deep['n']}, GD step {LR}:",
+                  f"  one run, compiled lax.scan       {fmt(deep['scan_steps_per_s']):>14} steps/s",
+                  f"  PyTorch SGD loop (if installed)  {fmt(deep['torch_loop_steps_per_s']):>14} "
+                  f"steps/s   scan is {ratio(deep['scan_over_torch_loop'])}",
+                  f"  grid of {deep['grid_seeds']} seeds (ufm sweep) {fmt(deep['grid_config_steps_per_s']):>14} "
+                  f"config-steps/s   {ratio(deep['grid_over_torch_loop'])} the PyTorch loop"]
+    if "solvers" in res:
+        lines += solver_report(res["solvers"])
+    if not res["sizes"]:
+        return "\n".join(lines)
+    lines.append(f"\nbias-free UFM, GD step {LR}:")
     for r in res["sizes"]:
-        lines += [f"\nK={r['K']}, d={r['d']}, n={r['n']}: gradient steps per second, one configuration",
+        lines += [f"K={r['K']}, d={r['d']}, n={r['n']}: gradient steps per second, one configuration",
                   f"  compiled lax.scan (ufm)        {fmt(r['scan_steps_per_s']):>14}",
                   f"  per-step jitted Python loop    {fmt(r['jitted_loop_steps_per_s']):>14}   "
                   f"scan is {ratio(r['scan_over_jitted_loop'])}",
@@ -153,3 +334,33 @@ def report(res):
             lines.append(f"    B = {g['B']:>5}                  {fmt(g['vmap_config_steps_per_s']):>14}"
                          f"   {fmt(g['sweep_config_steps_per_s']):>14}")
     return "\n".join(lines)
+
+
+def solver_report(sol):
+    """The solvers section as text."""
+    if sol is None:
+        return ["\nsolvers: needs float64 (a 1e-10 gap is below float32's precision): "
+                "ufm bench --x64 --only solvers"]
+    sz = sol["sizes"]
+    lines = [f"\ntime to a {sol['gap']:g} relative gap to the closed form, K={sz['K']}, "
+             f"d={sz['d']}, n={sz['n']}, float64 (first-order methods capped at "
+             f"{sol['cap']:,} steps; '>' = not reached, a lower bound):",
+             f"  {'model':16s} {'λ':>7s}   " + "   ".join(f"{o:>22s}" for o in SOLVERS)]
+    for row in sol["rows"]:
+        cells = []
+        for o in SOLVERS:
+            r = row[o]
+            t = f"{'' if r['reached'] else '>'}{r['seconds']:.3g} s"
+            x = f"{'≥' if r['gd_over_is_lower_bound'] else ''}{r['gd_over']:.3g}×"
+            cells.append(f"{t:>10s} ({x:>9s})")
+        lines.append(f"  {row['model']:16s} {row['lam']:7.0e}   " + "   ".join(cells))
+    lines.append("  (in brackets: GD's time over this optimiser's: how many times faster)")
+    g = sol["grid"]
+    for o in ("lbfgs", "gd"):
+        r = g[o]
+        lines.append(f"  {int(g['points'] ** 0.5)}×{int(g['points'] ** 0.5)} λ grid, bias-free, "
+                     f"{o:5s} ({r['steps']:,} steps cap): {r['seconds']:.1f} s; within the gap: "
+                     f"{r['within_gap']}/{g['points']}, {r['within_gap_away_from_threshold']}/"
+                     f"{r['away_from_threshold']} away from c = 1 ± 5% (worst there "
+                     f"{r['max_gap_away_from_threshold']:.1e})")
+    return lines

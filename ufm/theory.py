@@ -198,6 +198,7 @@ class LayeredPrediction(NamedTuple):
     threshold: float  # β_c(M)
     local_limit: float  # β_max(M)
     exact: bool  # whether `objective` is the optimum (False: a reference value)
+    activation: str  # 'linear' or 'relu' (then `objective` is the DNC value)
     # balanced classes only (None otherwise):
     Ka: Optional[float]  # β (K·a for L = 2, c for L = 1)
     s: Optional[float]  # the common singular value t at the global minimiser
@@ -241,7 +242,8 @@ def layered(hyper, sizes, depth=2, activation="linear"):
                         rho_H=tuple(rho), rho_W=unit / lam_Ws[-1])
     return LayeredPrediction(objective=objective, structure=structure, depth=L, lam_bar=lam_bar,
                              beta=tuple(betas), t=tuple(t), fit=fit, threshold=beta_c(M),
-                             local_limit=beta_max(M), exact=exact, **balanced)
+                             local_limit=beta_max(M), exact=exact, activation=activation,
+                             **balanced)
 
 
 def layered_rank_objectives(prediction, K):
@@ -273,6 +275,11 @@ class DeepCrossEntropyPrediction(NamedTuple):
     low_rank_beta: Optional[float]  # its β: K/2 blocks β[[1, −1], [−1, 1]]
     zero: float  # log K
     exact: bool  # L = 1: DNC is the optimum (Zhu et al. 2021); deeper: references only
+
+
+# A tie between references means they are the same point (a 1-D minimum at 0 is the zero
+# solution): name the simplest.
+CE_PREFERENCE = ("zero", "dnc", "low-rank")
 
 
 def _min_on_ray(fn, hi):
@@ -312,7 +319,7 @@ def deep_cross_entropy(hyper, sizes, depth):
                           + K / 2 * pen(2 * b * math.sqrt(n)))
         beta, low_rank = _min_on_ray(f_lr, min(reach(K / 2, 2.0), 1e4))
     refs = {"dnc": dnc, "low-rank": low_rank, "zero": log_K}
-    best = min((v, k) for k, v in refs.items() if v is not None)
+    best = min((v, CE_PREFERENCE.index(k), k) for k, v in refs.items() if v is not None)[::2]
     return DeepCrossEntropyPrediction(objective=best[0], structure=best[1], depth=L,
                                       lam_bar=lam_bar, dnc=dnc, dnc_alpha=alpha,
                                       low_rank=low_rank, low_rank_beta=beta, zero=log_K,
@@ -408,18 +415,19 @@ def landing(prediction, objective, tol=LANDING_TOL):
 
     Deep linear CE: `reached` ('dnc', 'low-rank', 'zero' — the reference within a relative `tol`
     — or 'other'), `excess` = f − (the lowest reference) and each reference's relative gap.
-    Deep ReLU (DNC value not the optimum): `dnc`, `below_dnc` (f below it by more than `tol`,
-    relative) and `dnc_gap` = (f − f_DNC)/f_DNC.
+    ReLU at any depth (the DNC value: the optimum by Theorem 4.2 at L ≤ 2, where a run below it
+    would be a counterexample; a reference deeper): `dnc`, `below_dnc` (f below it by more than
+    `tol`, relative) and `dnc_gap` = (f − f_DNC)/f_DNC.
     """
     if prediction is None or not math.isfinite(objective):
         return None
     if isinstance(prediction, DeepCrossEntropyPrediction):
         refs = {"dnc": prediction.dnc, "low-rank": prediction.low_rank, "zero": prediction.zero}
         gaps = {k: (objective - v) / abs(v) for k, v in refs.items() if v is not None}
-        closest = min(gaps, key=lambda k: abs(gaps[k]))
+        closest = min(gaps, key=lambda k: (abs(gaps[k]), CE_PREFERENCE.index(k)))
         return {"reached": closest if abs(gaps[closest]) <= tol else "other",
                 "excess": objective - prediction.objective, "gaps": gaps}
-    if isinstance(prediction, LayeredPrediction) and not prediction.exact:
+    if isinstance(prediction, LayeredPrediction) and prediction.activation == "relu":
         gap = (objective - prediction.objective) / prediction.objective
         return {"dnc": prediction.objective, "below_dnc": bool(gap < -tol), "dnc_gap": gap}
     return None
