@@ -1,5 +1,5 @@
 """Figure `incremental_sessions` — class-incremental learning with a fixed simplex-ETF classifier
-over the whole label space (Yang et al., Neural Collapse Terminus; seed 000, SPEC §3.9): the
+over the whole label space (Yang et al., Neural Collapse Terminus; seed 000, docs/theory.md §3.9): the
 cosine of every class mean with its prototype e_k after each session. Classes reach their
 prototype in their own session and stay there (frozen); with the dot-regression loss they get
 there only at the sublinear rate of projected GD; with distillation (Extension 2) each session's

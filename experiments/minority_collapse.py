@@ -1,5 +1,5 @@
 """Figure `minority_collapse` — fixed simplex-ETF classifier against the learnable layer-peeled
-model (LPM) as the imbalance ratio R = n_majority/n_minority grows (SPEC §3.9, seeds 000/004):
+model (LPM) as the imbalance ratio R = n_majority/n_minority grows (docs/theory.md §3.9, seeds 000/004):
 the angle between the minority classes' classifier vectors collapses toward 0 in the LPM (minority
 collapse), stays at the balanced ETF angle arccos(−1/(K−1)) with the fixed ETF, and is kept by
 the LPM with per-class weights α_k = 1/n_k."""

@@ -1,5 +1,5 @@
 """Figure `orthogonal_classifier` — the fixed non-negative orthogonal classifier (Kim & Kim,
-seed 004, SPEC §3.9): with ‖h‖² ≤ E_H and Σ_{j≠k} hᵀq_j ≥ 0, CE drives every feature to √E_H·q_k,
+seed 004, docs/theory.md §3.9): with ‖h‖² ≤ E_H and Σ_{j≠k} hᵀq_j ≥ 0, CE drives every feature to √E_H·q_k,
 so the class means form an orthogonal frame centred at the origin (zero-mean collapse: Gram
 E_H·I) and each class uses only the coordinates of its own q_k (feature dimension separation)."""
 import numpy as np

@@ -1,4 +1,4 @@
-"""Figure `perturbed_features` — Theorem 5.1 (SPEC §3.6): for fixed features H = H̄*⊗1ᵀ + E
+"""Figure `perturbed_features` — Theorem 5.1 (docs/theory.md §3.6): for fixed features H = H̄*⊗1ᵀ + E
 around an orthogonal frame, the optimal classifier W(H) = Y Hᵀ(H Hᵀ + Nλ_W I)⁻¹ tends to κ·W* as
 n → ∞: the OF structure and the alignment are restored, only the scale shrinks by κ."""
 import jax

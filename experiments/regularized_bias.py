@@ -1,4 +1,4 @@
-"""Figure `regularized_bias` — SPEC §3.3: the λ_b transition of the regularized-bias UFM.
+"""Figure `regularized_bias` — docs/theory.md §3.3: the λ_b transition of the regularized-bias UFM.
 
 For λ_b/(1+λ_b) ≤ c the bias is b = 1/(K(1+λ_b)) and the features keep h̄_G = 0 (ETF); past it the
 bias saturates at b = c/(Kλ_b) and the class means gain a global-mean component, the uncentred
@@ -97,7 +97,7 @@ def plot(out):
         ax.set_xlabel("λ_b (log scale)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"SPEC §3.3: regularized-bias UFM across the λ_b transition; K={K}, d={cfg['d']}, "
+    fig.suptitle(f"docs/theory.md §3.3: regularized-bias UFM across the λ_b transition; K={K}, d={cfg['d']}, "
                  f"n={cfg['n']}, λ_W={cfg['lam_W']:g}, λ_H={cfg['lam_H']:g} (c = {c:.3g}), GD step "
                  f"{cfg['lr']:g} (stable for λ_b < 2/step), {cfg['steps']} steps, N(0,1) init  [our setting]",
                  fontsize=11)

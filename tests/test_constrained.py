@@ -1,4 +1,4 @@
-"""Fixed classifiers with norm-constrained features (SPEC §3.9), the layer-peeled model, per-class
+"""Fixed classifiers with norm-constrained features (docs/theory.md §3.9), the layer-peeled model, per-class
 counts and class-incremental sessions, in float64."""
 import math
 
@@ -195,7 +195,7 @@ def test_plain_models_accept_counts_without_a_theorem():
 
 
 def test_sweep_runs_a_constrained_model(tmp_path, capsys):
-    rc = main(["sweep", "fixed-etf", "--x64", "--K", "3", "--d", "4", "--n", "5,2,1",
+    rc = main(["sweep", "fixed-etf", "--x64", "--K", "3", "--d", "4", "--n", "5/2/1",
                "--E-H", "0.5,2", "--lr", "0.5", "--steps", "2000", "--out", str(tmp_path),
                "--quiet"])
     assert rc == 0
@@ -223,7 +223,7 @@ def test_train_writes_E_and_sessions(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["train", "fixed-etf", "--E-H", "0"], "E_H (--E-H) must be > 0"),
     (["train", "lpm", "--E-W", "-1"], "E_W (--E-W) must be finite and >= 0"),
-    (["train", "fixed-etf", "--K", "4", "--n", "1,2,3"], "has 3 per-class counts 1,2,3 but K"),
+    (["train", "fixed-etf", "--K", "4", "--n", "1,2,3"], "1,2,3 has 3 per-class counts but K (--K) is 4"),
     (["train", "fixed-etf", "--K", "4", "--sessions", "2,1"], "every class must be in one session"),
     (["train", "fixed-etf", "--K", "4", "--sessions", "5"], "between 1 and K=4"),
     (["train", "fixed-orthogonal", "--K", "4", "--d", "3"], "d (--d)=3 is below"),
@@ -247,7 +247,7 @@ def test_model_variants_are_cached():
 
 def test_sweep_with_sessions_matches_train(tmp_path):
     kw = dict(K=4, d=5, n=(3, 3, 2, 2), steps=800, lr=5.0, sessions=((2, 0), (3, 1)), distill=0.3)
-    rc = main(["sweep", "fixed-etf", "--x64", "--K", "4", "--d", "5", "--n", "3,3,2,2",
+    rc = main(["sweep", "fixed-etf", "--x64", "--K", "4", "--d", "5", "--n", "3/3/2/2",
                "--sessions", "2,2", "--distill", "0.3", "--E-H", "0.5,2", "--lr", "5",
                "--steps", "800", "--out", str(tmp_path), "--quiet"])
     assert rc == 0

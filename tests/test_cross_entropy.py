@@ -1,4 +1,4 @@
-"""Cross-entropy UFM (SPEC §3.7) against its closed form, float64 gradient descent."""
+"""Cross-entropy UFM (docs/theory.md §3.7) against its closed form, float64 gradient descent."""
 import math
 
 import numpy as np

@@ -29,6 +29,11 @@ def test_smoke(name, tmp_path):
     for js in (tmp_path / "data").glob("*.json"):
         json.loads(js.read_text())
     assert not list(tmp_path.rglob(".tmp-*"))  # atomic writes leave nothing behind
+    arrays = dict(np.load(tmp_path / "data" / f"{name}.npz")) if (
+        tmp_path / "data" / f"{name}.npz").exists() else {}
+    cfg_path = tmp_path / "data" / f"{name}.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    assert check_saved_numbers(name, arrays, cfg, tmp_path / "data") >= 1
     after = {f: os.path.getmtime(os.path.join(FIGURES, f)) for f in before}
     assert after == before  # figures/ untouched
 
@@ -37,3 +42,134 @@ def test_runner_rejects_unknown_figure():
     proc = subprocess.run([sys.executable, "-m", "experiments", "--only", "nope"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown figure" in proc.stderr
+
+
+# --- at least one saved number per figure, checked against a closed form or an identity -------
+
+TOL = 1e-9
+
+
+def _not_below(values, floor, diverged=None):
+    """A minimisation cannot end below the global minimum: values ≥ floor (where not diverged)."""
+    values, floor = np.asarray(values, float), np.broadcast_to(np.asarray(floor, float),
+                                                              np.shape(values))
+    ok = np.isfinite(values) if diverged is None else ~np.asarray(diverged, bool)
+    assert ok.any()
+    assert np.all(values[ok] >= floor[ok] - TOL * np.maximum(1.0, np.abs(floor[ok]))), (
+        values, floor)
+    return int(ok.sum())
+
+
+def _trajectories(arrays, cfg, prefix=""):
+    """h_objective goes down from its start, and never below the closed form when there is one."""
+    f = arrays[prefix + "h_objective"]
+    assert np.isfinite(f).all() and f[-1] <= f[0]
+    theory = (cfg.get("theory") or {}).get("objective")
+    if theory is not None:
+        _not_below(f[-1:], theory)
+    return 1
+
+
+def check_saved_numbers(name, a, cfg, data):
+    """How many numbers of figure `name`'s saved data were checked (each check can fail)."""
+    from ufm import geometry, theory
+    from ufm.models import Sizes
+
+    checked = 0
+    if name in ("bias_free", "unregularized_bias", "linear_extended", "relu_extended",
+                "han_decomposition", "orthogonal_classifier"):
+        checked += _trajectories(a, cfg)
+    if name == "bias_free":  # the recorded ‖W‖ is that of the saved W
+        assert a["h_norm_W"][-1] == pytest.approx(np.linalg.norm(a["p_W"]), rel=1e-12)
+        checked += 1
+    if name == "han_decomposition":  # L = L_NC1 + L_NC2/3 + L_LS⊥ (+ λ_H/2‖H‖²)
+        parts = a["h_han_nc1"] + a["h_han_nc23"] + a["h_han_ls_perp"]
+        assert np.all(parts <= a["h_objective"] + TOL)
+        checked += 1
+    if name == "appendix_g":
+        for f in data.glob("appendix_g_*.npz"):
+            g = dict(np.load(f))
+            assert np.isfinite(g["h_objective"]).all() and g["h_objective"][-1] <= g["h_objective"][0]
+            checked += 1
+    if name == "orthogonal_classifier":  # projected GD keeps every ‖h‖² ≤ E_H
+        assert cfg["final"]["feature_norm_excess"] <= 1e-9
+        checked += 1
+    if name == "regularized_bias":
+        for i, lam_b in enumerate(cfg["lam_b"]):
+            ref = theory.plain(dict(lam_W=cfg["lam_W"], lam_H=cfg["lam_H"], lam_b=lam_b),
+                               Sizes(cfg["K"], cfg["n"], cfg["d"]), bias="regularized")
+            assert a["theory_objective"][i] == pytest.approx(ref.objective, rel=1e-12)
+        checked += _not_below(a["objective"], a["theory_objective"], a["diverged"])
+    if name == "perturbed_features":
+        rho, lam, K = cfg["rho"], cfg["lam_W"], cfg["K"]
+        kappa = [(rho + K * lam) / (rho + K * (lam + s ** 2)) for s in cfg["sigmas"]]
+        np.testing.assert_allclose(a["kappa"], kappa, rtol=1e-12)
+        checked += 1
+    if name == "thresholds":
+        c = np.asarray(cfg["c"])
+        checked += _not_below(a["plain_objective"], np.where(c < 1, c - c ** 2 / 2, 0.5),
+                              a["plain_diverged"])
+    if name == "phase_diagram":
+        for part in ("plain", "ext"):
+            checked += _not_below(a[f"{part}_objective"], a[f"{part}_theory_objective"],
+                                  a[f"{part}_diverged"])
+    if name == "relu_assumption":
+        for key in [k for k in a if k.endswith("/objective")]:  # ReLU: same optimum as linear
+            checked += _not_below(a[key], a[key[: -len("objective")] + "closed_form"])
+    if name == "proof_gaps":  # each inequality of a proof holds at every point of the run
+        for key in [k for k in a if not k.endswith("/step")]:
+            assert np.all(a[key] >= -1e-8 * np.maximum(1.0, np.abs(a[key]).max())), key
+            checked += 1
+    if name == "mse_vs_ce":
+        for part in ("bias_free", "ce"):
+            gram = a[f"{part}_gram"]
+            assert float(geometry.of_distance(gram)) == pytest.approx(
+                float(a[f"{part}_nc2_of_H"]), rel=1e-9, abs=1e-12)
+            checked += 1
+    if name in ("minority_collapse", "incremental_sessions"):
+        for key in [k for k in a if "cos" in k]:
+            assert np.all(np.abs(a[key]) <= 1 + 1e-9), key
+            checked += 1
+    if name == "depthwise_network":
+        assert np.isfinite(a["loss"]).all() and a["loss"][-1] < a["loss"][0]
+        checked += 1
+    if name == "deep_linear_thresholds":
+        K, n, d = cfg["K"], cfg["n"], cfg["d"]
+        for L in cfg["depths"]:
+            M = L + 1
+            refs = []
+            for beta in cfg["beta"]:
+                lam = beta / (K * n ** (1 / M))  # all λ equal: β = K·n^(1/M)·λ
+                hyper = {"lam_H1": lam, **{f"lam_W{l}": lam for l in range(1, L + 1)}}
+                refs.append(theory.layered(hyper, Sizes(K, n, d), L, "linear").objective)
+            for init in cfg["inits"]:
+                key = f"L{L}_init{init[0]:g}"
+                checked += _not_below(a[key], refs, a[key + "_diverged"])
+    if name == "deep_ce_low_rank":
+        for i, L in enumerate(cfg["depths"]):
+            for j, K in enumerate(cfg["Ks"]):
+                lam = cfg["lam"]
+                hyper = {"lam_H1": lam, **{f"lam_W{l}": lam for l in range(1, L + 1)}}
+                ref = theory.deep_cross_entropy(hyper, Sizes(K, cfg["n"], cfg["d"]), L)
+                assert a["f_dnc"][i, j] == pytest.approx(ref.dnc, rel=1e-12)
+                checked += 1
+    if name == "deep_relu_below_dnc":  # DNC value = the deep linear optimum; gap = f − DNC
+        for key in [k for k in a if k.endswith("/objective")]:
+            K = key.split("/")[0]
+            np.testing.assert_allclose(a[f"{K}/dnc_gap"],
+                                       a[key] - a[f"{K}/dnc"][..., None], rtol=1e-9, atol=1e-12)
+            assert np.array_equal(a[f"{K}/below_dnc"], a[f"{K}/dnc_gap"] < 0)
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_committed_figure_data_pass_the_same_checks(name):
+    """The full-size data in figures/data satisfy the checks the smoke runs do."""
+    path = os.path.join(FIGURES, "data", f"{name}.npz")
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not built yet")
+    cfg = json.loads(open(os.path.join(FIGURES, "data", f"{name}.json")).read())
+    from pathlib import Path
+
+    assert check_saved_numbers(name, dict(np.load(path)), cfg, Path(FIGURES) / "data") >= 1

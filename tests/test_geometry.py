@@ -45,7 +45,9 @@ def test_distances_scale_invariant_and_catch_wrong_frames():
     assert float(g.of_distance(0.2 * np.eye(K))) < 1e-12
     assert float(g.etf_distance(-P)) > 1.9  # negative factor is not an ETF
     assert float(g.of_distance(np.diag([1.0, 1, 1, 1, 2]))) > 0.05
-    assert float(g.of_distance(jnp.zeros((K, K)))) == pytest.approx(1.0)
+    assert np.isnan(float(g.of_distance(jnp.zeros((K, K)))))  # no direction: undefined
+    assert np.isnan(float(g.etf_distance(jnp.zeros((K, K)))))
+    assert not g.is_etf(jnp.zeros((K, K)))
 
 
 @pytest.mark.parametrize("fn,K,d,msg", [

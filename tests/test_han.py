@@ -1,4 +1,4 @@
-"""Han, Papyan & Donoho's MSE decomposition (SPEC §3.8)."""
+"""Han, Papyan & Donoho's MSE decomposition (docs/theory.md §3.8)."""
 import jax
 import numpy as np
 import pytest

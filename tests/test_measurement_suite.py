@@ -7,13 +7,15 @@ import pytest
 from ufm import geometry, metrics
 
 
-def np_reference(W, H, K, b=None):
-    """Every measurement written again, plainly, in numpy (float64)."""
+def np_reference(W, H, K, b=None, counts=None):
+    """Every measurement written again, plainly, in numpy (float64). counts: per-class counts
+    (class-major columns); the global mean is the mean of the class means."""
     d, N = H.shape
-    n = N // K
-    mu = np.stack([H[:, k * n:(k + 1) * n].mean(1) for k in range(K)], 1)
+    counts = counts or (N // K,) * K
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    mu = np.stack([H[:, starts[k]:starts[k + 1]].mean(1) for k in range(K)], 1)
     M = mu - mu.mean(1, keepdims=True)
-    dev = H - np.repeat(mu, n, 1)
+    dev = H - np.repeat(mu, counts, 1)
     Sw, Sb = dev @ dev.T / N, M @ M.T / K
     cos = lambda A: (A / np.linalg.norm(A, axis=0)).T @ (A / np.linalg.norm(A, axis=0))
     off = ~np.eye(K, dtype=bool)
@@ -29,13 +31,27 @@ def np_reference(W, H, K, b=None):
         "equiangularity_H": cM.std(), "equiangularity_W": cW.std(),
         "max_angle_H": np.mean(np.abs(cM + 1 / (K - 1))), "max_angle_W": np.mean(np.abs(cW + 1 / (K - 1))),
         "nc4_mismatch": np.mean(np.argmax(logits, 0) != ncc),
+        "nc2_etf_H": _frame(M.T @ M, (np.eye(K) - 1 / K) / np.sqrt(K - 1)),
+        "nc2_of_H": _frame(mu.T @ mu, np.eye(K) / np.sqrt(K)),
+        "nc3_etf": _frame(W @ M, (np.eye(K) - 1 / K) / np.sqrt(K - 1)),
+        "nc3_of": _frame(W @ mu, np.eye(K) / np.sqrt(K)),
+        "nc1_unnormalised": np.trace(Sw @ np.linalg.pinv(Sb, rcond=1e-10)),
     }
 
 
+def _frame(G, ideal):
+    return np.linalg.norm(G / np.linalg.norm(G) - ideal)
+
+
 def ours(W, H, K, b=None):
-    out = {k: float(v) for k, v in metrics.papyan_suite(W, H, b).items()}
+    out = {k: float(v) for k, v in metrics.papyan_suite(W, H, b, K).items()}
     out["nc1"] = float(metrics.nc1(H, K))
     out["equinorm_H_unbiased"] = float(metrics.equinorm_features_unbiased(H, K))
+    out["nc2_etf_H"] = float(metrics.nc2_etf_features(H, K))
+    out["nc2_of_H"] = float(metrics.nc2_of_features(H, K))
+    out["nc3_etf"] = float(metrics.nc3_etf(W, H, K))
+    out["nc3_of"] = float(metrics.nc3_of(W, H, K))
+    out["nc1_unnormalised"] = float(metrics.nc1_unnormalised(H, K))
     return out
 
 
@@ -48,6 +64,25 @@ def test_agrees_with_independent_numpy(K, d, n, seed):
     ref, got = np_reference(W, H, K, b), ours(W, H, K, b)
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, atol=1e-14, err_msg=k)
+
+
+@pytest.mark.parametrize("counts,d,seed", [((3, 1, 5), 6, 0), ((2, 7, 1, 4), 5, 1)])
+def test_unequal_counts_agree_with_independent_numpy(counts, d, seed):
+    """Centring by the mean of class means (not the sample-weighted mean) in every measurement:
+    with counts like (3, 1, 5) the two differ, and only the first matches the reference."""
+    K = len(counts)
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    H = (np.asarray(jax.random.normal(k1, (d, sum(counts))))
+         + 2 * np.repeat(np.asarray(jax.random.normal(k2, (d, K))), counts, 1))
+    W = np.asarray(jax.random.normal(k3, (K, d)))
+    b = np.linspace(-0.3, 0.3, K)
+    ref, got = np_reference(W, H, K, b, counts), ours(W, H, tuple(counts), b)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, atol=1e-14, err_msg=k)
+    weighted = H.mean(1, keepdims=True)  # the sample-weighted centre gives other values
+    mu = np.stack([H[:, np.repeat(np.arange(K), counts) == k].mean(1) for k in range(K)], 1)
+    assert abs(_frame((mu - weighted).T @ (mu - weighted), (np.eye(K) - 1 / K) / np.sqrt(K - 1))
+               - got["nc2_etf_H"]) > 1e-3
 
 
 @pytest.mark.parametrize("K,d", [(4, 20), (3, 2), (6, 6)])
@@ -87,3 +122,16 @@ def test_nc4_hand_built():
     # h = 0.25 (centre: 0, classifier: 1).
     assert float(metrics.nc4_mismatch(W, H, b)) == pytest.approx(1 / 6)
     assert float(metrics.nc4_mismatch(W, H)) == pytest.approx(1 / 6)
+    # the same count, different samples: with the bias h = 0.4 disagrees, without it h = 0.25
+    labels_ncc = np.array([0, 0, 0, 1, 1, 1])
+    with_b = np.argmax(W @ H + b[:, None], axis=0) != labels_ncc
+    without_b = np.argmax(W @ H, axis=0) != labels_ncc
+    assert with_b.tolist() == [0, 0, 0, 1, 0, 0] and without_b.tolist() == [0, 0, 1, 0, 0, 0]
+    # a bias that moves the threshold past 0.25 as well: two mismatches with it, one without
+    b2 = np.array([-0.2, 0.2])  # predicts class 1 iff h > −0.2
+    assert float(metrics.nc4_mismatch(W, H, b2)) == pytest.approx(1 / 6)
+    b3 = np.array([1.0, -1.0])  # predicts class 1 iff h > 1: 0.4 wrong (NCC says 1)
+    assert float(metrics.nc4_mismatch(W, H, b3)) == pytest.approx(1 / 6)
+    b4 = np.array([1.5, -1.5])  # class 1 iff h > 1.5: 0.4 and 1.5 disagree with NCC
+    assert float(metrics.nc4_mismatch(W, H, b4)) == pytest.approx(2 / 6)
+    assert float(metrics.nc4_mismatch(W, H, b4)) != float(metrics.nc4_mismatch(W, H))

@@ -1,4 +1,4 @@
-"""Gradient descent (float64) against the closed forms of SPEC §3.1–3.5.
+"""Gradient descent (float64) against the closed forms of docs/theory.md §3.1–3.5.
 
 Tolerances. Each run is long enough for the objective to settle at round-off (relative gap
 ~1e-15, checked at 1e-8 as the issue asks). Near a minimiser f − f* ≥ μ/2·dist², with μ of the order
@@ -114,7 +114,7 @@ def test_unregularized_bias_zero_solution_above_threshold():
     assert r.final["norm_W"] < 1e-6
 
 
-# --- SPEC §3.3: regularized bias -----------------------------------------------------------
+# --- docs/theory.md §3.3: regularized bias -----------------------------------------------------------
 
 REG = [
     dict(K=4, n=10, d=8, lam_W=1e-2, lam_H=2e-2, lam_b=0.1),

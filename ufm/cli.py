@@ -180,22 +180,20 @@ def build_parser(layers=()):
                         "'features', or every 2-D array but W)")
     m.add_argument("--classifier", default=None, help="W.npy (with .npy features)")
     m.add_argument("--bias", default=None, help="b.npy (with .npy features)")
-    m.add_argument("--global-mean", choices=("class-balanced", "sample-weighted"),
-                   default="class-balanced",
+    m.add_argument("--global-mean", choices=("classes", "samples"), default="classes",
                    help="h̄_G as the mean of the class means (default) or the mean of all "
                         "samples, ΣH/N (as tding1/Neural-Collapse's validate_NC.py)")
     m.add_argument("--std", choices=("population", "unbiased"), default="population",
                    help="the standard deviation of equinorm/equiangularity (default population)")
     m.add_argument("--pinv-rtol", type=float, default=None,
-                   help="NC1's pseudo-inverse keeps singular values of the centred means above "
-                        "this × the largest (default: a round-off cut-off, see docs/theory.md)")
+                   help="NC1's pseudo-inverse drops eigenvalues of Σ_B below this × the largest "
+                        "(default d·eps(float64), as numpy/scipy/torch pinv)")
     m.add_argument("--stream", action="store_true",
-                   help="read .npy features in chunks through memory maps (for N too large to "
-                        "hold); the same numbers as in memory")
-    m.add_argument("--chunk-rows", type=int, default=65536, help="rows per streamed chunk")
+                   help="read the features in chunks through memory maps (.npy, or uncompressed "
+                        ".npz members) for N too large to hold; the same numbers as in memory")
+    m.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk (default 65536)")
     m.add_argument("--out", default=None, help="output folder (default runs/measure)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
-    m.add_argument("--x64", action="store_true", help="float64 (default float32)")
     b = sub.add_parser("bench", help="speed: gradient steps per second, and time to the optimum")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.add_argument("--quick", action="store_true", help="short measurements")
@@ -622,10 +620,9 @@ def cmd_measure(args):
     try:
         out = check_out(args.out, os.path.join("runs", "measure"))
         doc = measure.measure_file(
-            args.file, labels=args.labels, layers=args.layer, classifier=args.classifier,
-            bias=args.bias, global_mean=args.global_mean, std=args.std,
-            pinv_rtol=args.pinv_rtol, stream=args.stream, chunk_rows=args.chunk_rows,
-            progress=not args.quiet)
+            args.file, layers=args.layer, labels=args.labels, W=args.classifier, b=args.bias,
+            stream=args.stream, global_mean=args.global_mean, std=args.std,
+            pinv_rtol=args.pinv_rtol, chunk_rows=args.chunk_rows, quiet=args.quiet)
     except ValueError as err:
         return _error(err)
     measure.write(doc, out)

@@ -2,13 +2,16 @@
 
 Constructors return the K frame vectors as the columns of a [d, K] matrix with unit columns,
 randomly rotated by a PRNG key. Distances take a [K, K] matrix (a Gram matrix, or a product such
-as W H̄) and measure how far its direction is from the ideal one (SPEC §1, §4).
+as W H̄) and measure how far its direction is from the ideal one (docs/theory.md §1, §4).
 """
 import jax
 import jax.numpy as jnp
 
 
 def _check_frame_size(K, d, min_d, name):
+    for arg, value in (("K", K), ("d", d)):
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            raise ValueError(f"{name}: {arg} must be an integer, got {value!r}")
     if K < 2:
         raise ValueError(f"K must be >= 2, got K={K}")
     if d < min_d:
@@ -55,19 +58,29 @@ def nonnegative_orthogonal_frame(key, K, d):
 
 
 def _unit(A):
-    """A / ‖A‖_F, with 0 for A = 0 (so a zero matrix is at distance 1 from every frame)."""
+    """A / ‖A‖_F; NaN for A = 0, which has no direction (docs/theory.md §4, degenerate
+    configurations), so a zero matrix is at an undefined distance from every frame."""
     norm = jnp.linalg.norm(A)
-    return A / jnp.where(norm > 0, norm, 1.0)
+    return jnp.where(norm > 0, A / jnp.where(norm > 0, norm, 1.0), jnp.nan)
+
+
+def _check_square(A, name="A"):
+    shape = getattr(A, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1] or shape[0] < 2:
+        raise ValueError(f"{name} must be a square [K, K] matrix with K >= 2 (a Gram matrix or a "
+                         f"product such as W H̄), got shape {shape}")
 
 
 def etf_distance(A):
-    """‖A/‖A‖ − P/√(K−1)‖_F for A [K, K]; 0 iff A ∝ P with a positive factor."""
+    """‖A/‖A‖ − P/√(K−1)‖_F for A [K, K]; 0 iff A ∝ P with a positive factor; NaN for A = 0."""
+    _check_square(A)
     K = A.shape[-1]
     return jnp.linalg.norm(_unit(A) - centering(K) / jnp.sqrt(K - 1.0))
 
 
 def of_distance(A):
-    """‖A/‖A‖ − I/√K‖_F for A [K, K]; 0 iff A ∝ I with a positive factor."""
+    """‖A/‖A‖ − I/√K‖_F for A [K, K]; 0 iff A ∝ I with a positive factor; NaN for A = 0."""
+    _check_square(A)
     K = A.shape[-1]
     return jnp.linalg.norm(_unit(A) - jnp.eye(K) / jnp.sqrt(K * 1.0))
 

@@ -52,6 +52,21 @@ def run_bytes(model, sizes, optimizer="gd", batch=1):
     return itemsize * batch * (P * (3 + OPTIMIZER_COPIES.get(optimizer, 2)) + activations)
 
 
+def result_bytes(model, sizes):
+    """Bytes of one grid point's results on the host: every measurement, the certificate and the
+    theory arrays, as float64 (no allocation: eval_shape)."""
+    def measured():
+        params = model.init(jax.random.PRNGKey(0), sizes, 1.0)
+        hyper = {k: jnp.ones(()) for k in (*model.hyper_names, "E_H", "E_W")}
+        return model.measure(params, sizes, hyper)
+
+    try:
+        outputs = len(jax.eval_shape(measured))
+    except Exception:  # noqa: BLE001 - an estimate: assume a generous number of outputs
+        outputs = 64
+    return 8 * (outputs + 12)
+
+
 def check_fits(nbytes, what):
     """ValueError when `nbytes` exceed MEMORY_FRACTION of the machine's memory, saying `what`
     needs it, the estimate and the machine's memory."""

@@ -1,4 +1,4 @@
-"""Neural-collapse measurements (SPEC §4), pure functions of arrays.
+"""Neural-collapse measurements (docs/theory.md §4), pure functions of arrays.
 
 Layout: features H [d, N] are class-major (the samples of class 0, then of class 1, …); classifier
 W [K, d]. `classes` (the argument named K) is either the number of classes K, for balanced classes
@@ -6,6 +6,7 @@ of N/K samples each, or the tuple of per-class counts (n_1, …, n_K). Class mea
 over classes (Σ_B = M̄M̄ᵀ/K, h̄_G = mean of the class means); Σ_W averages over all N samples. Every
 function works in float32 and float64 alike.
 """
+import math
 from typing import NamedTuple
 
 import jax
@@ -40,14 +41,65 @@ def class_labels(classes, N):
     return np.repeat(np.arange(len(counts)), counts)
 
 
+def check_features(H, K, name="H"):
+    """ValueError unless H is [d, N] class-major features for `K` (the number of classes, ≥ 2,
+    dividing N; or per-class counts ≥ 1 summing to N). A transposed H is caught wherever its
+    shape disagrees with K (counts, or N not divisible by K); a [N, d] array whose N is a
+    multiple of K looks like valid [d, N] features and cannot be told apart."""
+    shape = getattr(H, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"{name} must be a 2-D array [d, N] of features (columns are samples, "
+                         f"class-major), got shape {shape}")
+    d, N = shape
+    if d < 1 or N < 1:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {shape}")
+    if isinstance(K, (tuple, list)):
+        counts = list(K)
+        if len(counts) < 2 or any(isinstance(c, bool) or not isinstance(c, (int, np.integer))
+                                  or c < 1 for c in counts):
+            raise ValueError(f"per-class counts must be >= 2 positive integers, got {tuple(K)}")
+        if sum(counts) != N:
+            hint = " (transposed? expected [d, N])" if sum(counts) == d else ""
+            raise ValueError(f"per-class counts {tuple(K)} sum to {sum(counts)}, but {name} has "
+                             f"{N} columns{hint}")
+        return
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)):
+        raise ValueError(f"K must be the number of classes (an int) or the per-class counts, "
+                         f"got {K!r}")
+    if K < 2:
+        raise ValueError(f"K must be >= 2, got {K}")
+    if N % K:
+        hint = " (transposed? expected [d, N])" if d % K == 0 else ""
+        raise ValueError(f"{name} has {N} columns, not a multiple of K={K}: balanced classes need "
+                         f"N = K·n{hint}; pass per-class counts for unequal classes")
+
+
+def check_classifier(W, H=None, classes=None):
+    """ValueError unless W is [K, d] with K ≥ 2 (and d = H's rows, K = the classes' count)."""
+    shape = getattr(W, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"W must be a 2-D array [K, d] (one row per class), got shape {shape}")
+    if shape[0] < 2 or shape[1] < 1:
+        raise ValueError(f"W must have K >= 2 rows (one per class) and d >= 1 columns, got "
+                         f"shape {shape}")
+    if H is not None:
+        if getattr(H, "shape", None) is None or len(H.shape) != 2:
+            raise ValueError(f"H must be a 2-D array [d, N], got shape {getattr(H, 'shape', None)}")
+        if H.shape[0] != shape[1]:
+            hint = " (transposed?)" if H.shape[0] == shape[0] else ""
+            raise ValueError(f"W [K, d] has shape {shape} but H [d, N] has {H.shape[0]} rows: "
+                             f"d must agree{hint}")
+    if classes is not None and num_classes(classes) != shape[0]:
+        raise ValueError(f"W has {shape[0]} rows but there are {num_classes(classes)} classes")
+
+
 def class_means(H, K):
     """H̄ = [h̄_1 … h̄_K]  [d, K] from class-major H [d, N]; K or the per-class counts."""
+    check_features(H, K)
     d, N = H.shape
     if not isinstance(K, (tuple, list)):
         return H.reshape(d, K, N // K).mean(axis=-1)
     counts = np.asarray(K)
-    if counts.sum() != N:
-        raise ValueError(f"per-class counts {tuple(K)} sum to {counts.sum()}, but H has {N} columns")
     labels = class_labels(K, N)
     averaging = (labels[:, None] == np.arange(len(counts))[None, :]) / counts[None, :]  # [N, K]
     return H @ jnp.asarray(averaging, H.dtype)
@@ -61,6 +113,7 @@ def centred_means(H, K):
 
 def within_class_deviations(H, K):
     """h_{k,i} − h̄_k for every column  [d, N]."""
+    check_features(H, K)
     d, N = H.shape
     if isinstance(K, (tuple, list)):
         return H - class_means(H, K)[:, class_labels(K, N)]
@@ -74,8 +127,14 @@ def nc1(H, K):
     Computed in the (K−1)-dim span of M̄ = U S Vᵀ: with Σ_B = M̄M̄ᵀ/K,
     NC1 = Σ_{j<K} ‖u_jᵀ D‖² / (N s_j²), D the within-class deviations. No d×d pseudo-inverse and no
     subtraction Σ_T − Σ_B, so it is ≥ 0 and accurate in float32 near collapse. Directions whose
-    singular value is below the pseudo-inverse cut-off (e.g. all means at one point) are dropped.
+    singular value is below s₁·max(d, N)·eps are dropped (the pseudo-inverse cut-off; `ufm
+    measure --pinv-rtol` offers others, docs/theory.md §4).
+
+    NaN when no direction is left — all class means at one point, including features that are
+    exactly zero or have underflowed to zero (the zero solution) — and for non-finite H: NC1 is a
+    ratio of vanishing quantities there, not 0.
     """
+    check_features(H, K)
     N = H.shape[1]
     U, s, _ = jnp.linalg.svd(centred_means(H, K), full_matrices=False)
     k = num_classes(K)
@@ -84,7 +143,7 @@ def nc1(H, K):
     keep = s > cutoff
     proj = jnp.sum((U.T @ within_class_deviations(H, K)) ** 2, axis=1)
     value = jnp.sum(jnp.where(keep, proj / (N * jnp.where(keep, s, 1.0) ** 2), 0.0))
-    return jnp.where(jnp.all(jnp.isfinite(H)), value, jnp.nan)
+    return jnp.where(jnp.all(jnp.isfinite(H)) & jnp.any(keep), value, jnp.nan)
 
 
 def nc2_etf_features(H, K):
@@ -101,26 +160,31 @@ def nc2_of_features(H, K):
 
 def nc2_etf_weights(W):
     """NC2-ETF of the classifier: distance of WWᵀ [K, K] from a simplex ETF."""
+    check_classifier(W)
     return etf_distance(W @ W.T)
 
 
 def nc2_of_weights(W):
     """NC2-OF of the classifier: distance of WWᵀ [K, K] from an OF."""
+    check_classifier(W)
     return of_distance(W @ W.T)
 
 
 def nc3_etf(W, H, classes=None):
     """NC3-ETF: ‖W M̄/‖W M̄‖ − P/√(K−1)‖ (alignment with the centred means)."""
+    check_classifier(W, H, classes)
     return etf_distance(W @ centred_means(H, classes or W.shape[0]))
 
 
 def nc3_of(W, H, classes=None):
     """NC3-OF: ‖W H̄/‖W H̄‖ − I/√K‖ (alignment with the uncentred means)."""
+    check_classifier(W, H, classes)
     return of_distance(W @ class_means(H, classes or W.shape[0]))
 
 
 def nc1_unnormalised(H, K):
-    """tr(Σ_W Σ_B^†) without the 1/K (the form in Zhu et al. 2021's code); = K·nc1."""
+    """tr(Σ_W Σ_B^†) without the 1/K; = K·nc1. (Papyan et al. 2020 and tding1's validate_NC.py,
+    the code of Zhu et al. 2021, both divide by K, i.e. report `nc1`.)"""
     return num_classes(K) * nc1(H, K)
 
 
@@ -142,14 +206,19 @@ def mean_pairwise_cosine(A):
 
 
 def self_duality(W, H, classes=None):
-    """‖Wᵀ/‖W‖ − M̄/‖M̄‖‖²  (Papyan et al. 2020, NC3 'convergence to self-duality')."""
+    """‖Wᵀ/‖W‖ − M̄/‖M̄‖‖²  (Papyan et al. 2020, NC3 'convergence to self-duality'); NaN when W or
+    M̄ is zero (no direction to compare), never a 'perfect' 0."""
+    check_classifier(W, H, classes)
     M = centred_means(H, classes or W.shape[0])
-    unit = lambda A: A / jnp.where(jnp.linalg.norm(A) > 0, jnp.linalg.norm(A), 1.0)
-    return jnp.sum((unit(W.T) - unit(M)) ** 2)
+    nW, nM = jnp.linalg.norm(W), jnp.linalg.norm(M)
+    value = jnp.sum((W.T / jnp.where(nW > 0, nW, 1.0) - M / jnp.where(nM > 0, nM, 1.0)) ** 2)
+    return jnp.where((nW > 0) & (nM > 0), value, jnp.nan)
 
 
 def equinorm_features(H, K):
-    """std/mean of ‖h̄_k − h̄_G‖ over classes, population std (Papyan et al. 2020, Fig. 2)."""
+    """std/mean of ‖h̄_k − h̄_G‖ over classes, population std (the simulator's convention; Papyan
+    et al. 2020's code used torch's unbiased std: `equinorm_features_unbiased`). NaN when every
+    centred mean is zero."""
     norms = jnp.linalg.norm(centred_means(H, K), axis=0)
     return jnp.std(norms) / jnp.mean(norms)
 
@@ -161,42 +230,57 @@ def equinorm_features_unbiased(H, K):
 
 
 def equinorm_weights(W):
-    """std/mean of ‖w_k‖ over classes, population std (Papyan et al. 2020, Fig. 2)."""
+    """std/mean of ‖w_k‖ over classes, population std (see `equinorm_features`); NaN for W = 0."""
+    check_classifier(W)
     norms = jnp.linalg.norm(W, axis=1)
     return jnp.std(norms) / jnp.mean(norms)
 
 
 def equinorm_weights_unbiased(W):
     """As `equinorm_weights` with the unbiased (K−1) std."""
+    check_classifier(W)
     norms = jnp.linalg.norm(W, axis=1)
     return jnp.std(norms, ddof=1) / jnp.mean(norms)
 
 
+def _defined_cosines(A):
+    """Off-diagonal cosines of the columns of A, NaN if any column is zero (no direction)."""
+    cos = _off_diagonal(_cosines(A))
+    return jnp.where(jnp.all(jnp.linalg.norm(A, axis=0) > 0), cos, jnp.nan)
+
+
 def equiangularity_features(H, K):
-    """Population std over k ≠ k' of cos(h̄_k − h̄_G, h̄_k' − h̄_G) (Papyan et al. 2020, Fig. 3)."""
-    return jnp.std(_off_diagonal(_cosines(centred_means(H, K))))
+    """Population std over k ≠ k' of cos(h̄_k − h̄_G, h̄_k' − h̄_G) (Papyan et al. 2020, Fig. 3);
+    NaN if a centred mean is zero."""
+    return jnp.std(_defined_cosines(centred_means(H, K)))
 
 
 def equiangularity_weights(W):
-    """Population std over k ≠ k' of cos(w_k, w_k') (Papyan et al. 2020, Fig. 3)."""
-    return jnp.std(_off_diagonal(_cosines(W.T)))
+    """Population std over k ≠ k' of cos(w_k, w_k') (Papyan et al. 2020, Fig. 3); NaN if a row
+    of W is zero."""
+    check_classifier(W)
+    return jnp.std(_defined_cosines(W.T))
 
 
 def max_angle_features(H, K):
     """Avg_{k≠k'} |cos(h̄_k − h̄_G, h̄_k' − h̄_G) + 1/(K−1)| (Papyan et al. 2020, Fig. 4)."""
     k = num_classes(K)
-    return jnp.mean(jnp.abs(_off_diagonal(_cosines(centred_means(H, K))) + 1.0 / (k - 1)))
+    return jnp.mean(jnp.abs(_defined_cosines(centred_means(H, K)) + 1.0 / (k - 1)))
 
 
 def max_angle_weights(W):
     """Avg_{k≠k'} |cos(w_k, w_k') + 1/(K−1)| (Papyan et al. 2020, Fig. 4)."""
+    check_classifier(W)
     K = W.shape[0]
-    return jnp.mean(jnp.abs(_off_diagonal(_cosines(W.T)) + 1.0 / (K - 1)))
+    return jnp.mean(jnp.abs(_defined_cosines(W.T) + 1.0 / (K - 1)))
 
 
 def nc4_mismatch(W, H, b=None, classes=None):
     """Fraction of samples where argmax_k (W h + b)_k ≠ argmin_k ‖h − h̄_k‖ (Papyan et al. 2020,
     NC4: the classifier against the nearest class centre; b = 0 for a bias-free model)."""
+    check_classifier(W, H, classes)
+    if b is not None and getattr(b, "shape", None) != (W.shape[0],):
+        raise ValueError(f"b must have shape [K] = ({W.shape[0]},), got {getattr(b, 'shape', b)}")
     logits = W @ H + (0.0 if b is None else b[:, None])
     Hbar = class_means(H, classes or W.shape[0])
     # ‖h − h̄_k‖² up to the ‖h‖² every class shares: [K, N], not a [d, K, N] tensor
@@ -205,7 +289,7 @@ def nc4_mismatch(W, H, b=None, classes=None):
 
 
 def papyan_suite(W, H, b=None, classes=None):
-    """The rest of SPEC §4 (Papyan et al. 2020's measurements), keyed by name."""
+    """The rest of docs/theory.md §4 (Papyan et al. 2020's measurements), keyed by name."""
     K = classes or W.shape[0]
     return {
         "self_duality": self_duality(W, H, K),
@@ -230,7 +314,7 @@ class HanDecomposition(NamedTuple):
 
 
 def han_decomposition(W, b, H, lam):
-    """The MSE decomposition of Han, Papyan & Donoho (SPEC §3.8) with W̃ = [W, b], h̃ = [h; 1].
+    """The MSE decomposition of Han, Papyan & Donoho (docs/theory.md §3.8) with W̃ = [W, b], h̃ = [h; 1].
 
     W̃_LS = (1/K) M̃ᵀ (Σ̃_T + μ̃_Gμ̃_Gᵀ + λI)⁻¹, M̃ the uncentred augmented class means [d+1, K].
     W [K, d], b [K] (zeros for a bias-free model), H [d, N] class-major, λ ≥ 0 (λ = 0 needs the
@@ -284,6 +368,36 @@ def classifier_measurements(W, H, classes=None):
     }
 
 
+UNDEFINED_REASONS = (  # (name prefix, why a NaN value of that measurement has no value)
+    ("nc1", "all class means of that level coincide (Σ_B = 0), e.g. features at zero"),
+    ("equinorm_W", "every classifier row is zero"),
+    ("equinorm", "every centred class mean is zero"),
+    ("nc2_etf_W", "the classifier is zero: no direction"),
+    ("nc2_of_W", "the classifier is zero: no direction"),
+    ("nc2", "the class means are zero: no direction"),
+    ("nc3", "W or the class means are zero: no direction"),
+    ("self_duality", "W or the centred class means are zero: no direction"),
+    ("equiangularity", "a class mean or classifier row is zero: no direction"),
+    ("max_angle", "a class mean or classifier row is zero: no direction"),
+    ("cos_", "a class mean is zero: no direction"),
+    ("han_", "the least-squares problem of the decomposition is singular"),
+)
+
+
+def undefined_reasons(final, diverged=False):
+    """{measurement: why it is NaN} for the NaN values of a dict of final measurements
+    (docs/theory.md §4, degenerate configurations). A diverged run's NaNs are its divergence."""
+    out = {}
+    for name, value in final.items():
+        if isinstance(value, float) and math.isnan(value):
+            if diverged:
+                out[name] = "the run diverged"
+                continue
+            out[name] = next((why for prefix, why in UNDEFINED_REASONS if name.startswith(prefix)),
+                             "undefined at this configuration")
+    return out
+
+
 def total_covariance_split(H, K):
     """(Σ_T, Σ_W, Σ_B) [d, d] each; Σ_T = Σ_W + Σ_B for balanced classes."""
     N = H.shape[1]
@@ -329,4 +443,5 @@ __all__ = [
     "HanDecomposition",
     "han_decomposition",
     "total_covariance_split",
+    "undefined_reasons",
 ]

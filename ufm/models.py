@@ -1,4 +1,4 @@
-"""Objectives of the unconstrained features models (SPEC §2) and the registry of named models.
+"""Objectives of the unconstrained features models (docs/theory.md §2) and the registry of named models.
 
 A model is a `Model` of pure functions. Sizes (K, n, d) are static Python ints; the λ's are a dict
 of scalar leaves, so a new value never recompiles and a grid is a `vmap` away. The linear and ReLU
@@ -288,7 +288,7 @@ def _balanced(prediction):
     return lambda hyper, sizes: prediction(hyper, sizes) if sizes.balanced else None
 
 
-# --- fixed classifiers with norm-constrained features, and the layer-peeled model (SPEC §3.9) -----
+# --- fixed classifiers with norm-constrained features, and the layer-peeled model (docs/theory.md §3.9) -----
 
 LOSSES = ("ce", "dot-regression")
 FIXED_BLOCKS = ("E",)  # parameters that are inputs, not variables: stop_gradient in the objective
@@ -310,7 +310,7 @@ def _prototype_loss(loss, mask_softmax):
         """ℓ(h_{k,i}) for every column [N]; C [d, K] the classifier's class vectors."""
         Y = one_hot_targets(sizes, H.dtype)
         logits = C.T @ H  # [K, N]
-        if loss == "dot-regression":  # (c_yᵀh − √E_H)² / (2√E_H)  (Yang et al., SPEC §3.9)
+        if loss == "dot-regression":  # (c_yᵀh − √E_H)² / (2√E_H)  (Yang et al., docs/theory.md §3.9)
             root = jnp.sqrt(hyper["E_H"])
             return (jnp.sum(Y * logits, axis=0) - root) ** 2 / (2 * root)
         if mask_softmax and "logit_mask" in hyper:  # drop the classes outside the session
@@ -514,7 +514,7 @@ def get_model(name, loss=None, alpha=None, mask_softmax=False, depth=None):
         return MODELS[name]
     if name != "fixed-etf" and given.get("loss", "ce") != "ce":
         raise ValueError(f"loss (--loss) {given['loss']!r} is defined only for fixed-etf "
-                         f"(SPEC §3.9); {name!r} uses ce")
+                         f"(docs/theory.md §3.9); {name!r} uses ce")
     if not given:
         return MODELS[name]
     return constrained_model(name, FRAMES[name], given.get("loss", "ce"),

@@ -180,6 +180,28 @@ def certify(model, sizes, params, hyper):
                      relative_gradient(model, sizes, params, value, grads, hyper), jnp.inf)
 
 
+def check_simulation(model, sizes, hyper, steps, log_every, opt_name):
+    """ValueError for what `simulate` cannot run (checked while tracing: all of it is static)."""
+    if not all(hasattr(model, a) for a in ("init", "objective", "measure", "hyper_names")):
+        raise ValueError(f"model must be a ufm Model (see ufm.get_model), got {model!r}")
+    if not all(hasattr(sizes, a) for a in ("K", "n", "d", "N")):
+        raise ValueError(f"sizes must be ufm.models.Sizes(K, n, d), got {sizes!r}")
+    for name, value in (("K", sizes.K), ("d", sizes.d), ("steps", steps),
+                        ("log_every", log_every)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if sizes.K < 2:
+        raise ValueError(f"K must be >= 2, got {sizes.K}")
+    if not isinstance(hyper, dict):
+        raise ValueError(f"hyper must be a dict of the model's λ's, lr and init_scale, got "
+                         f"{type(hyper).__name__}")
+    missing = [k for k in (*model.hyper_names, "lr", "init_scale") if k not in hyper]
+    if missing:
+        raise ValueError(f"hyper lacks {missing} (needed by {model.name}: "
+                         f"{list(model.hyper_names) + ['lr', 'init_scale']})")
+    check_optimizer(model, opt_name)
+
+
 def init_state(model, sizes, key, hyper, opt_name="gd"):
     """Gaussian initialisation with std hyper['init_scale'] (a scalar or a dict per block)."""
     params = model.init(key, sizes, hyper["init_scale"])
@@ -349,6 +371,7 @@ def simulate(model, sizes, key, hyper, steps, log_every, opt_name="gd", tol=None
 
     Pure and traceable: jit it, vmap it over keys (restarts) or over stacked hyper (grids).
     """
+    check_simulation(model, sizes, hyper, steps, log_every, opt_name)
     state = init_state(model, sizes, key, hyper, opt_name)
     first = (state.step[None], jax.tree.map(lambda v: v[None], record(model, sizes, state.params, hyper)))
     state, (steps_log, hist) = logged_steps(model, sizes, state, hyper, steps // log_every,

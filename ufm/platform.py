@@ -1,35 +1,44 @@
 """What ufm needs of XLA's CPU runtime, set before JAX starts it (docs/architecture.md).
 
 jaxlib's CPU runtime (seen with jax 0.10.2) can deadlock when it runs a vmapped program with many
-independent operations on its multi-threaded Eigen pool: every worker waits and the run never
-returns. Our vmapped runs with measurements (restarts, grids) met it deterministically at d ≈ 30,
-and single-threaded Eigen avoids it (also reported upstream, e.g. jax-ml/jax#24219 and the
-PyAutoFit investigation of the same wedge). So on import ufm adds
---xla_cpu_multi_thread_eigen=false to XLA_FLAGS, unless the caller's XLA_FLAGS already sets that
-flag (set it to true to opt out) or a JAX backend is already running (then a warning says so).
-It changes how CPU products are threaded, not what they compute; parallelism across cores comes
-from sharding a grid over host devices (`ufm sweep --host-devices`) instead.
+independent operations: every worker of its thread pools waits and the run never returns. Two
+settings are involved, and ufm turns both off on CPU:
+
+- `--xla_cpu_enable_concurrency_optimized_scheduler`: the scheduler that orders operations to
+  run many at once. With it, a 256-seed grid of the deep linear UFM (L = 4, d = 32) and even an
+  8-point one wedged on every attempt; without it, every attempt finished.
+- `--xla_cpu_multi_thread_eigen`: the multi-threaded Eigen pool for products. Our vmapped runs
+  with measurements (restarts, grids) met the wedge deterministically at d ≈ 30 with it on (also
+  reported upstream, e.g. jax-ml/jax#24219 and the PyAutoFit investigation of the same wedge).
+
+So on import ufm adds `FLAG=false` to XLA_FLAGS for each, unless the caller's XLA_FLAGS already
+sets that flag (set it to true to opt out) or a JAX backend is already running (then a warning
+says so). They change how the CPU work is scheduled and threaded, not what it computes;
+parallelism across cores comes from sharding a grid over host devices (`ufm sweep
+--host-devices`) instead.
 """
 import os
 import warnings
 
-EIGEN_FLAG = "--xla_cpu_multi_thread_eigen"
+SAFE_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler", "--xla_cpu_multi_thread_eigen")
 
 
-def single_threaded_eigen():
-    """Add EIGEN_FLAG=false to XLA_FLAGS if the caller has not chosen it and no backend runs."""
+def safe_cpu_runtime():
+    """Add FLAG=false to XLA_FLAGS for each of SAFE_FLAGS the caller has not chosen, if no JAX
+    backend runs yet."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if EIGEN_FLAG in flags:
+    missing = [flag for flag in SAFE_FLAGS if flag not in flags]
+    if not missing:
         return
     from jax._src import xla_bridge
 
     if xla_bridge.backends_are_initialized():
-        warnings.warn(f"JAX's backend started before ufm was imported, so ufm could not set "
-                      f"XLA_FLAGS={EIGEN_FLAG}=false; vmapped runs on CPU may deadlock in "
-                      f"jaxlib's multi-threaded Eigen pool. Import ufm first, or set it "
-                      f"yourself.", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"JAX's backend started before ufm was imported, so ufm could not add "
+                      f"{' '.join(f + '=false' for f in missing)} to XLA_FLAGS; vmapped runs on "
+                      f"CPU may deadlock in jaxlib's thread pools. Import ufm first, or set "
+                      f"them yourself.", RuntimeWarning, stacklevel=3)
         return
-    os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_FLAG}=false".strip()
+    os.environ["XLA_FLAGS"] = " ".join([flags] + [f"{f}=false" for f in missing]).strip()
 
 
-single_threaded_eigen()
+safe_cpu_runtime()

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ufm import metrics, theory
+from ufm import limits, metrics, theory
 from ufm.metrics import nuclear_norm
 from ufm.models import MODELS, Sizes, layered_features, one_hot_targets, plain_objective
 
@@ -683,6 +683,13 @@ def run_proof(theorem, *, K=4, n=10, d=8, random=200, seed=0, steps=50000, lr=0.
                              f"(the bounds divide by it), got {hyper[name]}")
     if isinstance(random, bool) or not isinstance(random, int) or random < 0:
         raise ValueError(f"random (--random) must be an integer >= 0, got {random!r}")
+    limits.check_seed(seed)
+    limits.check_steps(steps)
+    limits.check_representable(hyper)
+    limits.check_run(model, sizes, optimizer, restarts)
+    limits.check_fits(random * limits.run_bytes(model, sizes, "gd", 1),
+                      f"{random:,} random points (--random) of the {model.name} model at K={K}, "
+                      f"n={n}, d={d}")
     if proof.theorem == "5.1":
         if not (math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"sigma (--sigma) must be finite and >= 0, got {sigma}")

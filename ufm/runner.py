@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ufm import metrics, optimise
+from ufm import limits, metrics, optimise
 from ufm import theory as theory_mod
 from ufm.models import (FIXED_BLOCKS, FRAMES, MODELS, Sizes, get_model, model_depth,
                         prototype_cosines)
@@ -156,6 +156,24 @@ def predict(model, sizes, hyper):
     return model.theory(hyper, sizes)
 
 
+def checked_prediction(model, sizes, hyper):
+    """`predict`, evaluated before any training: a configuration whose closed form overflows or
+    divides by zero (e.g. λ_H = 1e308) is a ValueError naming the λ's, not a crash afterwards."""
+    try:
+        with np.errstate(all="raise"):
+            prediction = predict(model, sizes, hyper)
+            if prediction is not None and not math.isfinite(float(prediction.objective)):
+                raise OverflowError("non-finite objective")
+    except (ZeroDivisionError, OverflowError, FloatingPointError, ValueError) as err:
+        if isinstance(err, ValueError) and "closed form" in str(err):
+            raise
+        lams = ", ".join(f"{k}={float(hyper[k]):g}" for k in model.hyper_names if k in hyper)
+        raise ValueError(f"the closed form of {model.name} is undefined at {lams} ({err}): "
+                         f"the λ's are outside the range where it can be evaluated in float64"
+                         ) from None
+    return prediction
+
+
 def session_groups(sessions, K):
     """The classes of each incremental session from `--sessions`: T (K classes split in order into
     T near-equal consecutive groups), a comma list / sequence of class counts per session, or a
@@ -258,10 +276,13 @@ def certificate(objectives, grad_norm, converged_at, steps_taken, tol, reference
     """
     f = np.asarray(objectives, np.float64)
     floor = optimise.OBJECTIVE_FLOOR
-    rel_decrease = (f[-2] - f[-1]) / max(abs(f[-1]), floor) if f.size > 1 else None
-    gap = None
-    if reference is not None:
-        gap = (f[-1] - reference) / abs(reference) if reference != 0 else f[-1] - reference
+    rel_decrease, gap = None, None
+    with np.errstate(all="ignore"):  # a diverged run's inf/NaN objectives give NaN, not warnings
+        if f.size > 1:
+            rel_decrease = float((f[-2] - f[-1]) / max(abs(f[-1]), floor))
+        if reference is not None:
+            gap = float((f[-1] - reference) / abs(reference) if reference != 0
+                        else f[-1] - reference)
     grad_norm = float(grad_norm)
     return {"grad_norm": grad_norm, "rel_decrease": rel_decrease, "tol": float(tol),
             "converged": bool(grad_norm <= tol), "converged_at": converged_at,
@@ -295,6 +316,11 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     sizes = Sizes(K, n, d)
     hyper = hyper_for(spec, lams, lr, init_scale)
     check_config(spec, sizes, hyper, steps, log_every, restarts, allow_small_d)
+    limits.check_seed(seed)
+    limits.check_steps(steps)
+    limits.check_representable(hyper)
+    limits.check_run(spec, sizes, optimizer, restarts)
+    prediction = checked_prediction(spec, sizes, hyper)
     distill = float(distill)
     groups = check_sessions(spec, sessions, distill, K, restarts)
     if groups is not None and tol is not None:
@@ -334,15 +360,15 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
                       distill=distill)
     if model_depth(spec) is not None:
         config.update(depth=model_depth(spec), rank_tol=metrics.RANK_TOL)
-    prediction = predict(spec, sizes, hyper)
     converged_at = int(traj.converged_at)
     cert = certificate(history["objective"], traj.grad_norm,
                        None if converged_at < 0 else converged_at, traj.steps[-1],
                        certificate_tol(tol), theory_mod.optimum(prediction))
+    final = {k: _number(v[-1]) for k, v in history.items()}
     return Result(
         model=model, config=config, params=jax.tree.map(np.asarray, traj.params),
-        steps=np.asarray(traj.steps), history=history,
-        final={k: _number(v[-1]) for k, v in history.items()},
+        steps=np.asarray(traj.steps), history=history, final=final,
+        undefined=metrics.undefined_reasons(final, diverged_at >= 0) or None,
         theory=prediction, diverged_at=None if diverged_at < 0 else diverged_at,
         restart_objectives=restart_obj, sessions=session_info, certificate=cert,
         reference=theory_mod.landing(prediction, float(history["objective"][-1])))
@@ -386,7 +412,7 @@ def result_dict(result):
     return _json_safe({
         "model": result.model,
         "config": result.config,
-        "final": result.final,
+        "final": {**result.final, "undefined": result.undefined or {}},
         "theory": theory_mod.as_dict(result.theory),
         "history": {"step": result.steps, **result.history},
         "certificate": result.certificate,

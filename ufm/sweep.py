@@ -387,6 +387,8 @@ def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, 
                          f"results are kept on the host): split it")
     limits.check_seed(seed, count=max(seeds, 1))
     limits.check_steps(steps)
+    limits.check_fits(grid.size * limits.result_bytes(model, sizes),
+                      f"this grid's results ({grid.size:,} points, kept on the host)")
     # Each value of each axis, with the others at their base values, must be a valid
     # configuration; the checks are per value, so this covers every point.
     check_config(model, sizes, base, steps, 1, restarts, allow_small_d)

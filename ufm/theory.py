@@ -1,4 +1,4 @@
-"""Closed forms of the theorems (SPEC §3.1–3.5), in float64 numpy, independent of the simulator.
+"""Closed forms of the theorems (docs/theory.md §3), in float64 numpy, independent of the simulator.
 
 Functions take the same hyperparameter dict (`lam_W`, `lam_H`, …) and `Sizes` as the simulator
 and return NamedTuples of predictions.
@@ -11,7 +11,7 @@ import numpy as np
 
 
 class PlainPrediction(NamedTuple):
-    """Global minimiser of the plain UFM (Theorems 3.1, 3.2 and SPEC §3.3).
+    """Global minimiser of the plain UFM (Theorems 3.1, 3.2 and docs/theory.md §3.3).
 
     After collapse the logits of the class means are Z̄ = W H̄ = x·P + (y/K)·11ᵀ and b = (u/K)·1;
     the Grams follow by balancing: H̄ᵀH̄ = √(λ_W/(nλ_H))·Z̄, WWᵀ = √(nλ_H/λ_W)·Z̄.
@@ -32,7 +32,7 @@ class PlainPrediction(NamedTuple):
 
 
 def plain(hyper, sizes, bias=None):
-    """Theorem 3.1 (bias=None), 3.2 (bias='free') and SPEC §3.3 (bias='regularized').
+    """Theorem 3.1 (bias=None), 3.2 (bias='free') and docs/theory.md §3.3 (bias='regularized').
 
     Reduced problem per eigen-direction of Z̄ (exact after collapse and the nuclear-norm bound
     min{λ_W‖W‖²/2 + λ_H‖H‖²/2 : WH = Z} = √(λ_Wλ_H)‖Z‖_*):
@@ -77,7 +77,7 @@ def plain(hyper, sizes, bias=None):
 
 
 class CrossEntropyPrediction(NamedTuple):
-    """Global minimiser of the cross-entropy UFM (Zhu et al. 2021; SPEC §3.7)."""
+    """Global minimiser of the cross-entropy UFM (Zhu et al. 2021; docs/theory.md §3.7)."""
 
     objective: float
     structure: str  # 'ETF' or 'zero'
@@ -90,7 +90,7 @@ class CrossEntropyPrediction(NamedTuple):
 
 
 def cross_entropy(hyper, sizes, bias=False):
-    """SPEC §3.7: W a simplex ETF with ‖w_k‖² = (K−1)/K·√(nλ_H/λ_W)·log(1/√(nλ_Wλ_H) − (K−1)),
+    """docs/theory.md §3.7: W a simplex ETF with ‖w_k‖² = (K−1)/K·√(nλ_H/λ_W)·log(1/√(nλ_Wλ_H) − (K−1)),
     h = √(λ_W/(nλ_H))·w_k, b = 0; for c ≥ 1 the zero solution (objective log K)."""
     K, n = sizes.K, sizes.n
     lam_W, lam_H = float(hyper["lam_W"]), float(hyper["lam_H"])
@@ -336,7 +336,7 @@ class PerturbedPrediction(NamedTuple):
 
 def optimal_classifier(H, Y, lam_W):
     """W(H) = Y Hᵀ (H Hᵀ + N λ_W I)⁻¹ — the minimiser over W of the bias-free objective for fixed
-    H [d, N] (SPEC §3.6); Y [K, N]."""
+    H [d, N] (docs/theory.md §3.6); Y [K, N]."""
     H, Y = np.asarray(H, np.float64), np.asarray(Y, np.float64)
     d, N = H.shape
     return np.linalg.solve(H @ H.T + N * lam_W * np.eye(d), H @ Y.T).T
@@ -353,7 +353,7 @@ def perturbed_limit(Hbar_star, sigma, lam_W):
 
 
 class PrototypePrediction(NamedTuple):
-    """Fixed classifier with ‖h‖² ≤ E_H (SPEC §3.9): every h_{k,i} = √E_H·c_k, for any counts.
+    """Fixed classifier with ‖h‖² ≤ E_H (docs/theory.md §3.9): every h_{k,i} = √E_H·c_k, for any counts.
 
     For the layer-peeled model (learnable W, ‖w_k‖² ≤ E_W) only with balanced classes: W a simplex
     ETF of norm √E_W and h_{k,i} = √E_H·w_k/‖w_k‖.
@@ -367,7 +367,7 @@ class PrototypePrediction(NamedTuple):
 
 
 def prototypes(hyper, sizes, frame, loss="ce", alpha="none"):
-    """Closed form of the fixed-ETF / fixed-orthogonal / layer-peeled models (SPEC §3.9), or None
+    """Closed form of the fixed-ETF / fixed-orthogonal / layer-peeled models (docs/theory.md §3.9), or None
     (layer-peeled model with imbalanced classes: minority collapse, no closed form)."""
     K = sizes.K
     r = math.sqrt(float(hyper["E_H"]))
