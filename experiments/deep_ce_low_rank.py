@@ -19,7 +19,7 @@ from experiments import common
 NAME = "deep_ce_low_rank"
 FULL = dict(Ks=[4, 6, 10], depths=[1, 2, 3, 4, 5], n=5, d=16, lam=2.0 ** -9, seeds=200,
             steps=5000, init_scale=0.5)
-SMOKE = dict(FULL, Ks=[4], depths=[1, 3], seeds=3, steps=50)
+SMOKE = dict(FULL, Ks=[4], depths=[3], seeds=3, steps=50)
 
 
 def main(argv=None):

@@ -22,7 +22,7 @@ FULL = dict(K=4, n=10, d=8, depths=[1, 2, 3, 4, 5], beta=np.linspace(0.04, 1.2, 
             inits=[[0.1, 0.1], [0.5, 0.05]],  # [init std, GD step]: small and large
             steps=100000, counts=[40, 20, 10, 5], imbalanced_depth=2,
             lam_bar=np.logspace(-2.4, -1.0, 36).tolist())
-SMOKE = dict(FULL, depths=[1, 3], beta=[0.2, 0.9], steps=200, lam_bar=[0.01, 0.05])
+SMOKE = dict(FULL, depths=[3], beta=[0.2, 0.9], steps=200, lam_bar=[0.01, 0.05])
 
 
 def _run(model, sizes, lam, init, lr, steps, quiet, desc):

@@ -22,7 +22,7 @@ from experiments import common
 NAME = "deep_relu_below_dnc"
 FULL = dict(Ks=[4, 6, 10], depths=[2, 3, 4, 5], widths=[1, 2, 4], n=1, lam=0.004, seeds=16,
             steps=1000, init_scale=0.3)
-SMOKE = dict(FULL, Ks=[4], depths=[2, 3], widths=[1], seeds=2, steps=30)
+SMOKE = dict(FULL, Ks=[4], depths=[3], widths=[1], seeds=2, steps=30)
 
 
 def main(argv=None):

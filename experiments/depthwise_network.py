@@ -5,6 +5,7 @@ feature levels against epoch, next to NC1 of H1 and H2 of the ReLU extended UFM.
 
 Needs scikit-learn (the data ship inside it, nothing is downloaded): pip install -e ".[digits]".
 """
+import json
 import sys
 
 import jax
@@ -78,7 +79,26 @@ def train_mlp(X, cfg, key, progress):
         rows.append([float(v) for v in rec])
         if progress:
             progress((i + 1) * cfg["log_every"])
-    return np.arange(1, len(rows) + 1) * cfg["log_every"], np.array(rows)
+    h1, h2 = levels(params)
+    features = {"h1": np.asarray(h1.T), "h2": np.asarray(h2.T), "W": np.asarray(params["W"]),
+                "labels": np.repeat(np.arange(K), N // K)}
+    return np.arange(1, len(rows) + 1) * cfg["log_every"], np.array(rows), features
+
+
+def measure_layers(out, features):
+    """Save the trained MLP's features as a `ufm measure` input (data/NAME_features.npz: h1, h2
+    [N, w], labels [N], W [K, w]) and measure every layer with it: what a user does with a real
+    network's features (`ufm measure data/depthwise_network_features.npz --layer h1 --layer h2`).
+    The suite goes to data/NAME_measure.json."""
+    from ufm import measure
+    from ufm.runner import atomic_write
+
+    path = str(common.data_paths(out, NAME)[0]).replace(".npz", "_features.npz")
+    atomic_write(path, lambda fh: np.savez(fh, **features))
+    result = measure.measure_file(path, layers=["h1", "h2"])
+    doc = json.dumps(measure._json_ready(result), indent=1).encode()
+    atomic_write(path.replace("_features.npz", "_measure.json"), lambda fh: fh.write(doc))
+    return result
 
 
 def main(argv=None):
@@ -86,8 +106,13 @@ def main(argv=None):
     cfg = SMOKE if args.smoke else FULL
     X = jnp.asarray(load_digits_class_major(cfg["per_class"]))
     update, close = common.progress(cfg["epochs"], args.quiet, f"{NAME} MLP")
-    epochs, rows = train_mlp(X, cfg, jax.random.PRNGKey(0), update)
+    epochs, rows, features = train_mlp(X, cfg, jax.random.PRNGKey(0), update)
     close()
+    measured = measure_layers(args.out, features)
+    if not args.quiet:
+        from ufm.measure import format_report
+
+        print(format_report(measured))
     ufm_arrays, ufm_meta = theorem_figure.run("relu-extended", cfg["ufm"], args, f"{NAME} UFM")
     arrays = {"epoch": epochs, "loss": rows[:, 0], "train_error": rows[:, 1],
               "nc1_h1": rows[:, 2], "nc1_h2": rows[:, 3],

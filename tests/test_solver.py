@@ -107,7 +107,7 @@ def test_vmapped_lbfgs_equals_per_point_lbfgs():
     grid = optimise.as_hyper(dict(lam_H1=jnp.array([1e-3, 1e-2]), lam_W1=0.01, lam_W2=0.02,
                                   lr=0.1, init_scale=0.5))
     axes = {k: (0 if k == "lam_H1" else None) for k in grid}
-    run = lambda h: optimise.simulate(model, SIZES, KEY, h, 25, 5, "lbfgs")
+    run = jax.jit(lambda h: optimise.simulate(model, SIZES, KEY, h, 25, 5, "lbfgs"))
     batched = jax.jit(jax.vmap(run, in_axes=(axes,)))(grid)
     for i in range(2):
         single = run({k: (v[i] if k == "lam_H1" else v) for k, v in grid.items()})

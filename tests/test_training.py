@@ -50,19 +50,34 @@ def test_scan_equals_python_loop(name, opt):
     model = MODELS[name]
     hyper = hyper_of(model)
     key = jax.random.PRNGKey(3)
-    traj = ufm.simulate(model, SIZES, key, hyper, 23, 5, opt)
+    traj = jax.jit(lambda h: ufm.simulate(model, SIZES, key, h, 23, 5, opt))(hyper)
     params = model.init(key, SIZES, hyper["init_scale"])
     project = model.project or (lambda p, h, s: p)  # projected GD for the constrained models
     params = project(params, hyper, SIZES)
-    tx = optimise.optimizer(opt, hyper["lr"])
-    state = tx.init(params)
+    lr = float(hyper["lr"])
+    grad = jax.jit(jax.grad(model.objective), static_argnums=2)
+    velocity = {k: 0.0 * v for k, v in params.items()}  # momentum's trace; Adam's first moment
+    second = {k: 0.0 * v for k, v in params.items()}  # Adam's second moment
     losses = {}
-    for t in range(23):  # the reference: a plain per-step loop
+    for t in range(23):  # the reference: the update rules written out by hand, one step at a time
         if t % 5 == 0:
             losses[t] = model.objective(params, hyper, SIZES)
-        g = jax.grad(model.objective)(params, hyper, SIZES)
-        upd, state = tx.update(g, state, params)
-        params = project(optax.apply_updates(params, upd), hyper, SIZES)
+        g = grad(params, hyper, SIZES)
+        new = {}
+        for k in params:
+            if opt == "gd":  # p − lr·g
+                step = lr * g[k]
+            elif opt == "momentum":  # heavy ball: v = g + 0.9·v, p − lr·v
+                velocity[k] = g[k] + 0.9 * velocity[k]
+                step = lr * velocity[k]
+            else:  # Adam (β1 0.9, β2 0.999, ε 1e-8), bias-corrected moments
+                velocity[k] = 0.9 * velocity[k] + 0.1 * g[k]
+                second[k] = 0.999 * second[k] + 0.001 * g[k] ** 2
+                m_hat = velocity[k] / (1 - 0.9 ** (t + 1))
+                v_hat = second[k] / (1 - 0.999 ** (t + 1))
+                step = lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+            new[k] = params[k] - step
+        params = project(new, hyper, SIZES)
     losses[23] = model.objective(params, hyper, SIZES)
     np.testing.assert_array_equal(traj.steps, [0, 5, 10, 15, 20, 23])
     np.testing.assert_allclose(traj.history["objective"], [losses[int(t)] for t in traj.steps], rtol=1e-12)
@@ -76,7 +91,7 @@ def test_vmap_over_lambda_equals_separate_runs():
     hyper = hyper_of(model)
     batched = dict(hyper, lam_W=lams)
     axes = {k: (0 if k == "lam_W" else None) for k in batched}
-    run = lambda h: ufm.simulate(model, SIZES, jax.random.PRNGKey(4), h, 200, 50)
+    run = jax.jit(lambda h: ufm.simulate(model, SIZES, jax.random.PRNGKey(4), h, 200, 50))
     out = jax.vmap(run, in_axes=(axes,))(batched)
     for i, lam in enumerate(lams):
         single = run(dict(hyper, lam_W=lam))
@@ -151,8 +166,9 @@ def test_restarts_keep_the_best_of_independent_runs():
     keys = jax.random.split(jax.random.PRNGKey(7), 5)
     model = MODELS["relu-extended"]
     hyper = optimise.as_hyper({**{k: 5e-3 for k in model.hyper_names}, "lr": 0.1, "init_scale": 0.1})
+    one = jax.jit(lambda k: ufm.simulate(model, Sizes(3, 4, 5), k, hyper, 300, 100))
     for i in (0, 3):
-        single = ufm.simulate(model, Sizes(3, 4, 5), keys[i], hyper, 300, 100)
+        single = one(keys[i])
         assert float(single.history["objective"][-1]) == pytest.approx(r.restart_objectives[i], rel=1e-10)
 
 
@@ -193,12 +209,12 @@ def test_divergence_step_is_exact_under_vmap_and_nested_vmap():
     model = MODELS["bias-free"]
     key = jax.random.PRNGKey(5)
     lrs = jnp.array([0.1, 40.0, 15.0, 0.05])
-    single = [int(ufm.simulate(model, SIZES, key, hyper_of(model, lr=lr), 400, 100).diverged_at)
-              for lr in lrs]
+    one = jax.jit(lambda h: ufm.simulate(model, SIZES, key, h, 400, 100))
+    single = [int(one(hyper_of(model, lr=lr)).diverged_at) for lr in lrs]
     assert single[0] == single[3] == -1 and single[1] >= 0 and single[2] >= 0
     hyper = dict(hyper_of(model), lr=lrs)
     axes = {k: (0 if k == "lr" else None) for k in hyper}
-    run = lambda h: ufm.simulate(model, SIZES, key, h, 400, 100)
+    run = one
     batched = jax.jit(jax.vmap(run, in_axes=(axes,)))(hyper)
     np.testing.assert_array_equal(batched.diverged_at, single)
     # nested: restarts (inner vmap over keys) inside a grid (outer vmap over lr)
