@@ -15,6 +15,7 @@ import numpy as np
 
 MAX_STEPS = 2 ** 31 - 1  # the step counter is an int32
 MAX_SEED = 2 ** 32 - 1  # jax.random.PRNGKey keeps 32 bits of a seed: larger ones would alias
+HISTORY_MARGIN = 2  # batched results are copied (stacking, the pick of the best restart)
 MEMORY_FRACTION = 0.8  # refuse what needs more than this fraction of the machine's memory
 # copies of the parameters an optimiser holds besides params, grads and updates
 OPTIMIZER_COPIES = {"gd": 0, "momentum": 1, "adam": 2, "lbfgs": 2 * 10 + 4}
@@ -76,9 +77,13 @@ def check_fits(nbytes, what):
                          f"{where}: reduce it")
 
 
-def check_run(model, sizes, optimizer, restarts):
-    """A single `ufm train` run (R restarts vmapped together) must fit."""
-    nbytes = run_bytes(model, sizes, optimizer, restarts)
+def check_run(model, sizes, optimizer, restarts, records=2):
+    """A single `ufm train` run (R restarts vmapped together) must fit: each restart's working
+    memory plus its recorded history (`records` rows of every measurement), with a margin of
+    HISTORY_MARGIN for the copies XLA makes of batched results."""
+    per_restart_history = records * result_bytes(model, sizes)
+    nbytes = HISTORY_MARGIN * (run_bytes(model, sizes, optimizer, restarts)
+                               + restarts * per_restart_history)
     check_fits(nbytes, f"this run (K={sizes.K}, n={_counts(sizes)}, d={sizes.d}, "
                        f"{restarts} restart{'s' * (restarts != 1)}, {optimizer}, "
                        f"{jnp.dtype(jnp.result_type(float))})")

@@ -686,7 +686,7 @@ def run_proof(theorem, *, K=4, n=10, d=8, random=200, seed=0, steps=50000, lr=0.
     limits.check_seed(seed)
     limits.check_steps(steps)
     limits.check_representable(hyper)
-    limits.check_run(model, sizes, optimizer, restarts)
+    limits.check_run(model, sizes, optimizer, restarts, 3)
     limits.check_fits(random * limits.run_bytes(model, sizes, "gd", 1),
                       f"{random:,} random points (--random) of the {model.name} model at K={K}, "
                       f"n={n}, d={d}")

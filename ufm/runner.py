@@ -319,7 +319,7 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     limits.check_seed(seed)
     limits.check_steps(steps)
     limits.check_representable(hyper)
-    limits.check_run(spec, sizes, optimizer, restarts)
+    limits.check_run(spec, sizes, optimizer, restarts, steps // log_every + 2)
     prediction = checked_prediction(spec, sizes, hyper)
     distill = float(distill)
     groups = check_sessions(spec, sessions, distill, K, restarts)
