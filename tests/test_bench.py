@@ -23,3 +23,31 @@ def test_bench_rejects_bad_batches():
     proc = subprocess.run([sys.executable, "-m", "ufm.cli", "bench", "--batches", "0,x"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--batches" in proc.stderr
+
+
+def test_time_to_gap_and_its_bounds():
+    """L-BFGS reaches a 1e-10 gap to the bias-free closed form in a few dozen iterations; GD
+    capped at 200 steps does not, so GD's time is only a lower bound and the ratio says so."""
+    from ufm import bench
+    from ufm.models import get_model
+
+    model = get_model("bias-free")
+    hyper = {k: 1e-2 for k in model.hyper_names}
+    lb = bench.time_to_gap(model, bench.SOLVER_SIZES, hyper, "lbfgs", 200, 1.0)
+    gd = bench.time_to_gap(model, bench.SOLVER_SIZES, hyper, "gd", 200, 1.0)
+    assert lb["reached"] and 0 < lb["steps"] < 200
+    assert not gd["reached"] and gd["steps"] == 200 and gd["seconds"] > 0
+    assert bench.ratio_bound(gd["reached"], lb["reached"]) == "lower"
+    assert bench.ratio_bound(True, False) == "upper"
+    assert bench.ratio_bound(False, False) == "unknown"
+    row = {"model": "bias-free", "lam": 1e-2}
+    for o in bench.SOLVERS:
+        r = lb if o == "lbfgs" else gd
+        row[o] = dict(r, gd_over=gd["seconds"] / r["seconds"],
+                      gd_over_bound=bench.ratio_bound(gd["reached"], r["reached"]))
+    cell = {"seconds": 1.0, "steps": 1, "within_gap": 1, "within_gap_away_from_threshold": 1,
+            "away_from_threshold": 1, "max_gap_away_from_threshold": 0.0}
+    text = "\n".join(bench.solver_report({
+        "sizes": dict(bench.SOLVER_SIZES._asdict()), "gap": bench.GAP, "cap": 200, "rows": [row],
+        "grid": {"points": 4, "lbfgs": cell, "gd": cell}}))
+    assert "≥" in text and "?" in text and ">" in text
