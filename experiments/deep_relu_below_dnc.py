@@ -91,7 +91,10 @@ def plot(out):
         axes[0, j].set_ylabel("fraction of seeds below f_DNC")
         axes[0, j].set_title(f"K = {K}: runs below the DNC value", fontsize=10)
         axes[1, j].axhline(0, color="k", lw=0.8)
-        axes[1, j].set_ylabel("lowest (f − f_DNC)/f_DNC over seeds  [%]")
+        # symmetric log: runs that stall far above DNC (hundreds of %) and the few % below it
+        # both stay readable
+        axes[1, j].set_yscale("symlog", linthresh=1.0)
+        axes[1, j].set_ylabel("lowest (f − f_DNC)/f_DNC over seeds  [%, symlog]")
         axes[1, j].set_title(f"K = {K}: how far below DNC the best run gets", fontsize=10)
         axes[2, j].axhline(K, color="k", ls=":", lw=0.8, label=f"DNC: rank {K}")
         axes[2, j].set_ylabel("numerical rank of the last pre-activation's class means")
