@@ -155,6 +155,33 @@ def test_agrees_with_the_simulator_metrics_on_class_major_arrays():
             np.testing.assert_allclose(ours[key], float(value), rtol=1e-10, err_msg=key)
 
 
+def test_float32_features_far_from_the_origin():
+    """Features stored in float32 at a global offset 1e5× their spread (K=4, n=50, d=20, 20
+    seeds). Reference: the float64 suite of the same float32 values. `ufm.measure` accumulates in
+    float64 in two passes, so it reproduces the reference exactly (1e-12 allows summation order).
+    The JAX metrics computed in float32: centring loses about eps32·offset/spread ≈ 6e-3 per entry
+    at worst, averaging down over N = 200 samples; the bound 1e-2 on NC1's relative error sits above
+    that worst case (measured: median 5e-4, max 2.5e-3). The peers' recipe in float32 (Σ_B⁺ by a
+    pinv with cut-off d·eps) keeps a K-th eigenvalue of Σ_B made of rounding: its NC1 is off by a
+    factor > 100 on every seed, which is why the pseudo-inverse keeps only the top K − 1 directions."""
+    K, n, d = 4, 50, 20
+    labels = np.repeat(np.arange(K), n)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        X = (2.0 * rng.normal(size=(K, d))[labels] + rng.normal(size=(K * n, d)) + 1e5)
+        X = X.astype(np.float32)
+        ref = measure.measure_arrays(X.astype(np.float64), labels)["layers"]["features"]["nc1"]
+        got = measure.measure_arrays(X, labels)["layers"]["features"]["nc1"]
+        assert got == pytest.approx(ref, rel=1e-12)
+        ours = float(metrics.nc1(jnp.asarray(X.T, jnp.float32), K))
+        assert abs(ours - ref) <= 1e-2 * ref
+        means = np.stack([X[labels == k].mean(axis=0) for k in range(K)])
+        Mc, D = means - means.mean(axis=0), X - means[labels]
+        peer = np.trace((D.T @ D / len(labels)) @ np.linalg.pinv(Mc.T @ Mc / K,
+                                                                    rcond=d * np.finfo(np.float32).eps)) / K
+        assert abs(peer - ref) > 100 * ref
+
+
 def test_pinv_cut_off_is_an_option_and_recorded():
     """A third singular value of 1e-10 in the centred means: the default cut-off (d·eps on the
     eigenvalues of Σ_B) drops it, a cut-off of 1e-30 keeps it (and not the rounding-level fourth
