@@ -66,6 +66,22 @@ def test_four_virtual_devices_give_the_same_numbers(tmp_path):
         np.testing.assert_allclose(four[k], one[k], rtol=1e-12, atol=1e-15, err_msg=k)
 
 
+def test_a_grid_on_every_host_device_with_batched_svds_finishes(tmp_path):
+    """Regression: one host device per core, each measuring NC1 (a batched SVD) of 32 seeds at
+    K = 10, d = 64 wedged jaxlib's thread pool (ufm/linalg.py) and never returned."""
+    devices = os.cpu_count()
+    cmd = ["ufm", "sweep", "bias-free", "--K", "10", "--n", "100", "--d", "64", "--steps", "10",
+           "--seeds", str(32 * devices), "--host-devices", str(devices), "--quiet",
+           "--out", str(tmp_path / "sw")]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(cmd)} did not finish in 240 s (the thread-pool deadlock)")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    nc1 = np.load(tmp_path / "sw" / "sweep.npz")["nc1_H"]
+    assert nc1.shape == (32 * devices,) and np.all(np.isfinite(nc1))
+
+
 def test_interrupted_sweep_resumes_with_the_same_results(tmp_path):
     full, _ = small_sweep(chunk=2)
     out = str(tmp_path / "sw")

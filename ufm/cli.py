@@ -112,9 +112,7 @@ def _add_host_devices(p):
     p.add_argument("--host-devices", type=int, default=1,
                    help=f"CPU only: split the host into this many JAX devices (1 … "
                         f"{os.cpu_count()}, the cores) so a grid is sharded over several cores "
-                        f"(default 1; ignored if XLA_FLAGS sets it). Faster on small problems, "
-                        f"but jax 0.10.2's CPU runtime was seen to hang with 2 devices on K=10, "
-                        f"d=64, n=100: opt in with care")
+                        f"(default 1; ignored if XLA_FLAGS sets it)")
 
 
 def _use_host_devices(count):

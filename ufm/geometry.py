@@ -7,6 +7,8 @@ as W H̄) and measure how far its direction is from the ideal one (docs/theory.m
 import jax
 import jax.numpy as jnp
 
+from ufm import linalg
+
 
 def _check_frame_size(K, d, min_d, name):
     for arg, value in (("K", K), ("d", d)):
@@ -20,7 +22,7 @@ def _check_frame_size(K, d, min_d, name):
 
 def random_orthonormal(key, d, k):
     """Random d×k matrix with orthonormal columns (Haar-distributed) [d, k]."""
-    q, r = jnp.linalg.qr(jax.random.normal(key, (d, k)))
+    q, r = linalg.qr(jax.random.normal(key, (d, k)))
     return q * jnp.sign(jnp.diagonal(r))  # sign fix makes the distribution Haar
 
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ufm import linalg
 from ufm.geometry import centering, etf_distance, of_distance
 
 
@@ -21,12 +22,12 @@ RANK_TOL = 1e-4  # numerical rank: singular values above RANK_TOL × the largest
 
 def nuclear_norm(A):
     """‖A‖_* = Σ singular values."""
-    return jnp.sum(jnp.linalg.svd(A, compute_uv=False))
+    return jnp.sum(linalg.singular_values(A))
 
 
 def numerical_rank(A, rtol=RANK_TOL):
     """The number of singular values of A above rtol × the largest (0 for A = 0)  [] int."""
-    s = jnp.linalg.svd(A, compute_uv=False)
+    s = linalg.singular_values(A)
     return jnp.sum(s > rtol * s[0]).astype(jnp.int32)
 
 
@@ -136,7 +137,7 @@ def nc1(H, K):
     """
     check_features(H, K)
     N = H.shape[1]
-    U, s, _ = jnp.linalg.svd(centred_means(H, K), full_matrices=False)
+    U, s, _ = linalg.svd(centred_means(H, K))
     k = num_classes(K)
     U, s = U[:, : k - 1], s[: k - 1]  # rank(M̄) ≤ K − 1: columns sum to zero
     cutoff = s[0] * max(H.shape) * jnp.finfo(H.dtype).eps
@@ -327,7 +328,7 @@ def han_decomposition(W, b, H, lam):
     Mt = class_means(Ht, K)  # [d+1, K]
     second = Ht @ Ht.T / N  # Σ̃_T + μ̃_G μ̃_Gᵀ
     reg = lam * jnp.eye(d + 1, dtype=H.dtype)
-    W_ls = jnp.linalg.solve(second + reg, Mt / K).T  # (second + λI) symmetric
+    W_ls = linalg.solve(second + reg, Mt / K).T  # (second + λI) symmetric
     D = within_class_deviations(Ht, K)
     Sw = D @ D.T / N  # Σ̃_W (zero row/column for the constant coordinate)
     E = Wt - W_ls

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ufm import limits, metrics, theory
+from ufm import limits, linalg, metrics, theory
 from ufm.metrics import nuclear_norm
 from ufm.models import MODELS, Sizes, layered_features, one_hot_targets, plain_objective
 
@@ -72,7 +72,7 @@ def _collapse(H, K):
 
 def _singular_values(A, count):
     """The `count` largest singular values of A, padded with zeros  [count]."""
-    s = jnp.linalg.svd(A, compute_uv=False)[:count]
+    s = linalg.singular_values(A)[:count]
     return jnp.pad(s, (0, count - s.shape[0]))
 
 
@@ -150,7 +150,7 @@ def _theorem_31(hyper, sizes):
 def _optimal_W(H, Y, lam_W):
     """W(H) = Y Hᵀ (H Hᵀ + N λ_W I)⁻¹  [K, d] (eq. 36), via a d×d solve."""
     d, N = H.shape
-    return jnp.linalg.solve(H @ H.T + N * lam_W * jnp.eye(d, dtype=H.dtype), H @ Y.T).T
+    return linalg.solve(H @ H.T + N * lam_W * jnp.eye(d, dtype=H.dtype), H @ Y.T).T
 
 
 # --- Theorem 3.2 (Appendix B) ----------------------------------------------------------------------
@@ -243,7 +243,7 @@ def _lemma_c1(hyper, sizes):
         return (_sq(A) + _sq(B)) / 2, nuclear_norm(A @ B)
 
     def svd_factors(Z):
-        U, s, Vt = jnp.linalg.svd(Z, full_matrices=False)
+        U, s, Vt = linalg.svd(Z)
         root = jnp.sqrt(s)
         return U * root, root[:, None] * Vt  # A* = U S^½, B* = S^½ Vᵀ
 
@@ -357,7 +357,7 @@ def _theorem_41(hyper, sizes):
 
     def flat(block):
         def fn(p):
-            s = jnp.linalg.svd(block(p), compute_uv=False)[:K]
+            s = linalg.singular_values(block(p))[:K]
             return s[0], s[-1]
         return fn
 
@@ -459,8 +459,8 @@ def _theorem_51(hyper, sizes):
         Hbar = p["Hbar"]
         d = Hbar.shape[0]
         mu = K * lam_W
-        lhs = jnp.linalg.solve(Hbar @ Hbar.T + mu * jnp.eye(d, dtype=Hbar.dtype), Hbar).T
-        rhs = jnp.linalg.solve(Hbar.T @ Hbar + mu * jnp.eye(K, dtype=Hbar.dtype), Hbar.T)
+        lhs = linalg.solve(Hbar @ Hbar.T + mu * jnp.eye(d, dtype=Hbar.dtype), Hbar).T
+        rhs = linalg.solve(Hbar.T @ Hbar + mu * jnp.eye(K, dtype=Hbar.dtype), Hbar.T)
         return lhs, rhs
 
     def clean_solution(p):

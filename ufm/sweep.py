@@ -4,8 +4,8 @@ fit memory, sharded over every device, resumable point by point.
 Traced axes (the λ's, `lr`, `init_scale`) vary inside one compiled program; static axes (`depth`,
 `K`, `d`, `n`) set shapes, so each static combination is one program of its own (`run_grid`).
 Every grid point runs the same single-configuration code as `ufm train` (`optimise.simulate`);
-batching comes only from `vmap`, and sharding from `jax.sharding` (identical numbers on one
-device or many). See docs/architecture.md, "Sweeps".
+batching comes only from `vmap`, and sharding from `jax.sharding` (the same numbers on one
+device or many, up to rounding in some measurements). See docs/architecture.md, "Sweeps".
 """
 import contextlib
 import functools
