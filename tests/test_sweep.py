@@ -70,7 +70,7 @@ def test_a_grid_on_every_host_device_with_batched_svds_finishes(tmp_path):
     """Regression: one host device per core, each measuring NC1 (a batched SVD) of 32 seeds at
     K = 10, d = 64 wedged jaxlib's thread pool (ufm/linalg.py) and never returned."""
     devices = os.cpu_count()
-    cmd = ["ufm", "sweep", "bias-free", "--K", "10", "--n", "100", "--d", "64", "--steps", "10",
+    cmd = [sys.executable, "-m", "ufm.cli", "sweep", "bias-free", "--K", "10", "--n", "100", "--d", "64", "--steps", "10",
            "--seeds", str(32 * devices), "--host-devices", str(devices), "--quiet",
            "--out", str(tmp_path / "sw")]
     try:
