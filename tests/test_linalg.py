@@ -54,3 +54,16 @@ def test_under_vmap_on_cpu_each_lapack_call_gets_one_matrix():
     assert all("16x" not in line for line in calls), calls
     plain = jax.jit(jax.vmap(lambda a: jnp.linalg.svd(a, compute_uv=False))).lower(x).as_text()
     assert any("16x8x6" in line for line in plain.splitlines() if "svd" in line.lower())
+
+
+def test_off_cpu_the_batch_goes_to_one_batched_call(monkeypatch):
+    """On accelerators the rule hands the whole batch to the plain jnp.linalg call (batched
+    solvers are fast there); simulated here by reporting another backend while tracing."""
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((16, 8, 6)))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    text = jax.jit(jax.vmap(linalg.singular_values)).lower(x).as_text()
+    assert any("16x8x6" in line for line in text.splitlines() if "svd" in line.lower()), text[:2000]
+    got = jax.jit(jax.vmap(linalg.singular_values))(x)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(got, jax.jit(jax.vmap(
+        lambda a: jnp.linalg.svd(a, compute_uv=False)))(x))

@@ -32,8 +32,8 @@ def one_matrix_at_a_time(fn):
                      for a, b in zip(args, in_batched))
         if jax.default_backend() == "cpu":
             out = jax.lax.map(lambda xs: wrapped(*xs), args)
-        else:
-            out = jax.vmap(wrapped)(*args)
+        else:  # the plain function's own batching (vmap of `wrapped` would come back here)
+            out = jax.vmap(fn)(*args)
         return out, jax.tree.map(lambda _: True, out)
 
     wrapped.__doc__ = fn.__doc__
