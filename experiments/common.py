@@ -6,7 +6,6 @@ draws `OUT/NAME.png` from the saved files only.
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -38,12 +37,11 @@ def data_paths(out, name):
 
 def save(out, name, arrays, config):
     """Write OUT/data/NAME.npz and NAME.json atomically."""
-    from ufm.runner import _json_safe, atomic_write
+    from ufm.files import write_json, write_npz
 
     npz, js = data_paths(out, name)
-    atomic_write(npz, lambda fh: np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()}))
-    doc = json.dumps(_json_safe(config), indent=1).encode()
-    atomic_write(js, lambda fh: fh.write(doc))
+    write_npz(npz, arrays)
+    write_json(js, config)
 
 
 def load(out, name):
@@ -65,7 +63,7 @@ def save_figure(fig, out, name):
     """Save OUT/NAME.png atomically and close the figure."""
     import matplotlib.pyplot as plt
 
-    from ufm.runner import atomic_write
+    from ufm.files import atomic_write
 
     path = os.path.join(out, f"{name}.png")
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))

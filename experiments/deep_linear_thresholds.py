@@ -34,8 +34,8 @@ def _run(model, sizes, lam, init, lr, steps, quiet, desc):
         hyper[k] = jnp.asarray(lam, hyper["lr"].dtype)
     keys = jnp.broadcast_to(jax.random.PRNGKey(1), (B, 2))  # the same initial draw everywhere
     update, close = common.progress(steps, quiet, desc)
-    traj = optimise.simulate_with_progress(model, sizes, keys, hyper, steps, steps,
-                                           progress=update, batched=True)
+    traj = optimise.simulate(model, sizes, keys, hyper, steps, steps,
+                            callback=update, batched=True)
     close()
     return traj
 

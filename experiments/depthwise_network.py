@@ -5,7 +5,6 @@ feature levels against epoch, next to NC1 of H1 and H2 of the ReLU extended UFM.
 
 Needs scikit-learn (the data ship inside it, nothing is downloaded): pip install -e ".[digits]".
 """
-import json
 import sys
 
 import jax
@@ -13,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import ufm
 from ufm import metrics
 
 from experiments import common, theorem_figure
@@ -91,13 +89,12 @@ def measure_layers(out, features):
     network's features (`ufm measure data/depthwise_network_features.npz --layer h1 --layer h2`).
     The suite goes to data/NAME_measure.json."""
     from ufm import measure
-    from ufm.runner import atomic_write
+    from ufm.files import write_json, write_npz
 
     path = str(common.data_paths(out, NAME)[0]).replace(".npz", "_features.npz")
-    atomic_write(path, lambda fh: np.savez(fh, **features))
+    write_npz(path, features)
     result = measure.measure_file(path, layers=["h1", "h2"])
-    doc = json.dumps(measure._json_ready(result), indent=1).encode()
-    atomic_write(path.replace("_features.npz", "_measure.json"), lambda fh: fh.write(doc))
+    write_json(path.replace("_features.npz", "_measure.json"), result)
     return result
 
 

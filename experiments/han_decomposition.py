@@ -1,7 +1,6 @@
 """Figure `han_decomposition` — Han, Papyan & Donoho's MSE decomposition (docs/theory.md §3.8) along a
 regularized-bias UFM run with λ_b = λ_W (their single λ): L_NC1, L_NC2/3 and L_LS⊥ against
 iteration. Does L_LS⊥ become negligible, as they found on real networks (the central path)?"""
-import numpy as np
 
 from experiments import common, theorem_figure
 

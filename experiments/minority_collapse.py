@@ -35,7 +35,7 @@ def main(argv=None):
             r = ufm.train(run["model"], K=K, n=n, d=cfg["d"], steps=cfg["steps"],
                           log_every=cfg["steps"], lr=cfg["lr"], alpha=run.get("alpha"), **lams)
             W = r.params["W"] if "W" in r.params else r.params["E"].T
-            cos.append(float(ufm.models.minority_cosine(W, n)))
+            cos.append(float(ufm.models.constrained.minority_cosine(W, n)))
             align.append(r.final["cos_prototype_min"])
             done += 1
             if update:

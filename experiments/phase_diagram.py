@@ -10,6 +10,7 @@ import numpy as np
 
 import ufm
 from ufm import sweep, theory
+from ufm.config import hyper_for
 from ufm.models import Sizes
 
 from experiments import common
@@ -22,7 +23,7 @@ SMOKE = dict(FULL, steps=100, points=3)
 
 def _run(model_name, sizes, fixed, axes, cfg, init, args, desc):
     model = ufm.get_model(model_name)
-    base = sweep.base_hyper(model, fixed, cfg["lr"], init)
+    base = hyper_for(model, fixed, cfg["lr"], init)
     update, close = common.progress(1, args.quiet, desc)
     arrays, config = sweep.run_sweep(
         model, sizes, base, axes, steps=cfg["steps"], optimizer=cfg["optimizer"],

@@ -32,8 +32,8 @@ def main(argv=None):
     hyper["lam_b"] = jnp.asarray(cfg["lam_b"], hyper["lam_W"].dtype)
     keys = jnp.broadcast_to(jax.random.PRNGKey(0), (B, 2))  # same init at every λ_b
     update, close = common.progress(cfg["steps"], args.quiet, NAME)
-    traj = optimise.simulate_with_progress(model, sizes, keys, hyper, cfg["steps"],
-                                           cfg["log_every"], progress=update, batched=True)
+    traj = optimise.simulate(model, sizes, keys, hyper, cfg["steps"],
+                            cfg["log_every"], callback=update, batched=True)
     close()
     W, H, b = (np.asarray(traj.params[k]) for k in ("W", "H", "b"))
     align = np.array([np.linalg.norm(W[i] / np.linalg.norm(W[i]) - (lambda m: m.T / np.linalg.norm(m))(

@@ -11,6 +11,7 @@ minimiser, and at each one we record ‖W1H1‖_* − ‖σ(W1H1)‖_*. The same
 import numpy as np
 
 from ufm import sweep
+from ufm.config import hyper_for
 from ufm.models import MODELS, Sizes
 
 from experiments import common
@@ -29,7 +30,7 @@ def main(argv=None):
     lo, hi, num = cfg["lams"]
     grid = np.logspace(np.log10(lo), np.log10(hi), num)
     axes = {"lam_W1": grid, "lam_W2": grid, "lam_H1": grid}
-    base = sweep.base_hyper(model, {}, cfg["lr"], cfg["init_scale"])
+    base = hyper_for(model, {}, cfg["lr"], cfg["init_scale"])
     arrays, per_size = {}, []
     update, close = common.progress(len(cfg["sizes"]), args.quiet, NAME)
     for i, (K, d) in enumerate(cfg["sizes"]):
@@ -71,7 +72,7 @@ def plot(out):
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for s in meta["per_size"]:
         key = f"K{s['K']}_d{s['d']}"
-        rel, ok, nz = a[f"{key}/rel_gap"], a[f"{key}/reached"], a[f"{key}/nonzero"]
+        rel, nz = a[f"{key}/rel_gap"], a[f"{key}/nonzero"]
         f, fstar = a[f"{key}/objective"], a[f"{key}/closed_form"]
         excess = np.abs(f - fstar) / fstar
         x = np.clip(excess.ravel(), 1e-17, None)

@@ -1,6 +1,5 @@
 """The shared machinery of the theorem figures (Tirer & Bruna Figs. 2 and 5): one UFM run with
 records every `log_every` steps, the objective against its closed form, NC1–NC3 on log scale."""
-import numpy as np
 
 import ufm
 

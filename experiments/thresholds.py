@@ -26,8 +26,8 @@ def _grid(model, sizes, lams, cfg, init, args, desc):
     hyper.update({k: jnp.asarray(v, hyper["lr"].dtype) for k, v in lams.items()})
     keys = jnp.broadcast_to(jax.random.PRNGKey(1), (B, 2))
     update, close = common.progress(cfg["steps"], args.quiet, desc)
-    traj = optimise.simulate_with_progress(model, sizes, keys, hyper, cfg["steps"],
-                                           cfg["log_every"], progress=update, batched=True)
+    traj = optimise.simulate(model, sizes, keys, hyper, cfg["steps"],
+                            cfg["log_every"], callback=update, batched=True)
     close()
     return (np.asarray(traj.history["objective"][:, -1]), np.asarray(traj.history["norm_W"][:, -1]),
             np.asarray(traj.diverged_at) >= 0)
@@ -72,15 +72,13 @@ def plot(out):
     for ax in axes[:2]:
         ax.axvline(1.0, color="grey", ls="-.", lw=1, label="c = 1")
         ax.set_xlabel("c = K·√(n λ_W λ_H)   (λ_W = λ_H)")
-        ax.set_title(f"Theorem 3.1: bias-free UFM across c = 1 (continuous)", fontsize=10)
+        ax.set_title("Theorem 3.1: bias-free UFM across c = 1 (continuous)", fontsize=10)
     kas = np.linspace(0.01, a["Ka"].max() * 1.02, 500)
     lam_of = lambda ka: ka / (K * n ** (1 / 3))
     ext = [theory.layered({k: lam_of(ka) for k in ("lam_H1", "lam_W1", "lam_W2")}, sizes) for ka in kas]
     f_nz = np.array([np.nan if p.objective_nonzero is None else p.objective_nonzero for p in ext])
     axes[2].plot(kas, [p.objective for p in ext], "k-", lw=1, label="global minimum (closed form)")
     axes[2].plot(kas, f_nz, "k:", lw=1, label="nonzero local-minimum branch")
-    rho_nz = np.array([np.nan if p.s_nonzero is None else
-                       np.sqrt(K * (p.rho_W if p.s > 0 else p.rho_W)) for p in ext])
     axes[3].plot(kas, [np.sqrt(K * p.rho_W) for p in ext], "k-", lw=1, label="global minimum ‖W2‖_F")
     # ‖W2‖ on the local branch: λ_W2·σ² = a·t² with t = s^(1/3)
     w_branch = [np.nan if p.s_nonzero is None else

@@ -1,6 +1,5 @@
 """Figure `unregularized_bias` — Theorem 3.2: with an unregularized bias the UFM collapses to a
 simplex ETF (NC2-ETF → 0 while NC2-OF does not) and b → 1/K."""
-import numpy as np
 
 from experiments import common
 from experiments.theorem_figure import script

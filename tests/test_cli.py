@@ -49,14 +49,14 @@ def test_extended_params_and_theory_null_for_small_d(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["train", "nope"], "unknown model 'nope'"),
-    (["train", "bias-free", "--lam-b", "0.1"], "--lam-b does not apply to model 'bias-free'"),
+    (["train", "bias-free", "--lam-b", "0.1"], "(--lam-b) does not apply to model 'bias-free'"),
     (["train", "bias-free", "--lam-W", "-1"], "lam_W (--lam-W) must be finite and >= 0, got -1.0"),
     (["train", "bias-free", "--lr", "nan"], "lr (--lr) must be finite"),
     (["train", "bias-free", "--steps", "0"], "steps (--steps) must be >= 1, got 0"),
     (["train", "bias-free", "--K", "1"], "K (--K) must be >= 2, got 1"),
     (["train", "bias-free", "--n", "0"], "n (--n) must be >= 1"),
     (["train", "bias-free", "--d", "3"], "--allow-small-d"),
-    (["train", "linear-extended", "--lam-H", "0.1"], "--lam-H does not apply"),
+    (["train", "linear-extended", "--lam-H", "0.1"], "(--lam-H) does not apply"),
     (["train", "bias-free", "--steps", "ten"], "invalid int value: 'ten'"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):

@@ -163,7 +163,7 @@ def test_layer_peeled_minority_collapse_grows_with_imbalance():
     # while the fixed ETF keeps the balanced angle arccos(−1/(K−1)) at any imbalance
     fixed = ufm.train("fixed-etf", K=K, n=(200, 200, 2, 2), d=8, steps=100, log_every=100)
     E = fixed.params["E"].T
-    assert float(ufm.models.minority_cosine(jnp.asarray(E), (200, 200, 2, 2))) == pytest.approx(
+    assert float(ufm.models.constrained.minority_cosine(jnp.asarray(E), (200, 200, 2, 2))) == pytest.approx(
         -1 / (K - 1), abs=1e-12)
 
 
@@ -228,11 +228,11 @@ def test_train_writes_E_and_sessions(tmp_path):
     (["train", "fixed-etf", "--K", "4", "--sessions", "5"], "between 1 and K=4"),
     (["train", "fixed-orthogonal", "--K", "4", "--d", "3"], "d (--d)=3 is below"),
     (["train", "lpm", "--sessions", "2"], "need a fixed classifier"),
-    (["train", "bias-free", "--loss", "ce"], "apply only to the constrained models"),
+    (["train", "bias-free", "--loss", "ce"], "applies only to the constrained models"),
     (["train", "fixed-orthogonal", "--loss", "dot-regression"], "defined only for fixed-etf"),
     (["train", "fixed-etf", "--distill", "1"], "it needs --sessions"),
     (["train", "fixed-etf", "--n", "3,0,3,3"], "n (--n) must be >= 1"),
-    (["train", "fixed-etf", "--lam-W", "1"], "--lam-W does not apply"),
+    (["train", "fixed-etf", "--lam-W", "1"], "(--lam-W) does not apply"),
 ])
 def test_bad_input(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path / "x"), "--quiet"]) == 2
@@ -241,7 +241,7 @@ def test_bad_input(argv, message, tmp_path, capsys):
 
 
 def test_model_variants_are_cached():
-    assert get_model("fixed-etf", "dot-regression") is get_model("fixed-etf", "dot-regression")
+    assert get_model("fixed-etf", loss="dot-regression") is get_model("fixed-etf", loss="dot-regression")
     assert get_model("fixed-etf") is ufm.MODELS["fixed-etf"]
 
 

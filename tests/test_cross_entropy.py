@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm import metrics
 
 CE = [
     dict(K=4, n=10, d=8, lam_W=1e-2, lam_H=2e-2),

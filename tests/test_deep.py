@@ -15,7 +15,7 @@ import pytest
 from scipy.optimize import brentq
 
 import ufm
-from ufm import metrics, sweep, theory
+from ufm import metrics, theory
 from ufm.cli import main
 from ufm.models import Sizes, get_model
 
@@ -92,7 +92,7 @@ def test_depth_one_is_the_bias_free_model():
         plain = theory.plain({"lam_W": 2 * lam, "lam_H": lam}, sizes)
         assert deep.objective == pytest.approx(plain.objective, rel=1e-12)
     model, bias_free = get_model("deep-linear", depth=1), ufm.MODELS["bias-free"]
-    p = model.init(jax.random.PRNGKey(0), sizes, 0.7)
+    p = model.init(jax.random.PRNGKey(0), {"init_scale": 0.7}, sizes)
     h = {"lam_H1": 0.03, "lam_W1": 0.02}
     assert float(model.objective(p, h, sizes)) == pytest.approx(float(bias_free.objective(
         {"W": p["W1"], "H": p["H1"]}, {"lam_W": 0.02, "lam_H": 0.03}, sizes)), rel=1e-14)
@@ -263,7 +263,7 @@ def test_static_axes_make_one_grid_in_the_order_given(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["train", "bias-free", "--depth", "2"], "depth (--depth) applies only to the deep models"),
-    (["train", "deep-linear", "--depth", "2", "--lam-W3", "0.1"], "--lam-W3 does not apply"),
+    (["train", "deep-linear", "--depth", "2", "--lam-W3", "0.1"], "(--lam-W3) does not apply"),
     (["train", "deep-linear", "--depth", "0"], "depth (--depth) must be an integer >= 1, got 0"),
     (["sweep", "deep-relu", "--depth", "2,2"], "--depth '2,2' repeats a value"),
     (["sweep", "deep-relu", "--K", "4", "--n", "5,5,5,5"], "per-class counts in a sweep are "

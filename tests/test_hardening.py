@@ -252,12 +252,13 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import ufm
 from ufm import sweep
+from ufm.config import hyper_for
 from ufm.models import Sizes
 import numpy as np
 
 out, kill = sys.argv[1], sys.argv[2] == "kill"
 model = ufm.get_model("bias-free")
-base = sweep.base_hyper(model, {"lam_H": 1e-2}, 0.1, None)
+base = hyper_for(model, {"lam_H": 1e-2}, 0.1, None)
 axes = {"lam_W": np.logspace(-3, -1, 12)}
 
 def progress(done, total):  # after the 2nd chunk, SIGKILL this process while the 3rd computes

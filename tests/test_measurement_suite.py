@@ -114,7 +114,6 @@ def test_invariant_to_rotation_and_scale(seed):
 def test_nc4_hand_built():
     # two classes on a line: means at −1 and +1; the classifier uses a threshold at 0.5 instead of 0
     H = np.array([[-1.2, -0.8, 0.25, 0.4, 1.5, 1.6]])  # class 0: −1.2, −0.8, 0.25; class 1: 0.4, 1.5, 1.6
-    K = 2
     W = np.array([[-1.0], [1.0]])
     b = np.array([0.5, -0.5])  # predicts class 1 iff h > 0.5
     # class means −0.5833 and 1.1667: the nearest centre switches at 0.2917. With the bias the

@@ -1,7 +1,6 @@
 """Every step of every proof: holds at random (also degenerate) points, is tight at the
 gradient-descent minimiser, and a deliberately wrong step is caught by the same machinery."""
 import json
-import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -156,7 +155,7 @@ def test_cli_writes_proof_json(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["proof", "6.3"], "unknown theorem '6.3'"),
     (["proof", "3.1", "--lam-W", "0"], "lam_W (--lam-W) must be > 0"),
-    (["proof", "3.1", "--lam-W1", "0.1"], "--lam-W1 does not apply"),
+    (["proof", "3.1", "--lam-W1", "0.1"], "(--lam-W1) does not apply"),
     (["proof", "5.1", "--n", "2"], "n (--n)=2 is too small"),
     (["proof", "5.1", "--sigma", "-1"], "sigma (--sigma) must be finite and >= 0"),
     (["proof", "3.1", "--random", "-3"], "random (--random) must be an integer >= 0"),

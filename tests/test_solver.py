@@ -8,6 +8,7 @@ import pytest
 
 import ufm
 from ufm import optimise, sweep
+from ufm.config import hyper_for
 from ufm.cli import main
 from ufm.models import MODELS, Sizes
 
@@ -146,7 +147,7 @@ def test_certificate_of_an_unconverged_run_and_the_cli_warning(tmp_path, capsys)
 
 def test_sweep_records_the_certificate_and_counts_unconverged(tmp_path, capsys):
     model = MODELS["bias-free"]
-    base = sweep.base_hyper(model, {"lam_W": 0.05}, 0.1, 1.0)
+    base = hyper_for(model, {"lam_W": 0.05}, 0.1, 1.0)
     axes = {"lam_H": np.array([1e-6, 0.1])}
     arrays, config = sweep.run_sweep(model, SIZES, base, axes, steps=4000, optimizer="gd")
     for k in ("converged", "grad_norm", "steps_taken"):

@@ -9,6 +9,7 @@ import pytest
 
 import ufm
 from ufm import sweep
+from ufm.config import hyper_for
 from ufm.cli import main
 from ufm.models import Sizes
 
@@ -18,7 +19,7 @@ AXES = {"lam_H": np.array([1e-3, 1e-2, 5e-2]), "lr": np.array([0.05, 0.1])}
 
 def small_sweep(**kw):
     model = ufm.get_model("unregularized-bias")
-    base = sweep.base_hyper(model, {"lam_W": 2e-2}, 0.1, None)
+    base = hyper_for(model, {"lam_W": 2e-2}, 0.1, None)
     return sweep.run_sweep(model, SIZES, base, AXES, steps=400, seed=3, **kw)
 
 
@@ -50,9 +51,10 @@ def test_four_virtual_devices_give_the_same_numbers(tmp_path):
         assert jax.local_device_count() == 4, jax.devices()
         import ufm
         from ufm import sweep
+        from ufm.config import hyper_for
         from ufm.models import Sizes
         model = ufm.get_model("unregularized-bias")
-        base = sweep.base_hyper(model, {{"lam_W": 2e-2}}, 0.1, None)
+        base = hyper_for(model, {{"lam_W": 2e-2}}, 0.1, None)
         axes = {{"lam_H": np.array([1e-3, 1e-2, 5e-2]), "lr": np.array([0.05, 0.1])}}
         arrays, cfg = sweep.run_sweep(model, Sizes(3, 4, 5), base, axes, steps=400, seed=3, chunk=4)
         np.savez({str(tmp_path / 'four.npz')!r}, **arrays)
@@ -104,7 +106,7 @@ def test_interrupted_sweep_resumes_with_the_same_results(tmp_path):
         np.testing.assert_array_equal(resumed[k], full[k])
     with pytest.raises(ValueError, match="was computed with another configuration"):
         model = ufm.get_model("unregularized-bias")
-        sweep.run_sweep(model, SIZES, sweep.base_hyper(model, {}, 0.1, None), AXES, steps=10,
+        sweep.run_sweep(model, SIZES, hyper_for(model, {}, 0.1, None), AXES, steps=10,
                         out=out, chunk=2)
 
 
@@ -126,7 +128,7 @@ def test_cli_sweep_files_axis_order_and_seed_axis(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--lam-b", "1,2"], "--lam-b does not apply"),
+    (["--lam-b", "1,2"], "(--lam-b) does not apply"),
     (["--lam-W=-1,1"], "lam_W (--lam-W) must be finite and >= 0, got -1.0"),
     (["--lam-W", "1:x:2"], "--lam-W must be a number"),
     (["--steps", "0"], "steps (--steps) must be >= 1"),

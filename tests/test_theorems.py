@@ -7,6 +7,7 @@ set: structure is checked at 1e-5 relative. The ReLU model converges more slowly
 """
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -341,3 +342,41 @@ def test_perturbed_features_converge_to_attenuated_optimum(sigma):
     # σ = 0 recovers Theorem 3.1's W* exactly, at any n
     W0 = theory.optimal_classifier(np.repeat(Hbar, 5, 1), np.kron(np.eye(K), np.ones((1, 5))), lam)
     np.testing.assert_allclose(W0, theory.perturbed_limit(Hbar, 0.0, lam).W_star, atol=1e-12)
+
+
+# --- scaled-target: the bias-free model with targets γY (docs/theory.md §3.11) --------------
+
+@pytest.mark.parametrize("kw", [
+    dict(K=4, n=10, d=6, lam_W=5e-3, lam_H=5e-3, gamma=2.0),  # c = 0.2 < γ
+    dict(K=3, n=5, d=3, lam_W=2e-2, lam_H=1e-2, gamma=0.4),  # c = 0.095 < γ
+    dict(K=4, n=10, d=6, lam_W=0.1, lam_H=0.1, gamma=1.5),  # c = 1.26 < γ (above Thm 3.1's 1)
+    dict(K=4, n=10, d=6, lam_W=0.1, lam_H=0.1, gamma=0.8),  # c = 1.26 > γ: zero
+])
+def test_scaled_target_closed_form(kw):
+    """L-BFGS in float64 to its round-off tolerance against f* = γ²/2 − (γ − c)₊²/2: the objective
+    to 1e-9 relative (L-BFGS stops at a relative gradient of 1e-10; the objective error is
+    quadratic in the distance, far below that) and WH = (γ − c)₊Y to 1e-5 (as for Theorem 3.1)."""
+    r = ufm.train("scaled-target", optimizer="lbfgs", steps=3000, log_every=3000, **kw)
+    th = r.theory
+    c = kw["K"] * math.sqrt(kw["n"] * kw["lam_W"] * kw["lam_H"])
+    assert th.c == pytest.approx(c) and (th.structure == "zero") == (c >= kw["gamma"])
+    assert r.certificate["converged"]
+    assert r.final["objective"] == pytest.approx(th.objective, rel=1e-9)
+    Y = np.kron(np.eye(kw["K"]), np.ones((1, kw["n"])))
+    WH = r.params["W"] @ r.params["H"]
+    assert np.abs(WH - max(kw["gamma"] - c, 0) * Y).max() < 1e-5
+    if th.structure == "OF":
+        Hbar = np.asarray(metrics.class_means(r.params["H"], kw["K"]))
+        assert rel(Hbar.T @ Hbar, th.gram_H) < 1e-5
+
+
+def test_scaled_target_at_gamma_one_is_theorem_3_1():
+    """γ = 1 is the bias-free model: the same objective at every point, the same closed form."""
+    sizes = Sizes(4, 10, 6)
+    hyper = dict(lam_W=0.02, lam_H=0.01)
+    model, bias_free = ufm.get_model("scaled-target"), ufm.get_model("bias-free")
+    params = bias_free.init(jax.random.PRNGKey(0), {"init_scale": 0.5}, sizes)
+    assert float(model.objective(params, dict(hyper, gamma=1.0), sizes)) == pytest.approx(
+        float(bias_free.objective(params, hyper, sizes)), rel=1e-14)
+    assert model.theory(dict(hyper, gamma=1.0), sizes).objective == pytest.approx(
+        theory.plain(hyper, sizes).objective, rel=1e-14)

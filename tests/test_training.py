@@ -1,13 +1,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.test_util import check_grads
 
 import ufm
 from ufm import optimise
-from ufm.models import FIXED_BLOCKS, MODELS, Sizes, layered_model
+from ufm.models import MODELS, Sizes, layered_model
 
 SIZES = Sizes(3, 4, 5)
 
@@ -22,10 +21,10 @@ def hyper_of(model, **over):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_gradients_match_finite_differences(name):
     model = MODELS[name]
-    params = model.init(jax.random.PRNGKey(0), SIZES, 0.7)
+    params = model.init(jax.random.PRNGKey(0), {"init_scale": 0.7}, SIZES)
     hyper = hyper_of(model)
-    fixed = {k: v for k, v in params.items() if k in FIXED_BLOCKS}  # a fixed classifier E
-    free = {k: v for k, v in params.items() if k not in FIXED_BLOCKS}
+    fixed = {k: v for k, v in params.items() if k in model.fixed_blocks}  # a fixed classifier E
+    free = {k: v for k, v in params.items() if k not in model.fixed_blocks}
     check_grads(lambda p: model.objective({**p, **fixed}, hyper, SIZES), (free,), order=2,
                 modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
     grads = jax.grad(model.objective)(params, hyper, SIZES)
@@ -35,7 +34,7 @@ def test_gradients_match_finite_differences(name):
 
 def test_deeper_models_need_no_new_code():
     model = layered_model("relu-depth-4", 4, "relu")
-    params = model.init(jax.random.PRNGKey(1), SIZES, 0.5)
+    params = model.init(jax.random.PRNGKey(1), {"init_scale": 0.5}, SIZES)
     assert set(params) == {"H1", "W1", "W2", "W3", "W4"} and params["W4"].shape == (3, 5)
     hyper = hyper_of(model)
     check_grads(lambda p: model.objective(p, hyper, SIZES), (params,), order=1, modes=("rev",))
@@ -51,7 +50,7 @@ def test_scan_equals_python_loop(name, opt):
     hyper = hyper_of(model)
     key = jax.random.PRNGKey(3)
     traj = jax.jit(lambda h: ufm.simulate(model, SIZES, key, h, 23, 5, opt))(hyper)
-    params = model.init(key, SIZES, hyper["init_scale"])
+    params = model.init(key, hyper, SIZES)
     project = model.project or (lambda p, h, s: p)  # projected GD for the constrained models
     params = project(params, hyper, SIZES)
     lr = float(hyper["lr"])
@@ -103,7 +102,7 @@ def test_new_hyperparameter_values_do_not_recompile():
     traces = []
     base = MODELS["bias-free"]
 
-    def counted(params, hyper, sizes):
+    def counted(params, hyper, sizes, session=None):
         traces.append(1)  # runs only while tracing
         return base.objective(params, hyper, sizes)
 
@@ -122,7 +121,7 @@ def test_divergence_is_recorded_at_the_first_nonfinite_step():
     hyper = hyper_of(model, lr=40.0)
     key = jax.random.PRNGKey(5)
     traj = ufm.simulate(model, SIZES, key, hyper, 400, 100)
-    params = model.init(key, SIZES, hyper["init_scale"])
+    params = model.init(key, hyper, SIZES)
     first = None
     for t in range(400):
         loss, g = jax.value_and_grad(model.objective)(params, hyper, SIZES)
@@ -141,8 +140,7 @@ def test_chunked_progress_equals_single_program():
     hyper = hyper_of(model)
     key = jax.random.PRNGKey(6)
     seen = []
-    a = optimise.simulate_with_progress(model, SIZES, key, hyper, 1030, 100, progress=seen.append,
-                                        chunks=3)
+    a = ufm.simulate(model, SIZES, key, hyper, 1030, 100, callback=seen.append, chunks=3)
     b = optimise.compiled_simulation(model, SIZES, 1030, 100)(key, hyper)
     np.testing.assert_array_equal(a.steps, b.steps)
     for k in b.history:

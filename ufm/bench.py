@@ -52,7 +52,7 @@ def jitted_loop_rate(sizes, steps):
         g = grad(params, hyper, sizes)
         return jax.tree.map(lambda p, gp: p - LR * gp, params, g)
 
-    params = jax.block_until_ready(step(model.init(jax.random.PRNGKey(0), sizes, 1.0)))
+    params = jax.block_until_ready(step(model.init(jax.random.PRNGKey(0), hyper, sizes)))
     t0 = time.perf_counter()
     for _ in range(steps):  # the slow path this project replaces, measured on purpose
         params = step(params)
@@ -186,7 +186,7 @@ def _program(model, sizes, steps, opt, checked):
     without stopping checks."""
     kw = {"tol": 0.0} if checked else {}
     fn = functools.partial(optimise.simulate, model, sizes, steps=steps, log_every=steps,
-                           opt_name=opt, **kw)
+                           optimizer=opt, **kw)
     h = optimise.as_hyper(dict({k: 1.0 for k in model.hyper_names}, lr=LR, init_scale=1.0,
                                **({"target": 1.0} if checked else {})))
     return jax.jit(fn).lower(jax.random.PRNGKey(0), h).compile()

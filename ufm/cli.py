@@ -14,9 +14,10 @@ import time
 
 import numpy as np
 
-from ufm.models import DEEP, FRAMES, MODELS
+from ufm.config import DEFAULTS, LAYER_LAMBDA, flag
+from ufm.models import REGISTRY, get_model, hyper_specs, option_specs
+from ufm.optimise import OPTIMIZERS
 from ufm.progress import progress_bar
-from ufm.runner import DEFAULTS, HYPER_FLAGS, LAYER_LAMBDA, flag
 
 LAYER_FLAG = re.compile(r"--lam-W([1-9][0-9]*)(=.*)?$")
 
@@ -46,17 +47,18 @@ def _add_size_flags(p, static=False):
 
 
 def _add_lambda_flags(p, layers, grid):
+    """A flag for every hyperparameter some model's record declares, and --lam-W<l> for each
+    layer named on the command line (deep models of any depth)."""
     number = str if grid else float  # a sweep parses grids itself (start:stop:num[:log], a,b,c)
     grid_help = " (a grid: start:stop:num, start:stop:num:log, or a,b,c)" if grid else ""
-    for name in HYPER_FLAGS:
-        what = ("one λ for every W_l of a deep/extended model, or λ_W of the plain models"
-                if name == "lam_W" else name)
-        p.add_argument(flag(name), dest=name, type=number, default=None,
-                       help=f"{what} (default {'1' if name.startswith('E_') else '5e-3'}; only "
-                            f"for models that have it){grid_help}")
-    for layer in layers:  # --lam-W3 … as given on the command line (deep models)
+    specs = hyper_specs()
+    for name, spec in specs.items():
+        tied = "; for a deep/extended model one λ for every W_l" if name == "lam_W" else ""
+        p.add_argument(spec.flag, dest=name, type=number, default=None,
+                       help=f"{spec.help}{tied}; only for models that take it{grid_help}")
+    for layer in layers:  # --lam-W4 … as given on the command line (deep models)
         name = f"lam_W{layer}"
-        if name not in HYPER_FLAGS:
+        if name not in specs:
             p.add_argument(flag(name), dest=name, type=number, default=None,
                            help=f"λ of W{layer} (deep models){grid_help}")
 
@@ -75,9 +77,11 @@ def _add_run_flags(p, grid=False):
     p.add_argument("--restarts", type=int, default=None,
                    help="independent initialisations run together with vmap; best kept "
                         "(default 1)")
-    p.add_argument("--optimizer", default="gd", choices=("gd", "momentum", "adam", "lbfgs"),
-                   help="plain gradient descent (default), heavy-ball momentum, Adam, or L-BFGS "
-                        "with a line search (unconstrained models; needs no --lr)")
+    p.add_argument("--optimizer", default="gd", choices=tuple(OPTIMIZERS),
+                   help="plain gradient descent (default), heavy-ball momentum, Adam, L-BFGS "
+                        "with a line search (unconstrained models; needs no --lr), or convex: "
+                        "the global minimiser of a penalised two-factor model by its convex "
+                        "problem (stopped at a 1e-12 relative duality gap in float64)")
     p.add_argument("--tol", type=float, default=None,
                    help="stop once the gradient norm relative to the objective is <= TOL "
                         "(--steps is then the cap); default: run every step (lbfgs: stop at "
@@ -88,17 +92,20 @@ def _add_run_flags(p, grid=False):
 
 
 def _add_variant_flags(p, static=False):
-    p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
-    p.add_argument("--depth", type=str if static else int, default=None,
-                   help=f"deep models ({', '.join(DEEP)}): L, the weight matrices after H1 "
-                        f"(default 3){' (a comma list: one program per value)' if static else ''}")
-    p.add_argument("--loss", choices=("ce", "dot-regression"), default=None,
-                   help="fixed-etf: cross-entropy (default) or dot-regression")
-    p.add_argument("--alpha", choices=("none", "inverse-count"), default=None,
-                   help="constrained models: per-class weights of the loss, none (average "
-                        "over samples, default) or inverse-count (α_k = 1/n_k)")
-    p.add_argument("--mask-softmax", action="store_true",
-                   help="fixed classifiers: softmax over the current session's classes only")
+    """The model, and a flag for every static option some model's record declares."""
+    p.add_argument("model", help=f"one of: {', '.join(REGISTRY)}")
+    for name, (option, owners) in option_specs().items():
+        where = f"{', '.join(owners)}: "
+        if isinstance(option.default, bool):
+            p.add_argument(option.flag, dest=name, action="store_true",
+                           help=where + option.help)
+        elif option.choices is not None:
+            p.add_argument(option.flag, dest=name, choices=option.choices, default=None,
+                           help=where + option.help)
+        else:
+            axis = " (a comma list: one program per value)" if static else ""
+            p.add_argument(option.flag, dest=name, type=str if static else int, default=None,
+                           help=where + option.help + axis)
     p.add_argument("--sessions", default=None,
                    help="fixed-etf/fixed-orthogonal: class-incremental sessions, T (K classes "
                         "split in order) or a comma list of class counts per session; --steps "
@@ -273,26 +280,18 @@ def check_out(path, default):
     return path
 
 
-def _model_flags(model, args):
-    """The λ flags as given; a flag the model does not take is a ValueError naming it (a deep or
-    extended model also takes --lam-W, one λ for every layer)."""
-    from ufm.models import model_depth
-
-    names = list(HYPER_FLAGS) + [k for k in vars(args) if LAYER_LAMBDA.match(k)]
-    lams = {k: getattr(args, k, None) for k in dict.fromkeys(names)}
-    for name, value in lams.items():
-        tied = name == "lam_W" and model_depth(model) is not None
-        if value is not None and name not in model.hyper_names and not tied:
-            raise ValueError(f"{flag(name)} does not apply to model {model.name!r} "
-                             f"(it takes: {', '.join(flag(k) for k in model.hyper_names)})")
-    return lams
+def _lambda_flags(args):
+    """The hyperparameter flags as given (None where not given); the library checks that the
+    model takes them (config.check_names)."""
+    names = list(hyper_specs()) + [k for k in vars(args) if LAYER_LAMBDA.match(k)]
+    return {k: getattr(args, k, None) for k in dict.fromkeys(names)}
 
 
 def _lr_for(args):
     """--lr as given, or the default; L-BFGS takes no step size."""
-    if args.optimizer == "lbfgs" and args.lr is not None:
-        raise UsageError(f"lr (--lr) does not apply to --optimizer lbfgs (its line search "
-                         f"chooses every step), got {args.lr}")
+    if not OPTIMIZERS[args.optimizer].step_size and args.lr is not None:
+        raise UsageError(f"lr (--lr) does not apply to --optimizer {args.optimizer} (it chooses "
+                         f"its own steps), got {args.lr}")
     return DEFAULTS["lr"] if args.lr is None else args.lr
 
 
@@ -338,20 +337,23 @@ def describe_theory(th):
     return f"every feature √E_H·(its class vector), √E_H = {th.feature_norm:.4g}"
 
 
-def summary(result):
-    """A short human summary: objective against the closed form, then the measurements."""
+def summary(result, model=None):
+    """A short human summary: what was run (with the model's `describe()` when given), the
+    objective against the closed form, then the measurements."""
     from ufm import theory as theory_mod
 
     cfg = result.config
     depth = f" depth={cfg['depth']}" if "depth" in cfg else ""
-    lr = "" if cfg["optimizer"] == "lbfgs" else f" (lr={cfg['lr']:g})"
+    lr = f" (lr={cfg['lr']:g})" if OPTIMIZERS[cfg["optimizer"]].step_size else ""
     lines = [f"{result.model}{depth}  K={cfg['K']} n={cfg['n']} d={cfg['d']}  {cfg['dtype']}  "
              f"{cfg['steps']} steps of {cfg['optimizer']}{lr}"]
+    if model is not None:
+        lines.append(f"  {model.describe()}")
     obj = result.final["objective"]
     th = result.theory
     best = theory_mod.optimum(th)
     if best is not None:
-        gap = abs(obj - best) / max(abs(best), 1e-300)
+        gap = abs(obj - best) / abs(best) if best else abs(obj - best)
         what = "closed form" if result.sessions is None else "closed form without sessions"
         lines.append(f"objective {obj:.10g}   {what} {best:.10g}   "
                      f"{'relative' if best else 'absolute'} gap {gap:.2e}")
@@ -390,9 +392,22 @@ def summary(result):
                      f"(relative gradient norm {cert['grad_norm']:.2e}, tol {cert['tol']:.0e}; "
                      f"last interval's relative decrease {decrease}; {cert['steps_taken']} steps"
                      f"{stop})")
+        lines.append(global_line(cert, result.final["objective"]))
     if result.diverged_at is not None:
         lines.append(f"DIVERGED: the objective became non-finite at step {result.diverged_at}")
     return "\n".join(lines)
+
+
+def global_line(cert, objective):
+    """The certificate's global part in one line (docs/theory.md §5)."""
+    if cert.get("lower_bound") is None:
+        return f"global: no bound ({cert.get('global_note') or 'not computed'})"
+    gap = cert["global_gap"]
+    rel = gap / max(abs(objective), 1e-6)
+    verdict = ("GLOBAL minimum" if cert["global"] else "not certified global")
+    note = f"; {cert['global_note']}" if cert.get("global_note") else ""
+    return (f"global: {verdict}: objective − dual lower bound {cert['lower_bound']:.10g} = "
+            f"{gap:.2e} (relative {rel:.1e}, tol {cert['global_tol']:.0e}){note}")
 
 
 def _by_reason(undefined):
@@ -411,7 +426,10 @@ def convergence_warning(result):
     gap = cert["closed_form_gap"]
     far = f", and it ends {gap:.1e} (relative) from the closed form" if gap is not None else ""
     tries = [f"more --steps (ran {cert['steps_taken']})"]
-    if cfg["optimizer"] != "lbfgs" and cfg["model"] not in FRAMES:
+    model = get_model(cfg["model"])
+    if model.two_factor is not None and cfg["optimizer"] != "convex":
+        tries.insert(0, "--optimizer convex")
+    elif cfg["optimizer"] != "lbfgs" and not model.constrained:
         tries.insert(0, "--optimizer lbfgs")
     if cfg["optimizer"] == "gd":
         tries.append("--optimizer momentum")
@@ -420,13 +438,14 @@ def convergence_warning(result):
 
 
 def cmd_train(args):
-    from ufm.models import get_model
-    from ufm.runner import session_groups, train, write_result
+    from ufm.config import session_groups
+    from ufm.runner import train, write_result
 
     try:
         out = check_out(args.out, os.path.join("runs", args.model))
-        model = get_model(args.model, args.loss, args.alpha, args.mask_softmax, args.depth)
-        lams = _model_flags(model, args)
+        model = get_model(args.model, loss=args.loss, alpha=args.alpha,
+                          mask_softmax=args.mask_softmax, depth=args.depth)
+        lams = _lambda_flags(args)
         sessions, distill = _session_args(args)
         kw = dict(K=args.K, n=args.n, d=args.d, steps=args.steps, log_every=args.log_every,
                   seed=args.seed, lr=_lr_for(args), init_scale=args.init_scale,
@@ -443,7 +462,7 @@ def cmd_train(args):
         return _error(err)
     close()
     write_result(result, out)
-    print(summary(result))
+    print(summary(result, model))
     print(f"{elapsed:.2f} s including compilation; wrote {out}/result.json and {out}/params.npz")
     warning = convergence_warning(result)
     if warning:
@@ -454,15 +473,13 @@ def cmd_train(args):
 # --- proof ------------------------------------------------------------------------------------
 
 def cmd_proof(args):
-    import json
-
     from ufm import proofs
-    from ufm.runner import atomic_write
+    from ufm.files import write_json
 
     try:
         proof = proofs.get_proof(args.theorem)
         out = check_out(args.out, os.path.join("runs", f"proof-{proof.theorem}"))
-        lams = _model_flags(MODELS[proof.model], args)
+        lams = _lambda_flags(args)
         if proof.theorem != "5.1" and args.sigma is not None:
             raise UsageError(f"sigma (--sigma) is the noise of Theorem 5.1's fixed features; "
                              f"Theorem {proof.theorem} has none (got {args.sigma})")
@@ -483,8 +500,7 @@ def cmd_proof(args):
                                **{k: v for k, v in lams.items() if v is not None})
     except ValueError as err:
         return _error(err)
-    text = json.dumps(doc, indent=1).encode()
-    atomic_write(os.path.join(out, "proof.json"), lambda fh: fh.write(text))
+    write_json(os.path.join(out, "proof.json"), doc)
     print(proofs.format_table(doc))
     cfg = doc["config"]
     if cfg.get("closed_form") is not None:
@@ -527,12 +543,8 @@ def cmd_sweep(args, argv):
             static["depth"] = sweep.parse_static("depth", args.depth)
         for name in ("K", "d", "n"):
             static[name] = sweep.parse_static(name, getattr(args, name))
-        from ufm.models import get_model
-
-        first = get_model(args.model, args.loss, args.alpha, args.mask_softmax,
-                          static["depth"][-1] if "depth" in static else None)
-        lams = _model_flags(first, args)
-        if args.optimizer == "lbfgs" and args.lr is not None:
+        lams = _lambda_flags(args)
+        if args.lr is not None:
             _lr_for(args)
         raw = dict(lams, lr=args.lr, init_scale=args.init_scale)
         axes, fixed = {}, {}
@@ -586,6 +598,10 @@ def sweep_summary(model, arrays, config, elapsed, out):
     lines.append(f"axes: {axes or 'none'}; diverged: {int(arrays['diverged'].sum())}; "
                  f"not converged (relative gradient norm > {config['certificate_tol']:.0e}): "
                  f"{int((~arrays['converged']).sum())}")
+    if np.isfinite(arrays["lower_bound"]).any():
+        lines.append(f"global minimum certified (gap to the dual bound ≤ "
+                     f"{config['global_tol']:.0e} relative): {int(arrays['global'].sum())} of "
+                     f"{arrays['global'].size}; largest gap {np.nanmax(arrays['global_gap']):.2e}")
     th = arrays["theory_objective"]
     if "below_dnc" in arrays:
         below = arrays["below_dnc"]
@@ -655,24 +671,43 @@ def cmd_bench(args):
     return 0
 
 
-def cmd_figures(args):
-    from experiments import SCRIPTS
-    from experiments.__main__ import main as figures_main
+def experiments_folder():
+    """The experiments/ folder of the source checkout this ufm runs from (it is not installed as a
+    package: `ufm figures` needs the repository, as the figures' data and scripts live there)."""
+    import ufm
 
-    if args.only is not None:
-        names = [n.strip() for n in args.only.split(",")]
-        bad = [n for n in names if n not in SCRIPTS]
-        if bad or not names:
-            return _error(f"only (--only) must be a comma list of figure names ({', '.join(SCRIPTS)}),"
-                          f" got {args.only!r}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ufm.__file__)))
+    folder = os.path.join(root, "experiments")
+    if not os.path.isfile(os.path.join(folder, "__main__.py")):
+        raise UsageError(f"ufm figures runs the scripts of a source checkout (experiments/ beside "
+                         f"ufm/); none at {folder}: clone the repository and pip install -e it")
+    return folder
+
+
+def cmd_figures(args):
+    """`python -m experiments …` in the checkout's root, in its own process (each script chooses
+    its own precision)."""
+    import subprocess
+
+    import runpy
+
     try:
+        folder = experiments_folder()
+        scripts = runpy.run_path(os.path.join(folder, "__init__.py"))["SCRIPTS"]
+        if args.only is not None:
+            names = [n.strip() for n in args.only.split(",")]
+            bad = [n for n in names if n not in scripts]
+            if bad or not names:
+                raise UsageError(f"only (--only) must be a comma list of figure names "
+                                 f"({', '.join(scripts)}), got {args.only!r}")
         if args.out is not None:
             check_out(args.out, None)
     except ValueError as err:
         return _error(err)
     argv = (["--only", args.only] if args.only is not None else []) + ["--smoke"] * args.smoke
-    argv += ["--quiet"] * args.quiet + (["--out", args.out] if args.out else [])
-    return figures_main(argv)
+    argv += ["--quiet"] * args.quiet + (["--out", os.path.abspath(args.out)] if args.out else [])
+    return subprocess.call([sys.executable, "-m", "experiments", *argv],
+                           cwd=os.path.dirname(folder))
 
 
 def main(argv=None):

@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ufm.optimise import get_optimizer
+
 MAX_STEPS = 2 ** 31 - 1  # the step counter is an int32
 MAX_SEED = 2 ** 32 - 1  # jax.random.PRNGKey keeps 32 bits of a seed: larger ones would alias
 HISTORY_MARGIN = 2  # batched results are copied (stacking, the pick of the best restart)
 MEMORY_FRACTION = 0.8  # refuse what needs more than this fraction of the machine's memory
-# copies of the parameters an optimiser holds besides params, grads and updates
-OPTIMIZER_COPIES = {"gd": 0, "momentum": 1, "adam": 2, "lbfgs": 2 * 10 + 4}
 
 
 def machine_memory():
@@ -37,7 +37,7 @@ def gib(nbytes):
 
 def parameter_entries(model, sizes):
     """Entries of every parameter block of `model` at `sizes` (no allocation: eval_shape)."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sizes, 1.0))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {"init_scale": 1.0}, sizes))
     return sum(math.prod(v.shape) for v in jax.tree.leaves(shapes))
 
 
@@ -47,22 +47,24 @@ def run_bytes(model, sizes, optimizer="gd", batch=1):
     activations of one evaluation (targets and logits [K, N], each feature level [d, N])."""
     itemsize = jnp.dtype(jnp.result_type(float)).itemsize
     P = parameter_entries(model, sizes)
-    depth = sum(1 for k in model.hyper_names if k.startswith("lam_W") and k[5:].isdigit())
-    levels = max(1, 2 * depth)
+    levels = max(1, 2 * (model.depth or 0))
     activations = 4 * sizes.K * sizes.N + 2 * levels * sizes.d * sizes.N
-    return itemsize * batch * (P * (3 + OPTIMIZER_COPIES.get(optimizer, 2)) + activations)
+    copies = get_optimizer(optimizer).copies
+    return itemsize * batch * (P * (3 + copies) + activations)
 
 
 def result_bytes(model, sizes):
     """Bytes of one grid point's results on the host: every measurement, the certificate and the
     theory arrays, as float64 (no allocation: eval_shape)."""
     def measured():
-        params = model.init(jax.random.PRNGKey(0), sizes, 1.0)
-        hyper = {k: jnp.ones(()) for k in (*model.hyper_names, "E_H", "E_W")}
-        return model.measure(params, sizes, hyper)
+        hyper = {k: jnp.ones(()) for k in (*model.hyper_names, "init_scale")}
+        params = model.init(jax.random.PRNGKey(0), hyper, sizes)
+        bound = {} if model.bound_inputs is None else model.bound_inputs(params, sizes)
+        return model.measure(params, hyper, sizes), bound
 
     try:
-        outputs = len(jax.eval_shape(measured))
+        measurements, bound = jax.eval_shape(measured)
+        outputs = len(measurements) + sum(math.prod(v.shape) for v in bound.values())
     except Exception:  # noqa: BLE001 - an estimate: assume a generous number of outputs
         outputs = 64
     return 8 * (outputs + 12)
@@ -85,7 +87,8 @@ def check_run(model, sizes, optimizer, restarts, records=2):
     nbytes = HISTORY_MARGIN * (run_bytes(model, sizes, optimizer, restarts)
                                + restarts * per_restart_history)
     check_fits(nbytes, f"this run (K={sizes.K}, n={_counts(sizes)}, d={sizes.d}, "
-                       f"{restarts} restart{'s' * (restarts != 1)}, {optimizer}, "
+                       f"{restarts} restart{'s' * (restarts != 1)}, "
+                       f"{get_optimizer(optimizer).name}, "
                        f"{jnp.dtype(jnp.result_type(float))})")
 
 

@@ -17,13 +17,13 @@ of Σ_B below pinv_rtol × the largest are dropped in NC1's pseudo-inverse; defa
 the default of numpy/scipy/torch pinv).
 Undefined values (a ratio of vanishing quantities) are NaN and named under `undefined`.
 """
-import json
 import math
 import os
 import zipfile
 
 import numpy as np
 
+from ufm.files import write_json
 from ufm.metrics import RANK_TOL
 
 GLOBAL_MEANS = ("classes", "samples")
@@ -434,22 +434,9 @@ def measure_file(path, layers=None, labels=None, W=None, b=None, stream=False, *
     return result
 
 
-def _json_ready(x):
-    if isinstance(x, dict):
-        return {k: _json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_ready(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def write(result, out_dir):
     """out_dir/measure.json, atomically (NaN written as null)."""
-    from ufm.runner import atomic_write
-
-    doc = json.dumps(_json_ready(result), indent=1).encode()
-    atomic_write(os.path.join(out_dir, "measure.json"), lambda fh: fh.write(doc))
+    write_json(os.path.join(out_dir, "measure.json"), result)
 
 
 REPORT_ORDER = ("nc1", "nc1_unnormalised", "nc1_quotient", "nc1_cdnv", "nc2_etf_H", "nc2_of_H",

@@ -1,57 +1,35 @@
 """Optimisation of a UFM as one jit-compiled program (nested `lax.scan`, or `lax.while_loop` when a
-run stops at a tolerance).
+run stops at a tolerance), driven by one function, `simulate` (docs/architecture.md, "A run").
 
 The outer loop runs one logging interval per iteration, the inner scan `log_every` optimiser steps;
 the objective and every measurement are recorded at step 0, after each interval and at the end.
 A configuration is `hyper`: a dict of scalar leaves (the model's λ's, `lr`, `init_scale`, and
 optionally `target`), so a new value never recompiles and `vmap` over stacked dicts runs a grid.
 
-Optimisers: plain gradient descent (the papers' method and the default), heavy-ball momentum, Adam
-(optax), and L-BFGS with optax's zoom line search (`lbfgs`, for the unconstrained models). Every
-run ends with a convergence certificate: the gradient norm relative to the objective at the final
-point. With a tolerance `tol` a run stops once that criterion is met (or the objective reaches
-`hyper['target']`); under `vmap` the loop ends when every point has stopped, and stopped points
-stay frozen bit for bit. See docs/architecture.md.
+Optimisers are objects (`Optimizer`, like optax's transformations): plain gradient descent (the
+papers' method and the default), heavy-ball momentum, Adam, and L-BFGS with optax's zoom line
+search. Every run ends with a convergence certificate: the gradient norm relative to the objective
+at the final point. With a tolerance `tol` a run stops once that criterion is met (or the
+objective reaches `hyper['target']`); under `vmap` the loop ends when every point has stopped,
+and stopped points stay frozen bit for bit.
 """
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ufm.models import FIXED_BLOCKS
+from ufm import convex
+from ufm.metrics import class_labels
+from ufm.models import Session, models
 
-FIRST_ORDER = ("gd", "momentum", "adam")
-OPTIMIZERS = FIRST_ORDER + ("lbfgs",)
 OBJECTIVE_FLOOR = 1e-6  # the relative gradient norm is ‖∇f‖ / max(|f|, OBJECTIVE_FLOOR)
-# `converged` in the certificate: relative gradient norm ≤ tol, this tol unless one is given.
-CERTIFICATE_TOL = {"float32": 1e-3, "float64": 1e-6}
-# L-BFGS stops at this tol unless one is given (about round-off: its steps after convergence are
-# failed line searches). First-order methods run every step unless a tol is given.
-LBFGS_TOL = {"float32": 1e-6, "float64": 1e-10}
-
-
-class State(NamedTuple):
-    params: Any  # dict of arrays (model-specific blocks)
-    opt_state: Any
-    step: jax.Array  # [] int: optimiser updates applied
-    diverged_at: jax.Array  # [] int: first step whose objective or update was non-finite, −1 if none
-    converged_at: jax.Array  # [] int: step at which the stopping criterion was met, −1 if not
-
-
-class Trajectory(NamedTuple):
-    params: Any  # final parameters
-    steps: jax.Array  # [T] step of each record; −1 marks a record after the run stopped (tol)
-    history: dict  # name -> [T]; 'objective' and every measurement of the model
-    diverged_at: jax.Array  # [] int, −1 if the run stayed finite
-    converged_at: jax.Array = None  # [] int, step where the tolerance was met, −1 if not
-    grad_norm: jax.Array = None  # [] ‖∇f‖ / max(|f|, OBJECTIVE_FLOOR) at the final parameters
 
 
 class Method(NamedTuple):
-    """An optimiser as two pure functions.
+    """An optimiser bound to one objective, as two pure functions.
 
     init(params) -> opt_state; step(params, opt_state, want_value) -> (params', opt_state', value,
     grads), value and grads taken at `params` (value None when not wanted and not free).
@@ -61,48 +39,62 @@ class Method(NamedTuple):
     step: Callable
 
 
-def optimizer(name, lr):
-    """Plain GD (`gd`), heavy-ball momentum 0.9 (`momentum`) or Adam (`adam`), with step size lr."""
-    if name == "gd":
-        return optax.sgd(lr)
-    if name == "momentum":
-        return optax.sgd(lr, momentum=0.9)
-    if name == "adam":
-        return optax.adam(lr)
-    raise ValueError(f"optimizer must be one of {', '.join(FIRST_ORDER)}, got {name!r}")
+class Optimizer(NamedTuple):
+    """An optimiser: `bind(model, sizes, hyper, session) -> Method`, and what callers need to know.
+
+    name: its CLI name; step_size: whether it takes `lr`; projected: whether it can keep a
+    constrained model's iterates on the constraint set; copies: the parameter-sized arrays it keeps
+    besides params, grads and updates (memory estimates); stop_tol: ((dtype, tol), …) at which a
+    run stops when no tolerance is given (None: every step runs); unroll: steps unrolled per scan
+    iteration; solve: for a solver of its own problem instead of steps on the model's parameters,
+    solve(model, sizes, hyper, max_iter, tol) -> (params, iterations, gap) (the convex solver).
+    Hashable, so compiled programs are cached per optimiser.
+    """
+
+    name: str
+    bind: Optional[Callable]
+    step_size: bool = True
+    projected: bool = True
+    copies: int = 0
+    stop_tol: Optional[tuple] = None
+    unroll: int = 4
+    solve: Optional[Callable] = None
 
 
-def method(model, sizes, hyper, name):
-    """The optimiser `name` on the objective of `model` at `hyper` (projected for constrained
-    models). L-BFGS uses optax's zoom line search and needs no step size."""
-    objective = lambda p: model.objective(p, hyper, sizes)
-    if name == "lbfgs":
-        return _lbfgs(model, sizes, hyper, objective)
-    tx = optimizer(name, hyper["lr"])
-
-    def step(params, opt_state, want_value):
-        if want_value:
-            value, grads = jax.value_and_grad(objective)(params)
-        else:
-            value, grads = None, jax.grad(objective)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        if model.project is not None:  # projected gradient descent onto the constraint set
-            params = model.project(params, hyper, sizes)
-        return params, opt_state, value, grads
-
-    return Method(tx.init, step)
+def _objective(model, sizes, hyper, session):
+    if session is None:
+        return lambda p: model.objective(p, hyper, sizes)
+    return lambda p: model.objective(p, hyper, sizes, session)
 
 
-def check_optimizer(model, name):
-    """ValueError unless `name` is an optimiser that can run `model`."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer (--optimizer) must be one of {', '.join(OPTIMIZERS)}, "
-                         f"got {name!r}")
-    if name == "lbfgs" and model.project is not None:
-        raise ValueError(f"optimizer (--optimizer) lbfgs is for the unconstrained models; "
-                         f"{model.name!r} keeps its features on a constraint set, which L-BFGS's "
-                         f"line search does not respect: use gd, momentum or adam")
+def _project(model, sizes, hyper, session):
+    if session is None:
+        return lambda p: model.project(p, hyper, sizes)
+    return lambda p: model.project(p, hyper, sizes, session)
+
+
+def first_order(name, make_tx, copies):
+    """An Optimizer from an optax transformation `make_tx(lr)`, projected after every step for a
+    constrained model (projected gradient descent)."""
+
+    def bind(model, sizes, hyper, session=None):
+        objective = _objective(model, sizes, hyper, session)
+        tx = make_tx(hyper["lr"])
+
+        def step(params, opt_state, want_value):
+            if want_value:
+                value, grads = jax.value_and_grad(objective)(params)
+            else:
+                value, grads = None, jax.grad(objective)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            if model.project is not None:  # projected gradient descent onto the constraint set
+                params = _project(model, sizes, hyper, session)(params)
+            return params, opt_state, value, grads
+
+        return Method(tx.init, step)
+
+    return Optimizer(name, bind, copies=copies)
 
 
 def block_scales(params, hyper):
@@ -116,14 +108,14 @@ def block_scales(params, hyper):
     return {k: scale(k) for k in params}
 
 
-def _lbfgs(model, sizes, hyper, objective):
+def _bind_lbfgs(model, sizes, hyper, session=None):
     """optax's L-BFGS with its zoom line search, run in the variables X' = √λ_X·X.
 
     The change of variables turns every penalty into ½‖X'‖², so blocks with very different λ's
     are equally scaled (at λ_W = 0.1, λ_H = 1e-5 it cuts the iterations about fivefold); the
     minimiser is the same point. The state holds X'; `step` maps to and from the model's X.
     """
-    check_optimizer(model, "lbfgs")
+    objective = _objective(model, sizes, hyper, session)
     tx = optax.lbfgs()
     scales = lambda p: block_scales(p, hyper)
     to_model = lambda q: {k: v * scales(q)[k] for k, v in q.items()}
@@ -149,38 +141,109 @@ def _lbfgs(model, sizes, hyper, objective):
     return Method(init, step)
 
 
-def record(model, sizes, params, hyper):
+GD = first_order("gd", optax.sgd, 0)
+MOMENTUM = first_order("momentum", lambda lr: optax.sgd(lr, momentum=0.9), 1)
+ADAM = first_order("adam", optax.adam, 2)
+# L-BFGS stops at about round-off unless a tol is given (its steps after convergence are failed
+# line searches); a large body (the line search): unrolling only slows compiling.
+LBFGS = Optimizer("lbfgs", _bind_lbfgs, step_size=False, projected=False, copies=2 * 10 + 4,
+                  stop_tol=(("float32", 1e-6), ("float64", 1e-10)), unroll=1)
+# The convex solver of the penalised two-factor models (docs/theory.md §5.3): accelerated proximal
+# gradient on the reduced K×K problem, stopped by the relative duality gap.
+CONVEX = Optimizer("convex", None, step_size=False, projected=False, copies=4,
+                   stop_tol=(("float32", 1e-6), ("float64", 1e-12)), solve=convex.solve)
+OPTIMIZERS = {o.name: o for o in (GD, MOMENTUM, ADAM, LBFGS, CONVEX)}
+
+
+def get_optimizer(optimizer, model=None):
+    """The Optimizer named `optimizer` (or the object itself); ValueError for an unknown name, or
+    for one that cannot run `model` (L-BFGS's line search does not respect a constraint set)."""
+    if isinstance(optimizer, Optimizer):
+        opt = optimizer
+    elif optimizer in OPTIMIZERS:
+        opt = OPTIMIZERS[optimizer]
+    else:
+        raise ValueError(f"optimizer (--optimizer) must be one of {', '.join(OPTIMIZERS)}, "
+                         f"got {optimizer!r}")
+    if model is not None and opt.solve is not None and model.two_factor is None:
+        takes = [m.name for m in models().values() if m.two_factor is not None]
+        raise ValueError(f"optimizer (--optimizer) {opt.name} solves the convex problem of the "
+                         f"penalised two-factor models ({', '.join(takes)}); {model.name!r} is "
+                         f"not one of them")
+    if model is not None and model.project is not None and not opt.projected:
+        raise ValueError(f"optimizer (--optimizer) {opt.name} is for the unconstrained models; "
+                         f"{model.name!r} keeps its features on a constraint set, which "
+                         f"{opt.name}'s line search does not respect: use "
+                         f"{', '.join(o.name for o in OPTIMIZERS.values() if o.projected)}")
+    return opt
+
+
+class State(NamedTuple):
+    params: Any  # dict of arrays (model-specific blocks)
+    opt_state: Any
+    step: jax.Array  # [] int: optimiser updates applied
+    diverged_at: jax.Array  # [] int: first step whose objective or update was non-finite, −1 if none
+    converged_at: jax.Array  # [] int: step at which the stopping criterion was met, −1 if not
+
+
+class Trajectory(NamedTuple):
+    params: Any  # final parameters
+    steps: jax.Array  # [T] step of each record; −1 marks a record after the run stopped (tol)
+    history: dict  # name -> [T]; 'objective' and every measurement of the model
+    diverged_at: jax.Array  # [] int, −1 if the run stayed finite
+    converged_at: jax.Array = None  # [] int, step where the tolerance was met, −1 if not
+    grad_norm: jax.Array = None  # [] ‖∇f‖ / max(|f|, OBJECTIVE_FLOOR) at the final parameters
+
+
+class Problem(NamedTuple):
+    """What one run optimises and how (all static): the model at its sizes, the optimiser, and the
+    stopping tolerance (None: every step runs)."""
+
+    model: Any
+    sizes: Any
+    optimizer: Optimizer
+    tol: Optional[float] = None
+
+    def method(self, hyper, session=None):
+        return self.optimizer.bind(self.model, self.sizes, hyper, session)
+
+
+def record(problem, params, hyper, session=None):
     """The objective and the model's measurements at `params` (a dict of scalars)."""
-    out = {"objective": model.objective(params, hyper, sizes)}
-    out.update(model.measure(params, sizes, hyper))
+    model, sizes = problem.model, problem.sizes
+    out = {"objective": _objective(model, sizes, hyper, session)(params)}
+    extra = () if session is None else (session,)
+    out.update(model.measure(params, hyper, sizes, *extra))
     return out
 
 
-def gradient_norm(model, sizes, params, grads, hyper):
+def gradient_norm(problem, params, grads, hyper, session=None):
     """‖∇f‖ over the free blocks; for a constrained model the norm of the projected-gradient step
     ‖p − Π(p − lr·∇f)‖/lr, which is zero exactly at a constrained stationary point."""
-    free = [k for k in grads if k not in FIXED_BLOCKS]
+    model = problem.model
+    free = [k for k in grads if k not in model.fixed_blocks]
     if model.project is None:
         return optax.tree.norm({k: grads[k] for k in free})
-    moved = model.project(jax.tree.map(lambda p, g: p - hyper["lr"] * g, params, grads), hyper,
-                          sizes)
+    moved = _project(model, problem.sizes, hyper, session)(
+        jax.tree.map(lambda p, g: p - hyper["lr"] * g, params, grads))
     return optax.tree.norm({k: (params[k] - moved[k]) / hyper["lr"] for k in free})
 
 
-def relative_gradient(model, sizes, params, value, grads, hyper):
+def relative_gradient(problem, params, value, grads, hyper, session=None):
     """The certificate's measure: gradient_norm / max(|f|, OBJECTIVE_FLOOR)."""
     scale = jnp.maximum(jnp.abs(value), OBJECTIVE_FLOOR)
-    return gradient_norm(model, sizes, params, grads, hyper) / scale
+    return gradient_norm(problem, params, grads, hyper, session) / scale
 
 
-def certify(model, sizes, params, hyper):
+def certify(problem, params, hyper, session=None):
     """relative_gradient at `params` (one objective-and-gradient evaluation)  []."""
-    value, grads = jax.value_and_grad(model.objective)(params, hyper, sizes)
+    value, grads = jax.value_and_grad(_objective(problem.model, problem.sizes, hyper, session))(
+        params)
     return jnp.where(jnp.isfinite(value),
-                     relative_gradient(model, sizes, params, value, grads, hyper), jnp.inf)
+                     relative_gradient(problem, params, value, grads, hyper, session), jnp.inf)
 
 
-def check_simulation(model, sizes, hyper, steps, log_every, opt_name):
+def check_simulation(model, sizes, hyper, steps, log_every):
     """ValueError for what `simulate` cannot run (checked while tracing: all of it is static)."""
     if not all(hasattr(model, a) for a in ("init", "objective", "measure", "hyper_names")):
         raise ValueError(f"model must be a ufm Model (see ufm.get_model), got {model!r}")
@@ -199,17 +262,18 @@ def check_simulation(model, sizes, hyper, steps, log_every, opt_name):
     if missing:
         raise ValueError(f"hyper lacks {missing} (needed by {model.name}: "
                          f"{list(model.hyper_names) + ['lr', 'init_scale']})")
-    check_optimizer(model, opt_name)
 
 
-def init_state(model, sizes, key, hyper, opt_name="gd"):
-    """Gaussian initialisation with std hyper['init_scale'] (a scalar or a dict per block)."""
-    params = model.init(key, sizes, hyper["init_scale"])
+def init_state(problem, key, hyper):
+    """Gaussian initialisation with std hyper['init_scale'] (a scalar or a dict per block),
+    projected onto the constraint set of a constrained model."""
+    model = problem.model
+    params = model.init(key, hyper, problem.sizes)
     if model.project is not None:  # start feasible
-        params = model.project(params, hyper, sizes)
-    opt_state = method(model, sizes, hyper, opt_name).init(params)
+        params = model.project(params, hyper, problem.sizes)
     minus_one = -jnp.ones((), jnp.int32)
-    return State(params, opt_state, jnp.zeros((), jnp.int32), minus_one, minus_one)
+    return State(params, problem.method(hyper).init(params), jnp.zeros((), jnp.int32), minus_one,
+                 minus_one)
 
 
 def _all_finite(tree):
@@ -221,18 +285,18 @@ def stopped(state):
     return (state.converged_at >= 0) | (state.diverged_at >= 0)
 
 
-def gd_steps(model, sizes, state, hyper, num, opt_name="gd", check=False, tol=None, unroll=4):
+def gd_steps(problem, state, hyper, num, check=False, session=None):
     """`num` optimiser steps as one `lax.scan` (with a tolerance, a `lax.while_loop`).
 
     check=True also evaluates the objective at every step and notes in `diverged_at` the first step
     whose objective, or whose update, is non-finite (used only to replay a diverged interval).
-    tol (a float): at every step, stop once ‖∇f‖/max(|f|, floor) ≤ tol or f ≤ hyper['target']
+    With problem.tol: at every step, stop once ‖∇f‖/max(|f|, floor) ≤ tol or f ≤ hyper['target']
     (when given): the state is then frozen and `converged_at` notes the step; a non-finite
     objective or update stops the run too, noted in `diverged_at`. The loop ends after `num` steps
     or once the run has stopped (under vmap: once every run has; the others stay frozen).
     """
-    m = method(model, sizes, hyper, opt_name)
-    if tol is None:
+    m = problem.method(hyper, session)
+    if problem.tol is None:
         def step(s, _):
             params, opt_state, value, grads = m.step(s.params, s.opt_state, check)
             diverged_at = s.diverged_at
@@ -241,16 +305,15 @@ def gd_steps(model, sizes, state, hyper, num, opt_name="gd", check=False, tol=No
                 diverged_at = jnp.where(bad, s.step, diverged_at)
             return State(params, opt_state, s.step + 1, diverged_at, s.converged_at), None
 
-        if opt_name == "lbfgs":  # a large body (the line search): unrolling only slows compiling
-            unroll = 1
-        return jax.lax.scan(step, state, None, length=num, unroll=min(unroll, num))[0]
+        unroll = min(problem.optimizer.unroll, num)
+        return jax.lax.scan(step, state, None, length=num, unroll=unroll)[0]
 
     target = hyper.get("target")
 
     def body(carry):
         i, s = carry
         params, opt_state, value, grads = m.step(s.params, s.opt_state, True)
-        met = relative_gradient(model, sizes, s.params, value, grads, hyper) <= tol
+        met = relative_gradient(problem, s.params, value, grads, hyper, session) <= problem.tol
         if target is not None:
             met = met | (value <= target)
         met = jnp.isfinite(value) & met
@@ -268,80 +331,83 @@ def gd_steps(model, sizes, state, hyper, num, opt_name="gd", check=False, tol=No
     return jax.lax.while_loop(cond, body, (0, state))[1]
 
 
-def advance(model, sizes, state, hyper, num, opt_name="gd", tol=None):
+def advance(problem, state, hyper, num, session=None):
     """`num` steps with divergence detection at no per-step cost.
 
     Non-finite parameters stay non-finite under these optimisers (inf − x is inf or NaN), so a
     finiteness check of the parameters and the objective after the block finds whether it
     diverged; only then is the block replayed with per-step checks to find the exact step (or, if
     every step's objective and update were finite, the step after the block, whose objective is
-    the first non-finite one). With a tolerance, and for L-BFGS, whose line search evaluates the
-    objective anyway, every step is checked as it runs.
+    the first non-finite one). With a tolerance, and for an optimiser that does not take a step
+    size (L-BFGS, whose line search evaluates the objective anyway), every step is checked as it
+    runs.
     """
-    if tol is not None:
-        return gd_steps(model, sizes, state, hyper, num, opt_name, tol=tol)
-    if opt_name == "lbfgs":  # its line search evaluates f at every step: check it there
-        new = gd_steps(model, sizes, state, hyper, num, opt_name, check=True)
+    if problem.tol is not None:
+        return gd_steps(problem, state, hyper, num, session=session)
+    if not problem.optimizer.step_size:  # its line search evaluates f at every step: check it
+        new = gd_steps(problem, state, hyper, num, check=True, session=session)
         end_bad = (new.diverged_at < 0) & ~jnp.isfinite(optax.tree.get(new.opt_state, "value"))
         return new._replace(diverged_at=jnp.where(end_bad, new.step, new.diverged_at))
-    new = gd_steps(model, sizes, state, hyper, num, opt_name)
-    end_value = model.objective(new.params, hyper, sizes)
+    new = gd_steps(problem, state, hyper, num, session=session)
+    end_value = _objective(problem.model, problem.sizes, hyper, session)(new.params)
     fresh = (state.diverged_at < 0) & ~(_all_finite(new.params) & jnp.isfinite(end_value))
 
-    def replay(s, h):
-        first = gd_steps(model, sizes, s, h, num, opt_name, check=True).diverged_at
+    def replay(s, h, sess):
+        first = gd_steps(problem, s, h, num, check=True, session=sess).diverged_at
         return jnp.where(first < 0, s.step + num, first)
 
-    return new._replace(diverged_at=_replay_where(replay)(fresh, state, hyper))
+    return new._replace(diverged_at=_replay_where(replay)(fresh, state, hyper, session))
 
 
 def _replay_where(replay):
-    """f(fresh, state, hyper) -> replay(state, hyper) where `fresh`, else state.diverged_at.
+    """f(fresh, state, hyper, session) -> replay(state, hyper, session) where `fresh`, else
+    state.diverged_at.
 
     Under vmap a `lax.cond` on a batched predicate becomes a select that runs both branches, i.e.
     the replay on every interval. The custom batching rule keeps one real `cond` on any(fresh)
     instead, recursively for nested vmaps (restarts inside a grid).
     """
     @jax.custom_batching.custom_vmap
-    def where_fresh(fresh, state, hyper):
+    def where_fresh(fresh, state, hyper, session):
         return jax.lax.cond(jnp.any(fresh),
-                            lambda: jnp.where(fresh, replay(state, hyper), state.diverged_at),
+                            lambda: jnp.where(fresh, replay(state, hyper, session),
+                                              state.diverged_at),
                             lambda: state.diverged_at)
 
     @where_fresh.def_vmap
-    def batched(axis_size, in_batched, fresh, state, hyper):
+    def batched(axis_size, in_batched, fresh, state, hyper, session):
         def lift(x, b):
             return x if b else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x))
 
-        args = jax.tree.map(lift, (fresh, state, hyper), tuple(in_batched))
+        args = jax.tree.map(lift, (fresh, state, hyper, session), tuple(in_batched))
         return _replay_where(jax.vmap(replay))(*args), True
 
     return where_fresh
 
 
-def logged_steps(model, sizes, state, hyper, intervals, log_every, opt_name="gd", tol=None):
+def logged_steps(problem, state, hyper, intervals, log_every, session=None):
     """`intervals` × `log_every` steps, recording after each interval  [intervals].
 
     Without a tolerance a nested scan. With one a `while_loop` over intervals that ends as soon
     as the run has stopped (under vmap: once every run has); the records of intervals it did not
     run keep step −1 (and NaN values).
     """
-    if tol is None:
+    if problem.tol is None:
         def interval(s, _):
-            s = advance(model, sizes, s, hyper, log_every, opt_name)
-            return s, (s.step, record(model, sizes, s.params, hyper))
+            s = advance(problem, s, hyper, log_every, session)
+            return s, (s.step, record(problem, s.params, hyper, session))
 
         return jax.lax.scan(interval, state, None, length=intervals)
 
-    shapes = jax.eval_shape(lambda p: record(model, sizes, p, hyper), state.params)
+    shapes = jax.eval_shape(lambda p: record(problem, p, hyper, session), state.params)
     hist = jax.tree.map(lambda v: jnp.full((intervals,) + v.shape, _missing(v.dtype), v.dtype),
                         shapes)
     steps_log = -jnp.ones((intervals,), state.step.dtype)
 
     def body(carry):
         i, s, steps_log, hist = carry
-        s = advance(model, sizes, s, hyper, log_every, opt_name, tol)
-        rec = record(model, sizes, s.params, hyper)
+        s = advance(problem, s, hyper, log_every, session)
+        rec = record(problem, s.params, hyper, session)
         hist = jax.tree.map(lambda h, v: h.at[i].set(v), hist, rec)
         return i + 1, s, steps_log.at[i].set(s.step), hist
 
@@ -358,32 +424,156 @@ def _missing(dtype):
     return -1 if jnp.issubdtype(dtype, jnp.integer) else jnp.nan
 
 
-def _tail(model, sizes, state, hyper, num, opt_name, tol):
-    """The last `num` (< log_every) steps and their record; step −1 if the run had stopped."""
-    was = stopped(state) if tol is not None else False
-    state = advance(model, sizes, state, hyper, num, opt_name, tol)
-    return state, jnp.where(was, -1, state.step), record(model, sizes, state.params, hyper)
+# --- the driver -------------------------------------------------------------------------------
+
+class _Pieces(NamedTuple):
+    """The parts of a run: start (init or continue, first record), `chunk` of logging intervals,
+    the `tail` of steps % log_every, and `finish` (the certificate). `simulate` runs them inline
+    (one traceable program) or compiled one by one with a callback between chunks."""
+
+    start: Callable  # (key, hyper, session, start) -> (state, first record)
+    chunk: Callable  # (state, hyper, session, intervals) -> (state, (steps [I], history [I]))
+    tail: Callable  # (state, hyper, session, num) -> (state, step, record)
+    finish: Callable  # (state, hyper, session) -> grad_norm
 
 
-def simulate(model, sizes, key, hyper, steps, log_every, opt_name="gd", tol=None):
-    """A whole run for one configuration: init, `steps` steps (a cap, with a tolerance), records
-    every `log_every` steps, and the certificate at the end.
+def _pieces(problem, log_every):
+    def start(key, hyper, session, begin):
+        if begin is None:
+            state = init_state(problem, key, hyper)
+        else:  # continue from `begin` (its params, step and flags) with a fresh optimiser state
+            state = begin._replace(opt_state=problem.method(hyper, session).init(begin.params))
+        return state, record(problem, state.params, hyper, session)
 
-    Pure and traceable: jit it, vmap it over keys (restarts) or over stacked hyper (grids).
+    def chunk(state, hyper, session, intervals):
+        return logged_steps(problem, state, hyper, intervals, log_every, session)
+
+    def tail(state, hyper, session, num):
+        """The last `num` (< log_every) steps and their record; step −1 if the run had stopped."""
+        was = stopped(state) if problem.tol is not None else False
+        state = advance(problem, state, hyper, num, session)
+        return state, jnp.where(was, -1, state.step), record(problem, state.params, hyper, session)
+
+    def finish(state, hyper, session):
+        return certify(problem, state.params, hyper, session)
+
+    return _Pieces(start, chunk, tail, finish)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_pieces(problem, log_every, batched):
+    p = _pieces(problem, log_every)
+    start, chunk, tail, finish = p
+    if batched:  # one leading axis on keys, state and every hyper leaf (not on the session)
+        start = jax.vmap(start, (0, 0, None, None))
+        chunk, tail = jax.vmap(chunk, (0, 0, None, None)), jax.vmap(tail, (0, 0, None, None))
+        finish = jax.vmap(finish, (0, 0, None))
+    return _Pieces(jax.jit(start), jax.jit(chunk, static_argnums=3),
+                   jax.jit(tail, static_argnums=3), jax.jit(finish))
+
+
+def simulate(model, sizes, key, hyper, steps, log_every, optimizer="gd", tol=None, *,
+             session=None, start=None, record_start=True, callback=None, chunks=20,
+             batched=False):
+    """A whole run for one configuration: init (or continue from `start`), `steps` steps (a cap,
+    with a tolerance), records every `log_every` steps, and the certificate at the end.
+
+    Without `callback` (and batched=False) pure and traceable: jit it, vmap it over keys
+    (restarts) or over stacked hyper (grids). With `callback`, the same run as compiled chunks of
+    the outer loop with `callback(steps_done)` between them (never a per-step host callback); with
+    a tolerance it stops after the chunk in which every run has stopped. batched=True runs that
+    compiled path over B configurations together (vmap): `key` is [B, 2] and every leaf of `hyper`
+    is [B]; the Trajectory then has a leading axis B.
+
+    optimizer: a name (gd, momentum, adam, lbfgs) or an `Optimizer`; tol: stop once the relative
+    gradient norm is ≤ tol. session: a `Session` (class-incremental training of a fixed
+    classifier). start: a `State` to continue from, with a fresh optimiser state (the sessions
+    driver); record_start=False leaves out the record at the start.
     """
-    check_simulation(model, sizes, hyper, steps, log_every, opt_name)
-    state = init_state(model, sizes, key, hyper, opt_name)
-    first = (state.step[None], jax.tree.map(lambda v: v[None], record(model, sizes, state.params, hyper)))
-    state, (steps_log, hist) = logged_steps(model, sizes, state, hyper, steps // log_every,
-                                            log_every, opt_name, tol)
-    parts = [first, (steps_log, hist)]
-    if steps % log_every:
-        state, at, last = _tail(model, sizes, state, hyper, steps % log_every, opt_name, tol)
-        parts.append((at[None], jax.tree.map(lambda v: v[None], last)))
-    step_arr = jnp.concatenate([p[0] for p in parts])
-    history = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[p[1] for p in parts])
-    return Trajectory(state.params, step_arr, history, state.diverged_at, state.converged_at,
-                      certify(model, sizes, state.params, hyper))
+    check_simulation(model, sizes, hyper, steps, log_every)
+    problem = Problem(model, sizes, get_optimizer(optimizer, model), tol)
+    if problem.optimizer.solve is not None:
+        run = functools.partial(_solved, problem, steps=steps)
+        if batched:
+            run = jax.jit(jax.vmap(run))
+        traj = run(key, hyper)
+        if callback:
+            callback(steps)
+        return traj
+    intervals = steps // log_every
+    if callback is None and not batched:
+        p = _pieces(problem, log_every)
+        state, rec = p.start(key, hyper, session, start)
+        parts = [(state.step[None], jax.tree.map(lambda v: v[None], rec))] if record_start else []
+        state, (steps_log, hist) = p.chunk(state, hyper, session, intervals)
+        parts.append((steps_log, hist))
+        if steps % log_every:
+            state, at, last = p.tail(state, hyper, session, steps % log_every)
+            parts.append((at[None], jax.tree.map(lambda v: v[None], last)))
+        cat = jnp.concatenate
+        return Trajectory(state.params, cat([q[0] for q in parts]),
+                          jax.tree.map(lambda *xs: cat(xs), *[q[1] for q in parts]),
+                          state.diverged_at, state.converged_at,
+                          p.finish(state, hyper, session))
+
+    p = _compiled_pieces(problem, log_every, batched)
+    ax = 1 if batched else 0  # the time axis of records
+    expand = lambda v: np.expand_dims(np.asarray(v), ax)
+    state, rec = p.start(key, hyper, session, start)
+    steps_log = [expand(state.step)] if record_start else []
+    hist = [jax.tree.map(expand, rec)] if record_start else []
+    per_chunk = _divisor_near(intervals, max(1, intervals // chunks))
+    done = 0
+    for _ in range(intervals // per_chunk if intervals else 0):  # over chunks, not steps
+        state, (s_log, h) = p.chunk(state, hyper, session, per_chunk)
+        done += per_chunk * log_every
+        steps_log.append(np.asarray(s_log))
+        hist.append(jax.tree.map(np.asarray, h))  # [intervals], or [B, intervals] under vmap
+        if callback:
+            callback(done)
+        if tol is not None and bool(np.all(np.asarray(stopped(state)))):
+            break
+    else:
+        if steps % log_every:
+            state, at, rec = p.tail(state, hyper, session, steps % log_every)
+            steps_log.append(expand(at))
+            hist.append(jax.tree.map(expand, rec))
+    if callback:
+        callback(steps)
+    history = jax.tree.map(lambda *xs: np.concatenate(xs, axis=ax), *hist)
+    return Trajectory(state.params, np.concatenate(steps_log, axis=ax), history,
+                      state.diverged_at, state.converged_at, p.finish(state, hyper, session))
+
+
+def _solved(problem, key, hyper, steps):
+    """A run of a solver (`Optimizer.solve`, at most `steps` iterations, stopped at problem.tol or
+    the optimiser's own tolerance) as a Trajectory with one record: the solution's (`key` unused:
+    the solver starts from zero, not from a random draw)."""
+    opt = problem.optimizer
+    tol = problem.tol if problem.tol is not None else dict(opt.stop_tol)[
+        str(jnp.dtype(jnp.result_type(float)))]
+    params, iterations, gap = opt.solve(problem.model, problem.sizes, hyper, steps, tol)
+    iterations = jnp.asarray(iterations, jnp.int32)
+    rec = record(problem, params, hyper)
+    finite = jnp.isfinite(rec["objective"]) & _all_finite(params)
+    return Trajectory(params, iterations[None], jax.tree.map(lambda v: v[None], rec),
+                      jnp.where(finite, -1, iterations), jnp.where(gap <= tol, iterations, -1),
+                      certify(problem, params, hyper))
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_simulation(model, sizes, steps, log_every, optimizer="gd", restarts=1, tol=None):
+    """jit(simulate) for fixed static sizes; with restarts > 1, vmapped over R PRNG keys.
+
+    Cached: the same (model, sizes, steps, log_every, optimiser, tol) reuse one compiled program,
+    and a new `hyper` value never retraces.
+    """
+    run = functools.partial(simulate, model, sizes, steps=steps, log_every=log_every,
+                            optimizer=optimizer, tol=tol)
+    if restarts == 1:
+        return jax.jit(run)
+    return jax.jit(lambda key, hyper: jax.vmap(run, in_axes=(0, None))(
+        jax.random.split(key, restarts), hyper))
 
 
 def trim(traj):
@@ -399,82 +589,6 @@ def as_hyper(values, dtype=None):
     """A (nested) dict of Python floats as scalar arrays in the default float dtype."""
     dtype = dtype or jnp.result_type(float)
     return jax.tree.map(lambda v: jnp.asarray(v, dtype), values)
-
-
-@functools.lru_cache(maxsize=None)
-def compiled_simulation(model, sizes, steps, log_every, opt_name="gd", restarts=1, tol=None):
-    """jit(simulate) for fixed static sizes; with restarts > 1, vmapped over R PRNG keys.
-
-    Cached: the same (model, sizes, steps, log_every, optimiser, tol) reuse one compiled program,
-    and a new `hyper` value never retraces.
-    """
-    run = functools.partial(simulate, model, sizes, steps=steps, log_every=log_every,
-                            opt_name=opt_name, tol=tol)
-    if restarts == 1:
-        return jax.jit(run)
-    return jax.jit(lambda key, hyper: jax.vmap(run, in_axes=(0, None))(
-        jax.random.split(key, restarts), hyper))
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_pieces(model, sizes, log_every, opt_name, batched, tol):
-    def start(key, hyper):
-        s = init_state(model, sizes, key, hyper, opt_name)
-        return s, record(model, sizes, s.params, hyper)
-
-    def chunk(s, hyper, intervals):
-        return logged_steps(model, sizes, s, hyper, intervals, log_every, opt_name, tol)
-
-    def tail(s, hyper, num):
-        return _tail(model, sizes, s, hyper, num, opt_name, tol)
-
-    def finish(s, hyper):
-        return certify(model, sizes, s.params, hyper)
-
-    if batched:  # one leading axis on keys, state and every hyper leaf
-        start, finish = jax.vmap(start), jax.vmap(finish)
-        chunk, tail = jax.vmap(chunk, (0, 0, None)), jax.vmap(tail, (0, 0, None))
-    return (jax.jit(start), jax.jit(chunk, static_argnums=2), jax.jit(tail, static_argnums=2),
-            jax.jit(finish))
-
-
-def simulate_with_progress(model, sizes, key, hyper, steps, log_every, opt_name="gd",
-                           progress=None, chunks=20, batched=False, tol=None):
-    """Same result as `simulate`, run as compiled chunks of the outer loop with
-    `progress(steps_done)` called between them (never a per-step host callback); with a tolerance
-    it stops after the chunk in which every run has stopped.
-
-    batched=True: `key` is [B, 2] and every leaf of `hyper` is [B] (B configurations or restarts
-    run together under vmap); the Trajectory then has a leading axis B.
-    """
-    start, chunk, tail, finish = _compiled_pieces(model, sizes, log_every, opt_name, batched, tol)
-    ax = 1 if batched else 0  # the time axis of records
-    expand = lambda v: np.expand_dims(np.asarray(v), ax)
-    state, rec = start(key, hyper)
-    steps_log = [expand(state.step)]
-    hist = [jax.tree.map(expand, rec)]
-    intervals = steps // log_every
-    per_chunk = _divisor_near(intervals, max(1, intervals // chunks))
-    done = 0
-    for _ in range(intervals // per_chunk if intervals else 0):
-        state, (s_log, h) = chunk(state, hyper, per_chunk)
-        done += per_chunk * log_every
-        steps_log.append(np.asarray(s_log))
-        hist.append(jax.tree.map(np.asarray, h))  # [intervals], or [B, intervals] under vmap
-        if progress:
-            progress(done)
-        if tol is not None and bool(np.all(np.asarray(stopped(state)))):
-            break
-    else:
-        if steps % log_every:
-            state, at, rec = tail(state, hyper, steps % log_every)
-            steps_log.append(expand(at))
-            hist.append(jax.tree.map(expand, rec))
-    if progress:
-        progress(steps)
-    history = jax.tree.map(lambda *xs: np.concatenate(xs, axis=ax), *hist)
-    return Trajectory(state.params, np.concatenate(steps_log, axis=ax), history,
-                      state.diverged_at, state.converged_at, finish(state, hyper))
 
 
 def broadcast_hyper(hyper, B):
@@ -508,6 +622,7 @@ def pick(trajs, index):
     return jax.tree.map(lambda v: v[index], trajs)
 
 
+# --- class-incremental sessions: callers of the driver ------------------------------------------
 
 class Sessions(NamedTuple):
     """Class-incremental sessions (`simulate_sessions`): what each session ended with."""
@@ -518,88 +633,78 @@ class Sessions(NamedTuple):
     ends: list  # the global step at which each session ended
 
 
-def session_hyper(hyper, sizes, group, anchor=None, distill=0.0):
-    """hyper for one session: only `group`'s samples active, its classes in the softmax mask, and
-    with distill > 0 the features tied to `anchor` (their values when the session starts)."""
-    from ufm.metrics import class_labels
-
+def make_session(sizes, group, anchor=None, distill=0.0):
+    """The Session of one group of classes: only its samples active, its classes in the softmax
+    mask, and with distill > 0 the features tied to `anchor` (their values when it starts)."""
     dtype = jnp.result_type(float)
     labels = class_labels(sizes.counts, sizes.N)
-    h = dict(hyper, active=jnp.asarray(np.isin(labels, group), dtype),
-             logit_mask=jnp.asarray(np.isin(np.arange(sizes.K), group), dtype))
+    active = jnp.asarray(np.isin(labels, group), dtype)
+    mask = jnp.asarray(np.isin(np.arange(sizes.K), group), dtype)
     if distill > 0:
-        h.update(anchor=anchor, distill=jnp.asarray(distill, dtype))
-    return h
+        return Session(active, mask, anchor, jnp.asarray(distill, dtype))
+    return Session(active, mask)
 
 
-def _fresh_optimiser(model, sizes, state, hyper, opt_name):
-    """A session starts with the optimiser state of step 0 (no momentum carried over)."""
-    return state._replace(opt_state=method(model, sizes, hyper, opt_name).init(state.params))
+def _first_session_state(problem, key, hyper, group, distill):
+    """The initial state projected onto the first session's constraint set, and the session its
+    first record is made with (anchored at the features before that projection)."""
+    state = init_state(problem, key, hyper)
+    first = make_session(problem.sizes, group, state.params["H"], distill)
+    params = problem.model.project(state.params, hyper, problem.sizes, first)
+    return state._replace(params=params), first
 
 
-def _start_sessions(model, sizes, key, hyper, first_group, opt_name, distill):
-    """The initial state, projected onto the first session's constraint set, and that session's
-    hyper (its anchor the features before the projection)."""
-    state = init_state(model, sizes, key, hyper, opt_name)
-    h = session_hyper(hyper, sizes, first_group, state.params["H"], distill)
-    return state._replace(params=model.project(state.params, h, sizes)), h
-
-
-def sessions_final(model, sizes, key, hyper, groups, steps, opt_name="gd", distill=0.0):
+def sessions_final(model, sizes, key, hyper, groups, steps, optimizer="gd", distill=0.0):
     """`simulate_sessions` without records, pure and traceable (for grids): the final state, the
     measurements at the end of the last session and its certificate (see `certify`)."""
-    state, h = _start_sessions(model, sizes, key, hyper, groups[0], opt_name, distill)
-    for group in groups:  # over sessions (static, few), each one scan
-        h = session_hyper(hyper, sizes, group, state.params["H"], distill)
-        state = advance(model, sizes, _fresh_optimiser(model, sizes, state, h, opt_name), h, steps,
-                        opt_name)
-    return state, record(model, sizes, state.params, h), certify(model, sizes, state.params, h)
+    problem = Problem(model, sizes, get_optimizer(optimizer, model))
+    state, _ = _first_session_state(problem, key, hyper, groups[0], distill)
+    for group in groups:  # over sessions (static, few), each one compiled run
+        session = make_session(sizes, group, state.params["H"], distill)
+        state = state._replace(opt_state=problem.method(hyper, session).init(state.params))
+        state = advance(problem, state, hyper, steps, session)
+    return (state, record(problem, state.params, hyper, session),
+            certify(problem, state.params, hyper, session))
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled_session(model, sizes, steps, log_every, opt_name):
-    def run(state, hyper):
-        state = _fresh_optimiser(model, sizes, state, hyper, opt_name)
-        state, (steps_log, hist) = logged_steps(model, sizes, state, hyper, steps // log_every,
-                                                log_every, opt_name)
-        if steps % log_every:
-            state = advance(model, sizes, state, hyper, steps % log_every, opt_name)
-            last = record(model, sizes, state.params, hyper)
-            steps_log = jnp.concatenate([steps_log, state.step[None]])
-            hist = jax.tree.map(lambda h, v: jnp.concatenate([h, v[None]]), hist, last)
-        return state, steps_log, hist
-
-    return jax.jit(run)
-
-
-def simulate_sessions(model, sizes, key, hyper, groups, steps, log_every, opt_name="gd",
+def simulate_sessions(model, sizes, key, hyper, groups, steps, log_every, optimizer="gd",
                       distill=0.0, progress=None):
     """Class-incremental training (Yang et al.'s Neural Collapse Terminus, seed 000): session t
     runs `steps` optimiser steps on the features of the classes in groups[t] only (the others
     frozen: their loss is not counted), with the classifier fixed throughout.
 
-    Each session is one compiled scan (the same program for every session: the masks are
-    arrays); the Python loop is over sessions. Returns (Trajectory over all sessions, Sessions).
+    Each session is one call of the driver (`simulate`, continuing from the last state; the same
+    compiled program for every session: the session is an argument). Returns (Trajectory over all
+    sessions, Sessions).
     """
-    state, first = jax.jit(functools.partial(_start_sessions, model, sizes, opt_name=opt_name,
-                                             distill=distill, first_group=groups[0]))(key, hyper)
-    run = _compiled_session(model, sizes, steps, log_every, opt_name)
+    problem = Problem(model, sizes, get_optimizer(optimizer, model))
+    state, first = jax.jit(functools.partial(_first_session_state, problem, group=groups[0],
+                                             distill=distill))(key, hyper)
+    run = _session_program(model, sizes, steps, log_every, problem.optimizer)
     steps_log = [np.zeros(1, np.int64)]
     hist = [jax.tree.map(lambda v: np.asarray(v)[None], jax.jit(functools.partial(
-        record, model, sizes))(state.params, first))]
+        record, problem))(state.params, hyper, first))]
     features, records, ends = [], [], []
-    for t, group in enumerate(groups):
-        h = session_hyper(hyper, sizes, group, state.params["H"], distill)
-        state, s_log, s_hist = run(state, h)
-        steps_log.append(np.asarray(s_log))
-        hist.append(jax.tree.map(np.asarray, s_hist))
+    for t, group in enumerate(groups):  # over sessions, each one compiled run
+        session = make_session(sizes, group, state.params["H"], distill)
+        traj = run(state, hyper, session)
+        state = State(traj.params, None, traj.steps[-1], traj.diverged_at, traj.converged_at)
+        steps_log.append(np.asarray(traj.steps))
+        hist.append(jax.tree.map(np.asarray, traj.history))
         features.append(np.asarray(state.params["H"]))
-        records.append({k: float(v[-1]) for k, v in s_hist.items()})
+        records.append({k: float(v[-1]) for k, v in traj.history.items()})
         ends.append(int(state.step))
         if progress:
             progress((t + 1) * steps)
     history = jax.tree.map(lambda *xs: np.concatenate(xs), *hist)
-    grad_norm = jax.jit(functools.partial(certify, model, sizes))(state.params, h)
-    traj = Trajectory(state.params, np.concatenate(steps_log), history, state.diverged_at,
-                      state.converged_at, grad_norm)
-    return traj, Sessions(tuple(tuple(g) for g in groups), np.stack(features), records, ends)
+    out = Trajectory(state.params, np.concatenate(steps_log), history, state.diverged_at,
+                     state.converged_at, traj.grad_norm)
+    return out, Sessions(tuple(tuple(g) for g in groups), np.stack(features), records, ends)
+
+
+@functools.lru_cache(maxsize=None)
+def _session_program(model, sizes, steps, log_every, optimizer):
+    """jit of one session's run: `simulate` continuing from a state, without a start record."""
+    return jax.jit(lambda state, hyper, session: simulate(
+        model, sizes, None, hyper, steps, log_every, optimizer, session=session, start=state,
+        record_start=False))

@@ -21,9 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ufm import limits, linalg, metrics, theory
+from ufm import certificate as cert_mod
+from ufm import config as config_mod
+from ufm import limits, linalg, metrics, optimise, theory
 from ufm.metrics import nuclear_norm
-from ufm.models import MODELS, Sizes, layered_features, one_hot_targets, plain_objective
+from ufm.models import MODELS, Sizes, layered_features, one_hot_targets
+from ufm.models.plain import objective as plain_objective
+
 
 class Step(NamedTuple):
     """One link of a proof: fn(point) -> (lhs, rhs), scalars or arrays of one shape.
@@ -634,7 +638,7 @@ def optimum_point(proof, sizes, hyper, *, steps, lr, seed=0, restarts=1, optimiz
                   init_scale=None, sigma=0.1, tol=None):
     """The optimiser's solution of the theorem's model as a point of its proof, the Result (None
     for 5.1, whose features are fixed and only W is optimised, by GD) and its certificate."""
-    from ufm.runner import certificate, certificate_tol, train
+    from ufm.runner import train
 
     lams = {k: hyper[k] for k in MODELS[proof.model].hyper_names}
     if proof.theorem == "5.1":
@@ -648,8 +652,8 @@ def optimum_point(proof, sizes, hyper, *, steps, lr, seed=0, restarts=1, optimiz
         value = lambda W: _sq(W @ H - Y) / (2 * sizes.N) + lams["lam_W"] / 2 * _sq(W)
         f, g = jax.value_and_grad(value)(W)
         best = value(jnp.asarray(theory.optimal_classifier(H, Y, lams["lam_W"]), H.dtype))
-        cert = certificate([float(f)], jnp.linalg.norm(g) / max(abs(float(f)), 1e-6), None,
-                           steps, certificate_tol(tol), float(best))
+        cert = cert_mod.certificate([float(f)], jnp.linalg.norm(g) / max(abs(float(f)), 1e-6),
+                                    None, steps, cert_mod.certificate_tol(tol), float(best))
         return {"W": np.asarray(W), "Hbar": Hbar, "E": E}, None, cert
     result = train(proof.model, K=sizes.K, n=sizes.n, d=sizes.d, steps=steps, log_every=steps,
                    seed=seed, lr=lr, restarts=restarts, optimizer=optimizer,
@@ -667,16 +671,16 @@ def run_proof(theorem, *, K=4, n=10, d=8, random=200, seed=0, steps=50000, lr=0.
     Returns the proof.json document {"theorem", "config", "steps": rows, "summary"}; rows as in
     `evaluate`, with the random points' index and kind. ValueError (naming the flag) on bad input.
     """
-    from ufm.runner import check_config, flag, hyper_for, parse_counts
-
-    n = parse_counts(n, K)
+    flag, hyper_for = config_mod.flag, config_mod.hyper_for
+    n = config_mod.parse_counts(n, K)
     if isinstance(n, tuple):
         raise ValueError(f"n (--n) must be one count for the proofs (balanced classes), got {n}")
     proof = get_proof(theorem)
     model = MODELS[proof.model]
     sizes = Sizes(K, n, d)
     hyper = hyper_for(model, lams, lr, init_scale)
-    check_config(model, sizes, hyper, steps, restarts=restarts, allow_small_d=allow_small_d)
+    config_mod.check_config(model, sizes, hyper, steps, restarts=restarts,
+                            allow_small_d=allow_small_d)
     for name in model.hyper_names:
         if hyper[name] <= 0:
             raise ValueError(f"{name} ({flag(name)}) must be > 0 for the proof of {proof.theorem} "
@@ -766,8 +770,6 @@ def gap_trajectory(theorem, sizes, hyper, *, steps, log_every, seed=0, optimizer
     hyper: the model's λ's with `lr` and `init_scale`. Returns (steps [T], {name: gap [T]}),
     recorded at step 0 and every `log_every` steps.
     """
-    from ufm import optimise
-
     proof = get_proof(theorem)
     if proof.theorem == "5.1":
         raise ValueError("theorem 5.1 optimises W for fixed features; its steps have no "
@@ -777,6 +779,7 @@ def gap_trajectory(theorem, sizes, hyper, *, steps, log_every, seed=0, optimizer
     point_of = ((lambda p: lemma_c1_point(p["W"], p["H"], hyper["lam_W"], hyper["lam_H"]))
                 if proof.theorem == "C.1" else (lambda p: p))
     jhyper = optimise.as_hyper(hyper)
+    problem = optimise.Problem(model, sizes, optimise.get_optimizer(optimizer, model))
 
     def gaps(params):
         point = point_of(params)
@@ -784,10 +787,10 @@ def gap_trajectory(theorem, sizes, hyper, *, steps, log_every, seed=0, optimizer
 
     @jax.jit
     def run(key):
-        state = optimise.init_state(model, sizes, key, jhyper, optimizer)
+        state = optimise.init_state(problem, key, jhyper)
 
         def interval(s, _):
-            s = optimise.advance(model, sizes, s, jhyper, log_every, optimizer)
+            s = optimise.advance(problem, s, jhyper, log_every)
             return s, (s.step, gaps(s.params))
 
         _, (at, history) = jax.lax.scan(interval, state, None, length=steps // log_every)

@@ -9,34 +9,38 @@ device or many, up to rounding in some measurements). See docs/architecture.md, 
 """
 import contextlib
 import functools
-import hashlib
 import itertools
-import json
 import math
 import os
-import shutil
-import socket
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ufm import limits, optimise
+from ufm import limits, optimise, store
 from ufm import theory as theory_mod
-from ufm.models import DEEP, Sizes, get_model, model_depth
-from ufm.runner import (LAYER_LAMBDA, _json_safe, atomic_write, certificate_tol, check_config,
-                        check_sessions, check_tol, flag, hyper_for, parse_counts, predict,
-                        stopping_tol, tie_layers)
+from ufm import certificate as certificate_mod
+from ufm.certificate import certificate_tol, check_tol, predict, stopping_tol
+from ufm.config import (LAYER_LAMBDA, RUN_LEAVES, check_config, check_names, check_sessions,
+                        check_solver, flag, hyper_for, parse_counts)
+from ufm.files import write_npz
+from ufm.models import Sizes, get_model, hyper_specs
+from ufm.store import fingerprint, folder_lock, write_sweep  # noqa: F401  (write_sweep: ufm.sweep.write_sweep)
 
-TRACED = ("lam_W", "lam_H", "lam_b", "lam_H1", "E_H", "E_W", "lr", "init_scale")  # and lam_W<l>
 STATIC = ("depth", "K", "d", "n")
+BOUND_PREFIX = "bound_input/"  # per-point arrays the global bound is computed from, then dropped
 MAX_POINTS = 10 ** 8  # a grid's points are enumerated lazily, but its results live on the host
 
 
+def traced_names():
+    """Every name a traced axis can have: each model's hyperparameters (from the registry),
+    lr and init_scale."""
+    return tuple(hyper_specs()) + RUN_LEAVES
+
+
 def is_traced(name):
-    return name in TRACED or bool(LAYER_LAMBDA.match(name))
+    return name in traced_names() or bool(LAYER_LAMBDA.match(name))
 
 
 def parse_axis(name, text):
@@ -86,7 +90,7 @@ def parse_static(name, text):
     return values
 
 
-def point_function(model, sizes, steps, opt_name, restarts, sessions=None, distill=0.0,
+def point_function(model, sizes, steps, optimizer, restarts, sessions=None, distill=0.0,
                    tol=None):
     """(key, hyper) -> final measurements of one grid point (best of `restarts`), plus `diverged`
     and the certificate: `grad_norm` (relative, see optimise.certify), `steps_taken`,
@@ -96,12 +100,12 @@ def point_function(model, sizes, steps, opt_name, restarts, sessions=None, disti
     tol: stop each point once its relative gradient norm is ≤ tol (`steps` is then the cap).
     """
     run = functools.partial(optimise.simulate, model, sizes, steps=steps, log_every=steps,
-                            opt_name=opt_name, tol=tol)
+                            optimizer=optimizer, tol=tol)
 
     def point(key, hyper):
         if sessions is not None:
             state, out, grad_norm = optimise.sessions_final(model, sizes, key, hyper, sessions,
-                                                            steps, opt_name, distill)
+                                                            steps, optimizer, distill)
             return dict(out, diverged=state.diverged_at >= 0, grad_norm=grad_norm,
                         steps_taken=state.step, converged_at=state.converged_at)
         if restarts == 1:
@@ -115,6 +119,9 @@ def point_function(model, sizes, steps, opt_name, restarts, sessions=None, disti
         out = {k: v[last] for k, v in traj.history.items()}
         out.update(diverged=traj.diverged_at >= 0, grad_norm=traj.grad_norm,
                    steps_taken=traj.steps[last], converged_at=traj.converged_at)
+        if model.bound_inputs is not None:  # for the global bound, computed on the host
+            out.update({BOUND_PREFIX + k: v
+                        for k, v in model.bound_inputs(traj.params, sizes).items()})
         return out
 
     return point
@@ -142,7 +149,7 @@ def default_micro_batch(optimizer="gd"):
     """
     if jax.default_backend() != "cpu":
         return None
-    return 1 if optimizer == "lbfgs" else 8
+    return 1 if optimizer in ("lbfgs", "convex") else 8
 
 
 def micro_batch_for(per_device, micro="auto", optimizer="gd"):
@@ -153,12 +160,12 @@ def micro_batch_for(per_device, micro="auto", optimizer="gd"):
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_chunk(model, sizes, steps, opt_name, restarts, n_devices, micro=None, sessions=None,
-                   distill=0.0, tol=None):
+def compiled_chunk(model, sizes, steps, optimizer, restarts, n_devices, micro=None,
+                   sessions=None, distill=0.0, tol=None):
     """jit of the grid program for one chunk: the configuration axis sharded over `n_devices`
     devices (shard_map), each device running `lax.map(point, batch_size=micro)` over its share
     (micro=None: one vmap over the whole share)."""
-    point = point_function(model, sizes, steps, opt_name, restarts, sessions, distill, tol)
+    point = point_function(model, sizes, steps, optimizer, restarts, sessions, distill, tol)
     mesh = Mesh(np.array(jax.devices()[:n_devices]), ("grid",))
     spec = PartitionSpec("grid")
 
@@ -220,111 +227,15 @@ class Grid:
         return values, seeds
 
 
-def grid_points(axes, seeds):
-    """Flattened grid: (values by axis name, seed index) per point; the seed axis varies fastest."""
-    names = list(axes)
-    for combo in itertools.product(*[range(len(axes[n])) for n in names], range(max(seeds, 1))):
-        yield {n: float(axes[n][i]) for n, i in zip(names, combo[:-1])}, combo[-1]
-
-
-def fingerprint(config):
-    return hashlib.sha256(json.dumps(_json_safe(config), sort_keys=True).encode()).hexdigest()[:16]
-
-
-# --- the folder of a sweep: a lock, and chunks that carry their configuration ------------------
-
-LOCK = ".lock"
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def folder_lock(out):
-    """Hold `out`/.lock while a sweep writes into `out` (process 0 only, on several hosts).
-
-    A second sweep into the same folder is refused while the first runs; a lock left by a
-    process that no longer exists (killed) on this host is stale and taken over.
-    """
-    if jax.process_index() != 0:
-        yield
-        return
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, LOCK)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                with open(path) as fh:
-                    holder = json.load(fh)
-            except (OSError, ValueError):  # being written this instant, or unreadable
-                holder = {}
-            stale = holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1)))
-            if not stale:
-                since = time.strftime("%Y-%m-%d %H:%M:%S",
-                                      time.localtime(holder.get("started", 0)))
-                raise ValueError(f"out (--out) {out} is in use by another sweep (pid "
-                                 f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since "
-                                 f"{since}); wait for it to finish or use another --out") from None
-            os.unlink(path)  # the holder was killed: take the lock over
-            continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-        break
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def _chunk_files(chunk_dir):
-    if not os.path.isdir(chunk_dir):
-        return []
-    return sorted(os.path.join(chunk_dir, f) for f in os.listdir(chunk_dir)
-                  if f.startswith("chunk_") and f.endswith(".npz"))
-
-
-def _load_done(chunk_dir, tag, n_points):
-    """Results of the points finished by earlier runs, from every chunk file of `chunk_dir`
-    (whatever chunk size wrote it): (done mask [P], {key: [P]} or None). A file computed with
-    another configuration is an error."""
-    done, results = np.zeros(n_points, bool), None
-    for path in _chunk_files(chunk_dir):
-        with np.load(path) as f:
-            part = {k: f[k] for k in f.files}
-        if str(part.pop("fingerprint", "")) != tag:
-            raise ValueError(f"{path} was computed with another configuration; use another "
-                             f"--out or delete {chunk_dir}")
-        index = part.pop("index")
-        if results is None:
-            results = {k: np.empty(n_points, v.dtype) for k, v in part.items()}
-        for k, v in part.items():
-            results[k][index] = v
-        done[index] = True
-    return done, results
-
-
 # --- one static combination ---------------------------------------------------------------------
 
 def _check_axes(model, axes):
     for name, values in axes.items():
         if not is_traced(name):
+            sweepable = [n for n in traced_names() if not LAYER_LAMBDA.match(n)]
             raise ValueError(f"{flag(name)} cannot be a grid axis; sweepable: "
-                             f"{', '.join(flag(s) for s in TRACED)} and --lam-W<l>")
-        tied = name == "lam_W" and model_depth(model) is not None
-        if name not in ("lr", "init_scale") and name not in model.hyper_names and not tied:
-            raise ValueError(f"{flag(name)} does not apply to model {model.name!r} "
-                             f"(it takes: {', '.join(flag(k) for k in model.hyper_names)})")
+                             f"{', '.join(flag(s) for s in sweepable)} and --lam-W<l>")
+        check_names(model, [name])
         if len(values) == 0:
             raise ValueError(f"{flag(name)} is an empty grid")
 
@@ -356,9 +267,9 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
 def point_lams(model, base, values):
     """The λ's of one point: `base`'s, with the traced `values` (name -> value) applied; an axis
     over `lam_W` sets every layer of a deep model that has no axis of its own."""
-    lams = {k: v for k, v in base.items() if k not in ("lr", "init_scale")}
+    lams = {k: v for k, v in base.items() if k not in RUN_LEAVES}
     for name, v in values.items():
-        if name in ("lr", "init_scale"):
+        if name in RUN_LEAVES:
             continue
         if name == "lam_W" and name not in model.hyper_names:
             for k in model.hyper_names:
@@ -374,7 +285,7 @@ def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, 
     """Every check of one static combination, before anything is computed or written: the plan
     `_execute` runs (a dict)."""
     groups = check_sessions(model, sessions, distill, sizes.K, restarts)
-    optimise.check_optimizer(model, optimizer)
+    optimizer = optimise.get_optimizer(optimizer, model).name
     check_tol(tol)
     if groups is not None and tol is not None:
         raise ValueError("tol (--tol) does not apply with --sessions: each session runs its "
@@ -392,13 +303,15 @@ def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, 
     # Each value of each axis, with the others at their base values, must be a valid
     # configuration; the checks are per value, so this covers every point.
     check_config(model, sizes, base, steps, 1, restarts, allow_small_d)
+    check_solver(model, base, optimise.get_optimizer(optimizer))
     limits.check_representable(base)
     for name, values in axes.items():
         for v in values:
             hyper = dict(base, **point_lams(model, base, {name: float(v)}))
-            if name in ("lr", "init_scale"):
+            if name in RUN_LEAVES:
                 hyper[name] = float(v)
             check_config(model, sizes, hyper, steps, 1, restarts, allow_small_d)
+            check_solver(model, hyper, optimise.get_optimizer(optimizer))
             limits.check_representable(hyper)
     n_devices = n_devices or jax.device_count()  # all devices of all processes
     chunk = chunk or auto_chunk(model, sizes, restarts, grid.size, n_devices, optimizer)
@@ -413,7 +326,9 @@ def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, 
                       f"K={sizes.K}, d={sizes.d})")
     config = dict(model=model.name, K=sizes.K, n=sizes.n, d=sizes.d, steps=steps, seed=seed,
                   seeds=seeds, optimizer=optimizer, tol=stop,
-                  certificate_tol=certificate_tol(tol), restarts=restarts, base=base,
+                  certificate_tol=certificate_tol(tol),
+                  global_tol=certificate_mod.GLOBAL_TOL[str(jnp.result_type(float))],
+                  restarts=restarts, base=base,
                   axes={k: list(map(float, v)) for k, v in axes.items()},
                   shape=list(grid.shape), chunk=chunk, dtype=str(jnp.result_type(float)),
                   allow_small_d=allow_small_d,
@@ -429,7 +344,7 @@ def _execute(plan, chunk_dir, progress):
                                                                   "grid", "config"))
     steps, seed, seeds, chunk = (config[k] for k in ("steps", "seed", "seeds", "chunk"))
     tag = fingerprint({k: v for k, v in config.items() if k != "chunk"})
-    done, results = (_load_done(chunk_dir, tag, grid.size) if chunk_dir
+    done, results = (store.load_done(chunk_dir, tag, grid.size) if chunk_dir
                      else (np.zeros(grid.size, bool), None))
     todo = np.flatnonzero(~done)
     run, sharding = compiled_chunk(model, sizes, steps, config["optimizer"], config["restarts"],
@@ -447,16 +362,18 @@ def _execute(plan, chunk_dir, progress):
         part = {k: _gather(v)[: len(index)] for k, v in run(keys, stacked).items()}
         computed_steps += int(np.sum(part["steps_taken"]))
         if chunk_dir and jax.process_index() == 0:
-            stored = dict(part, index=index, fingerprint=np.array(tag))
-            atomic_write(os.path.join(chunk_dir, f"chunk_{index[0]:09d}_{index[-1]:09d}.npz"),
-                         lambda fh: np.savez(fh, **stored))
+            write_npz(os.path.join(chunk_dir, f"chunk_{index[0]:09d}_{index[-1]:09d}.npz"),
+                      dict(part, index=index, fingerprint=np.array(tag)))
         if results is None:
-            results = {k: np.empty(grid.size, v.dtype) for k, v in part.items()}
+            results = {k: np.empty((grid.size,) + v.shape[1:], v.dtype) for k, v in part.items()}
         for k, v in part.items():
             results[k][index] = v
         if progress:
             progress(c + 1, n_chunks)
-    arrays = {k: v.reshape(grid.shape) for k, v in results.items()}
+    bound = _global_arrays(model, sizes, base, grid, results, config)
+    arrays = {k: v.reshape(grid.shape) for k, v in results.items()
+              if not k.startswith(BOUND_PREFIX)}
+    arrays.update({k: v.reshape(grid.shape) for k, v in bound.items()})
     arrays.update(_theory_arrays(model, sizes, base, grid, arrays["objective"]))
     arrays["converged"] = arrays["grad_norm"] <= config["certificate_tol"]
     arrays.update({k: np.asarray(v) for k, v in axes.items()})
@@ -467,13 +384,37 @@ def _execute(plan, chunk_dir, progress):
     return arrays, config
 
 
+def _global_arrays(model, sizes, base, grid, results, config):
+    """`lower_bound`, `global_gap` and `global` at every point (docs/theory.md §5; NaN / False for
+    a model without a convex reformulation or with sessions), from the bound inputs each point
+    returned; the flat arrays [P]."""
+    P = grid.size
+    lower = np.full(P, np.nan)
+    if model.bound_inputs is not None and config.get("sessions") is None:
+        values, _ = grid.block(np.arange(P))
+        names = [k for k in results if k.startswith(BOUND_PREFIX)]
+        for i in range(P):  # on the host, per point: K×K float64 linear algebra
+            hyper = dict(base, **point_lams(model, base, {k: float(v[i]) for k, v in
+                                                          values.items()}))
+            inputs = {k[len(BOUND_PREFIX):]: results[k][i] for k in names}
+            with np.errstate(all="ignore"):
+                lower[i] = model.lower_bound(inputs, hyper, sizes)
+    objective = results["objective"].astype(np.float64)
+    gap = objective - lower
+    tol = certificate_mod.GLOBAL_TOL[config["dtype"]]
+    scale = np.maximum(np.abs(objective), optimise.OBJECTIVE_FLOOR)
+    with np.errstate(invalid="ignore"):
+        reached = np.isfinite(gap) & (gap <= tol * scale)
+    return {"lower_bound": lower, "global_gap": gap, "global": reached}
+
+
 def _stack_hyper(model, base, values, B):
     """The stacked hyper [B] of a block of points: base values with the axes' values applied
     (see `point_lams`)."""
     lams = point_lams(model, {k: np.full(B, v) for k, v in base.items()
-                              if k not in ("lr", "init_scale")}, values)
+                              if k not in RUN_LEAVES}, values)
     hyper = dict(lams)
-    for k in ("lr", "init_scale"):
+    for k in RUN_LEAVES:
         if k in values:
             hyper[k] = values[k]
         elif isinstance(base[k], dict):  # a std per block
@@ -527,13 +468,11 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
     kw = dict(dict(seed=0, seeds=0, optimizer="gd", restarts=1, chunk=None, allow_small_d=False,
                    n_devices=None, micro="auto", sessions=None, distill=0.0, tol=None), **kw)
     kw.pop("progress", None)
-    if "depth" in static and model_name not in DEEP:
-        raise ValueError(f"depth (--depth) applies only to the deep models "
-                         f"({', '.join(DEEP)}), not to {model_name!r}")
     plans = []
     for combo in itertools.product(*static.values()):  # validate every one before computing
         values = dict(zip(static, combo))
-        model = get_model(model_name, loss, alpha, mask_softmax, values.get("depth"))
+        model = get_model(model_name, loss=loss, alpha=alpha, mask_softmax=mask_softmax,
+                          depth=values.get("depth"))
         sizes = Sizes(values["K"], parse_counts(values["n"], values["K"]), values["d"])
         base = hyper_for(model, {k: v for k, v in lams.items()
                                  if not (k == "lam_W" and "lam_W" in axes)}, lr, init_scale)
@@ -542,7 +481,7 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
                              (loss, alpha, mask_softmax), kw)
     parts, configs = [], []
     with (folder_lock(out) if out else contextlib.nullcontext()):
-        finished = out and _finished(out, mark)
+        finished = out and store.finished(out, mark)
         if finished:
             return finished
         for i, (values, plan) in enumerate(plans):
@@ -554,29 +493,6 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
             configs.append(dict(config, combination={k: _json_value(v) for k, v in values.items()}))
     arrays, config = _assemble(parts, static, axes, order, kw["seeds"], configs)
     config["fingerprint"] = mark
-    return arrays, config
-
-
-def _finished(out, mark):
-    """(arrays, config) of the finished sweep in `out` if it is this configuration's (work: none
-    computed); None if there is none; ValueError if it is another configuration's."""
-    path, data = os.path.join(out, "sweep.json"), os.path.join(out, "sweep.npz")
-    if not os.path.exists(path):
-        return None
-    with open(path) as fh:
-        try:
-            config = json.load(fh)
-        except ValueError:
-            config = {}
-    if config.get("fingerprint") != mark:
-        raise ValueError(f"out (--out) {out} holds a finished sweep of another configuration "
-                         f"(sweep.json); use another --out or delete it")
-    if not os.path.exists(data):
-        return None
-    with np.load(data) as f:
-        arrays = {k: f[k] for k in f.files}
-    total = int(np.prod(config["shape"])) if config.get("shape") else 1
-    config["work"] = {"computed_points": 0, "loaded_points": total, "computed_config_steps": 0}
     return arrays, config
 
 
@@ -650,17 +566,3 @@ def sweep_fingerprint(model_name, static, lams, axes, steps, lr, init_scale, var
                                                                           "micro")}))
 
 
-def write_sweep(arrays, config, out):
-    """out/sweep.npz and out/sweep.json, atomically (by process 0 only, on several hosts); then
-    the chunks, which the finished arrays now hold, are removed."""
-    if jax.process_index() != 0:
-        return
-    atomic_write(os.path.join(out, "sweep.npz"), lambda fh: np.savez(fh, **arrays))
-    doc = json.dumps(_json_safe(config), indent=1).encode()
-    atomic_write(os.path.join(out, "sweep.json"), lambda fh: fh.write(doc))
-    shutil.rmtree(os.path.join(out, "chunks"), ignore_errors=True)
-
-
-def base_hyper(model, lams, lr, init_scale):
-    """The non-swept values: the model's λ's (defaults filled), lr, init_scale."""
-    return hyper_for(model, lams, lr, init_scale)

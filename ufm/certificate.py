@@ -1,0 +1,129 @@
+"""What a run is judged against, and when it stops: the closed-form prediction (where a theorem
+applies), the stopping tolerance, and the convergence certificate written with every result
+(docs/theory.md §5: what `converged` and `global` guarantee)."""
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from ufm import optimise
+
+# `converged` in the certificate: relative gradient norm ≤ tol, this tol unless one is given.
+CERTIFICATE_TOL = {"float32": 1e-3, "float64": 1e-6}
+# `global` in the certificate: (objective − lower bound)/max(|objective|, floor) ≤ this. The bound is
+# computed in float64; a float32 run's objective carries its own round-off (≈ 1e-7 relative).
+GLOBAL_TOL = {"float32": 1e-5, "float64": 1e-9}
+
+
+def _dtype(dtype=None):
+    return str(jnp.dtype(dtype or jnp.result_type(float)))
+
+
+def stopping_tol(optimizer, tol, dtype=None):
+    """The tolerance at which a run stops: `tol` when given; else the optimiser's own (L-BFGS:
+    about round-off of the dtype); for first-order methods None (every step runs, as in the
+    papers)."""
+    if tol is not None:
+        return float(tol)
+    stop = optimise.get_optimizer(optimizer).stop_tol
+    return None if stop is None else dict(stop)[_dtype(dtype)]
+
+
+def certificate_tol(tol, dtype=None):
+    """The tolerance `converged` is judged against: `tol`, else CERTIFICATE_TOL of the dtype."""
+    if tol is not None:
+        return float(tol)
+    return CERTIFICATE_TOL[_dtype(dtype)]
+
+
+def check_tol(tol):
+    """ValueError unless tol is None or a finite number > 0."""
+    if tol is None:
+        return
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
+        raise ValueError(f"tol (--tol) must be a number > 0, got {tol!r}")
+    if not (math.isfinite(float(tol)) and float(tol) > 0):
+        raise ValueError(f"tol (--tol) must be finite and > 0, got {float(tol)}")
+
+
+def predict(model, sizes, hyper):
+    """The closed-form prediction, or None where no theorem applies (d too small, some λ = 0)."""
+    if sizes.d < model.theorem_min_d(sizes.K):
+        return None
+    if any(float(hyper[k]) == 0 for k in model.hyper_names if k != "lam_b"):
+        return None  # the theorems assume positive regularisation
+    return model.theory(hyper, sizes)
+
+
+def checked_prediction(model, sizes, hyper):
+    """`predict`, evaluated before any training: a configuration whose closed form overflows or
+    divides by zero (e.g. λ_H = 1e308) is a ValueError naming the λ's, not a crash afterwards."""
+    try:
+        with np.errstate(all="raise"):
+            prediction = predict(model, sizes, hyper)
+            if prediction is not None and not math.isfinite(float(prediction.objective)):
+                raise OverflowError("non-finite objective")
+    except (ZeroDivisionError, OverflowError, FloatingPointError, ValueError) as err:
+        if isinstance(err, ValueError) and "closed form" in str(err):
+            raise
+        lams = ", ".join(f"{k}={float(hyper[k]):g}" for k in model.hyper_names if k in hyper)
+        raise ValueError(f"the closed form of {model.name} is undefined at {lams} ({err}): "
+                         f"the λ's are outside the range where it can be evaluated in float64"
+                         ) from None
+    return prediction
+
+
+def certificate(objectives, grad_norm, converged_at, steps_taken, tol, reference=None):
+    """The convergence certificate of one run, a JSON-ready dict.
+
+    objectives: the recorded objective [T]; grad_norm: ‖∇f‖/max(|f|, floor) at the end (the
+    projected-gradient step for constrained models); converged: grad_norm ≤ tol; rel_decrease: the
+    last logging interval's (f_prev − f_last)/max(|f_last|, floor); closed_form_gap: the signed
+    (f − f*)/|f*| (f − f* where f* = 0) against the closed-form optimum `reference`, if any.
+    """
+    f = np.asarray(objectives, np.float64)
+    floor = optimise.OBJECTIVE_FLOOR
+    rel_decrease, gap = None, None
+    with np.errstate(all="ignore"):  # a diverged run's inf/NaN objectives give NaN, not warnings
+        if f.size > 1:
+            rel_decrease = float((f[-2] - f[-1]) / max(abs(f[-1]), floor))
+        if reference is not None:
+            gap = float((f[-1] - reference) / abs(reference) if reference != 0
+                        else f[-1] - reference)
+    grad_norm = float(grad_norm)
+    return {"grad_norm": grad_norm, "rel_decrease": rel_decrease, "tol": float(tol),
+            "converged": bool(grad_norm <= tol), "converged_at": converged_at,
+            "steps_taken": int(steps_taken), "closed_form_gap": gap}
+
+
+def global_certificate(model, inputs, hyper, sizes, objective, dtype=None, sessions=False):
+    """The global part of the certificate: `lower_bound` (a float64 bound on the global minimum,
+    valid from any point, docs/theory.md §5), `global_gap` = objective − lower_bound, `global`
+    (relative gap ≤ GLOBAL_TOL of the dtype), and `global_note` saying why a field is null or why
+    the gap may stay open (d below what the convex solution needs)."""
+    tol = GLOBAL_TOL[_dtype(dtype)]
+    out = {"lower_bound": None, "global_gap": None, "global": None, "global_tol": tol,
+           "global_note": None}
+    if model.lower_bound is None:
+        out["global_note"] = (f"{model.name} has no convex reformulation (three or more factors "
+                              f"or a nonlinearity): no global bound")
+        return out
+    if sessions:
+        out["global_note"] = ("class-incremental sessions: each session solves another problem; "
+                              "no global bound")
+        return out
+    with np.errstate(all="ignore"):
+        bound = float(model.lower_bound(inputs, hyper, sizes))
+    objective = float(objective)
+    if not (math.isfinite(bound) and math.isfinite(objective)):
+        out["global_note"] = "the objective or its dual bound is not finite (diverged run?)"
+        return out
+    gap = objective - bound
+    out.update(lower_bound=bound, global_gap=gap,
+               **{"global": bool(gap <= tol * max(abs(objective), optimise.OBJECTIVE_FLOOR))})
+    need = model.convex_min_d(sizes.K)
+    if sizes.d < need and not out["global"]:
+        out["global_note"] = (f"d = {sizes.d} < {need}: the bound is the convex problem's minimum, "
+                              f"which this model may not reach at this d, so the gap can stay "
+                              f"open at its best point")
+    return out

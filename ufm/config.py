@@ -1,0 +1,210 @@
+"""A run's configuration, checked once at the library's boundary: sizes, counts, the model's
+hyperparameters (from its record: names, defaults, bounds), sessions (docs/architecture.md,
+"Validation"). Every check raises ValueError naming the parameter, the value and what is allowed,
+before anything is traced or written; the CLI only turns argv into these calls."""
+import math
+import re
+
+import numpy as np
+
+DEFAULTS = dict(K=4, n=50, d=20, lr=0.1, steps=20000, log_every=500, seed=0, restarts=1,
+                optimizer="gd")
+RUN_LEAVES = ("lr", "init_scale")  # traced leaves of every run besides the model's λ's
+LAYER_LAMBDA = re.compile(r"lam_W[1-9][0-9]*$")  # lam_W1, lam_W2, …: one per layer of a deep model
+
+
+def flag(name):
+    """The CLI flag of a parameter name: lam_W -> --lam-W."""
+    return "--" + name.replace("_", "-")
+
+
+def named(name):
+    return f"{name} ({flag(name)})"
+
+
+def int_or_ints(text, message):
+    """'7' -> 7, '1,2,3' -> [1, 2, 3]; ValueError(message) otherwise."""
+    try:
+        return [int(v) for v in text.split(",")] if "," in text else int(text)
+    except ValueError:
+        raise ValueError(message) from None
+
+
+def parse_counts(n, K=None):
+    """`--n`: one count, or per-class counts: a list joined by ',' or '/', or a sequence. With K
+    given a list must have exactly K entries (ValueError otherwise); equal counts then collapse
+    to one int, so the balanced theorems apply. Returns an int or a tuple of ints."""
+    given = n
+    if isinstance(n, str):
+        text = n.strip()
+        try:
+            parts = [int(v) for v in text.replace("/", ",").split(",")]
+        except ValueError:
+            raise ValueError(f"{named('n')} must be an integer or a list of K per-class counts "
+                             f"joined by ',' or '/', got {given!r}") from None
+        n = parts[0] if len(parts) == 1 and not any(c in text for c in ",/") else tuple(parts)
+    if isinstance(n, (list, tuple, np.ndarray)):
+        n = tuple(int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v
+                  for v in n)
+        if K is not None and len(n) != K:
+            shown = given if isinstance(given, str) else ",".join(map(str, n))
+            raise ValueError(f"{named('n')} {shown} has {len(n)} per-class counts but K (--K) "
+                             f"is {K}: give one count or exactly K")
+        if n and len(set(n)) == 1:
+            return n[0]
+    return n
+
+
+def takes(model, name):
+    """Whether `model` takes the hyperparameter `name` (a model with layers also takes lam_W: one
+    λ for every W_l), or it is one of every run's leaves (lr, init_scale)."""
+    return (name in RUN_LEAVES or name in model.hyper_names
+            or (name == "lam_W" and model.depth is not None))
+
+
+def check_names(model, names):
+    """ValueError for the first of `names` that no model takes (an unknown hyperparameter) or that
+    `model` does not take, naming what it takes."""
+    from ufm.models import hyper_specs
+
+    known = set(hyper_specs()) | set(RUN_LEAVES)
+    unknown = sorted(k for k in names if k not in known and not LAYER_LAMBDA.match(k))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {', '.join(sorted(known))} "
+                         f"and lam_W<l> for a deep model's layer l")
+    for name in names:
+        if not takes(model, name):
+            raise ValueError(f"{named(name)} does not apply to model {model.name!r} "
+                             f"(it takes: {', '.join(flag(k) for k in model.hyper_names)})")
+
+
+def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_small_d=False):
+    """Raise ValueError naming the parameter, the value and what is allowed; return nothing.
+
+    `hyper`: the model's λ's with `lr` and `init_scale`. Runs before anything is traced.
+    """
+    counts = sizes.n if isinstance(sizes.n, tuple) else (sizes.n,)
+    for name, value in (("K", sizes.K), *(("n", c) for c in counts), ("d", sizes.d),
+                        ("steps", steps), ("log_every", log_every), ("restarts", restarts)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{named(name)} must be an integer, got {value!r}")
+    if sizes.K < 2:
+        raise ValueError(f"{named('K')} must be >= 2, got {sizes.K}")
+    if isinstance(sizes.n, tuple) and len(sizes.n) != sizes.K:
+        raise ValueError(f"{named('n')} has {len(sizes.n)} per-class counts "
+                         f"{','.join(map(str, sizes.n))} but K (--K) is {sizes.K}: give one count "
+                         f"or exactly K")
+    for name in ("n", "d", "steps", "log_every", "restarts"):
+        value = {"n": min(counts), "d": sizes.d, "steps": steps, "log_every": log_every,
+                 "restarts": restarts}[name]
+        if value < 1:
+            raise ValueError(f"{named(name)} must be >= 1, got {value}")
+    for name, value in hyper.items():
+        for part, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+            v = float(v)
+            if not math.isfinite(v) or v < 0:
+                what = named(name) if part is None else f"{named(name)}[{part!r}]"
+                raise ValueError(f"{what} must be finite and >= 0, got {v}")
+    for spec in model.hypers:
+        if spec.positive and float(hyper[spec.name]) <= 0:
+            raise ValueError(f"{named(spec.name)} must be > 0 (a squared-norm bound), "
+                             f"got {float(hyper[spec.name])}")
+    if float(hyper["lr"]) <= 0:
+        raise ValueError(f"{named('lr')} must be > 0, got {float(hyper['lr'])}")
+    need = model.theorem_min_d(sizes.K)
+    if sizes.d < need and not allow_small_d:
+        raise ValueError(
+            f"{named('d')}={sizes.d} is below what the theorem for {model.name} needs "
+            f"(d >= {need} for K={sizes.K}); pass --allow-small-d (allow_small_d=True) to run "
+            f"it anyway with no closed-form prediction")
+
+
+def tie_layers(model, lams):
+    """For a layered model, `lam_W` (one λ for every W_l) expanded to each lam_W<l> not given on
+    its own; other models' λ's unchanged."""
+    layers = [k for k in model.hyper_names if LAYER_LAMBDA.match(k)]
+    if lams.get("lam_W") is None or "lam_W" in model.hyper_names or not layers:
+        return lams
+    out = {k: v for k, v in lams.items() if k != "lam_W"}
+    for k in layers:
+        if out.get(k) is None:
+            out[k] = lams["lam_W"]
+    return out
+
+
+def hyper_for(model, lams, lr, init_scale):
+    """The full hyper dict of a model: its λ's (defaults from its record), lr and init_scale.
+
+    A λ the model does not take is a ValueError naming it and the ones it does take. For a
+    layered model `lam_W` sets every lam_W<l> not given on its own (see `tie_layers`).
+    """
+    check_names(model, [k for k, v in lams.items() if v is not None])
+    lams = tie_layers(model, lams)
+    hyper = {h.name: h.default if lams.get(h.name) is None else float(lams[h.name])
+             for h in model.hypers}
+    hyper["lr"] = float(lr)
+    if isinstance(init_scale, dict):  # a std per block, e.g. {"W2": 0.1, "W1": 0.1, "H1": 0.2}
+        hyper["init_scale"] = {k: float(v) for k, v in init_scale.items()}
+    else:
+        hyper["init_scale"] = model.init_scale if init_scale is None else float(init_scale)
+    return hyper
+
+
+def session_groups(sessions, K):
+    """The classes of each incremental session from `--sessions`: T (K classes split in order into
+    T near-equal consecutive groups), a comma list / sequence of class counts per session, or a
+    sequence of sequences of class indices (any order). ValueError unless every class is in
+    exactly one session."""
+    if isinstance(sessions, str):
+        sessions = int_or_ints(sessions, f"sessions (--sessions) must be a number of sessions "
+                                         f"or a comma list of class counts per session, got "
+                                         f"{sessions!r}")
+    if isinstance(sessions, (int, np.integer)) and not isinstance(sessions, bool):
+        if not 1 <= sessions <= K:
+            raise ValueError(f"sessions (--sessions) must be between 1 and K={K}, got {sessions}")
+        return tuple(tuple(int(c) for c in g) for g in np.array_split(np.arange(K), sessions))
+    sessions = list(sessions)
+    if sessions and all(isinstance(v, (int, np.integer)) for v in sessions):  # counts
+        if any(v < 1 for v in sessions) or sum(sessions) != K:
+            raise ValueError(f"sessions (--sessions) {','.join(map(str, sessions))} must be "
+                             f"positive class counts summing to K={K} (got a total of "
+                             f"{sum(sessions)}): every class must be in one session")
+        edges = np.cumsum([0] + sessions)
+        return tuple(tuple(range(a, b)) for a, b in zip(edges[:-1], edges[1:]))
+    groups = tuple(tuple(int(c) for c in g) for g in sessions)
+    flat = sorted(c for g in groups for c in g)
+    if flat != list(range(K)) or any(len(g) == 0 for g in groups):
+        missing = sorted(set(range(K)) - set(flat))
+        raise ValueError(f"sessions {groups} must put every class 0…{K - 1} in exactly one "
+                         f"non-empty session (missing: {missing}, listed: {flat})")
+    return groups
+
+
+def check_sessions(model, sessions, distill, K, restarts):
+    """Validate `sessions`/`distill` for `model`; the class groups, or None without sessions."""
+    distill = float(distill)
+    if not (math.isfinite(distill) and distill >= 0):
+        raise ValueError(f"distill (--distill) must be finite and >= 0, got {distill}")
+    if sessions is None:
+        if distill > 0:
+            raise ValueError("distill (--distill) ties a session's features to the previous "
+                             "session's: it needs --sessions")
+        return None
+    if not model.sessions:
+        raise ValueError(f"sessions (--sessions) need a fixed classifier (fixed-etf, "
+                         f"fixed-orthogonal), not {model.name!r}")
+    if restarts != 1:
+        raise ValueError(f"restarts (--restarts) must be 1 with --sessions, got {restarts}")
+    return session_groups(sessions, K)
+
+
+def check_solver(model, hyper, optimizer):
+    """The convex solver needs λ_W, λ_H > 0 (with μ = √(λ_Wλ_H) = 0 the problem has no minimiser
+    or an unbounded set of them) and λ_b > 0 for a regularized bias in CE."""
+    if optimizer.solve is None:
+        return
+    for name in ("lam_W", "lam_H"):
+        if float(hyper[name]) <= 0:
+            raise ValueError(f"{named(name)} must be > 0 for --optimizer {optimizer.name} (the "
+                             f"convex problem's nuclear-norm weight is √(λ_Wλ_H)), got "
+                             f"{float(hyper[name])}")

@@ -1,0 +1,24 @@
+"""The models: one file per family, each registering its models (docs/architecture.md, "A model").
+
+    base.py           Sizes, Session, the Model record, the registry, shared pieces
+    plain.py          bias-free, unregularized-bias, regularized-bias (MSE)
+    cross_entropy.py  ce, ce-bias
+    layered.py        linear-extended, relu-extended, deep-linear, deep-relu, deep-linear-ce
+    constrained.py    fixed-etf, fixed-orthogonal, lpm
+    scaled_target.py  scaled-target (MSE with targets γY)
+
+`get_model(name, **options)` builds one (options: depth, loss, alpha, mask_softmax, where the
+model takes them); `MODELS` maps every name to its default variant.
+"""
+from ufm.models.base import (REGISTRY, Hyper, Model, Option, Session, Sizes, get_model,
+                             hyper_specs, models, one_hot_targets, option_specs, register)
+from ufm.models import (plain, layered, cross_entropy, constrained,  # noqa: E402,F401  (register)
+                        scaled_target)
+from ufm.models.layered import layered_features, layered_model
+from ufm.models.plain import plain_model
+
+MODELS = models()
+
+__all__ = ["MODELS", "REGISTRY", "Hyper", "Model", "Option", "Session", "Sizes", "get_model",
+           "hyper_specs", "layered_features", "layered_model", "one_hot_targets", "option_specs",
+           "plain_model", "register"]

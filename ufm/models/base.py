@@ -1,0 +1,289 @@
+"""What every model shares: sizes, targets, initialisation, the `Model` record and its registry.
+
+One argument order for every model function (docs/architecture.md, "A model"):
+
+    init(key, hyper, sizes)                     -> params
+    objective(params, hyper, sizes, session)    -> []
+    measure(params, hyper, sizes, session)      -> {name: []}
+    project(params, hyper, sizes, session)      -> params      (constrained models only)
+    theory(hyper, sizes)                        -> a closed-form prediction, or None
+    bound_inputs(params, sizes)                 -> {name: array}  (global certificate, or None)
+    lower_bound(inputs, hyper, sizes)           -> float        (float64 numpy, on the host)
+
+`params` is a dict of arrays, `hyper` a dict of scalar leaves (the model's λ's, `lr`,
+`init_scale`), `sizes` the static `Sizes`, and `session` None or a `Session` (class-incremental
+training of the fixed classifiers). Sizes set shapes and are static; the hyperparameters are
+traced, so a new value never recompiles and a grid is a `vmap` away.
+"""
+import functools
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ufm import metrics
+
+
+class Sizes(NamedTuple):
+    """Static sizes: K classes, n samples per class, feature dimension d.
+
+    n is one count (balanced classes) or a tuple of K per-class counts (n_1, …, n_K); columns stay
+    class-major either way.
+    """
+
+    K: int
+    n: object  # int, or tuple of K ints
+    d: int
+
+    @property
+    def balanced(self):
+        return not isinstance(self.n, tuple)
+
+    @property
+    def counts(self):
+        """(n_1, …, n_K)."""
+        return (self.n,) * self.K if self.balanced else self.n
+
+    @property
+    def N(self):
+        return sum(self.counts)
+
+    @property
+    def classes(self):
+        """What ufm.metrics takes for the class layout: K, or the per-class counts."""
+        return self.K if self.balanced else self.n
+
+
+class Session(NamedTuple):
+    """One class-incremental session (Yang et al.'s Neural Collapse Terminus, seed 000).
+
+    active: [N] 1 for the samples optimised in this session, 0 for the frozen ones;
+    logit_mask: [K] 1 for the classes of this session (used by a masked softmax);
+    anchor: [d, N] the features when the session started, or None (no distillation);
+    distill: [] the weight of the tie to `anchor`, or None.
+    """
+
+    active: Any
+    logit_mask: Any
+    anchor: Any = None
+    distill: Any = None
+
+
+class Hyper(NamedTuple):
+    """A traced hyperparameter of a model: its name (the key in `hyper`, the flag --name with '_'
+    as '-', a sweep axis), its default, what it is, and whether it must be > 0 (else ≥ 0)."""
+
+    name: str
+    default: float
+    help: str
+    positive: bool = False
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+
+class Option(NamedTuple):
+    """A static choice that builds a variant of a model (its own compiled program): `depth`,
+    `loss`, `alpha`, `mask_softmax`. choices None: an integer ≥ 1; bool default: a switch."""
+
+    name: str
+    default: Any
+    help: str
+    choices: Optional[tuple] = None
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+
+class Model(NamedTuple):
+    """A named UFM: pure functions (argument order in the module docstring) and what the CLI,
+    sweeps, limits and the certificate need to know about it."""
+
+    name: str
+    description: str  # one line: the objective and where it comes from
+    init: Callable
+    objective: Callable
+    measure: Callable
+    hypers: tuple  # Hyper specs of the λ's / bounds it takes
+    theorem_min_d: Callable  # K -> the smallest d its theorem covers
+    init_scale: float  # the paper's default std of the initialisation
+    theory: Callable  # (hyper, sizes) -> closed-form prediction or None
+    project: Optional[Callable] = None  # the projection after every step (constrained models)
+    depth: Optional[int] = None  # L, the weight matrices after H_1 (layered models)
+    fixed_blocks: tuple = ()  # parameter blocks that are inputs, not variables (E)
+    bias: Optional[str] = None  # None, 'free' or 'regularized'
+    sessions: bool = False  # whether class-incremental sessions apply (fixed classifiers)
+    options: tuple = ()  # (name, value) of the static options that built this variant
+    # The global certificate (docs/theory.md §5), or None where no convex reformulation exists:
+    # bound_inputs(params, sizes) -> {name: small array} (traceable: what the bound needs, e.g. the
+    # class logits [K, K]); lower_bound(inputs, hyper, sizes) -> float, a float64 lower bound on
+    # the global minimum (numpy, on the host).
+    bound_inputs: Optional[Callable] = None
+    lower_bound: Optional[Callable] = None
+    convex_min_d: Optional[Callable] = None  # K -> the d from which the convex bound is attained
+    two_factor: Optional[Any] = None  # convex.TwoFactor: the reduced problem `--optimizer convex` solves
+
+    @property
+    def hyper_names(self):
+        return tuple(h.name for h in self.hypers)
+
+    @property
+    def constrained(self):
+        return self.project is not None
+
+    def describe(self):
+        """The one-line summary the CLI prints before a run."""
+        variant = ", ".join(f"{k}={v}" for k, v in self.options if k != "depth")
+        depth = f" (depth {self.depth})" if self.depth is not None else ""
+        return f"{self.name}{depth}{f' [{variant}]' if variant else ''}: {self.description}"
+
+    def defaults(self):
+        """{name: default} of its hyperparameters."""
+        return {h.name: h.default for h in self.hypers}
+
+
+class Entry(NamedTuple):
+    """A registered model family member: build(**options) -> Model, and the options it takes."""
+
+    name: str
+    build: Callable
+    options: tuple  # Option specs
+    family: str  # the module that registered it
+
+
+REGISTRY = {}  # name -> Entry, in registration order
+
+
+def register(name, options=()):
+    """Decorator: `build(**options) -> Model` becomes the model `name` (its default variant is
+    `build()` with every option at its default)."""
+
+    def decorate(build):
+        if name in REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        REGISTRY[name] = Entry(name, build, tuple(options), build.__module__)
+        return build
+
+    return decorate
+
+
+def _check_option(option, value):
+    if option.choices is not None:
+        if value not in option.choices:
+            raise ValueError(f"{option.name} ({option.flag}) must be one of "
+                             f"{', '.join(map(str, option.choices))}, got {value!r}")
+    elif isinstance(option.default, bool):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{option.name} ({option.flag}) must be True or False, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{option.name} ({option.flag}) must be an integer >= 1, got {value!r}")
+
+
+def get_model(name, **options):
+    """The model `name`, built with `options` (None or False: the default); ValueError naming the
+    choices for an unknown model, and the models an option applies to for one it does not take.
+    Cached: the same name and options give the same Model object (one compiled program)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}")
+    entry = REGISTRY[name]
+    takes = {o.name: o for o in entry.options}
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    foreign = [k for k in given if k not in takes]
+    if foreign:
+        owners = [e.name for e in REGISTRY.values() if {o.name for o in e.options} >= set(foreign)]
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        verb = "applies" if len(foreign) == 1 else "apply"
+        raise ValueError(f"{' and '.join(k for k in foreign)} ({flags}) {verb} only to "
+                         f"{_models_phrase(owners)}, not to {name!r}")
+    chosen = {}
+    for option in entry.options:
+        value = given.get(option.name, option.default)
+        if isinstance(value, np.integer):
+            value = int(value)
+        if option.choices is not None and value not in option.choices:
+            elsewhere = [e.name for e in REGISTRY.values() for o in e.options
+                         if o.name == option.name and o.choices and value in o.choices]
+            if elsewhere:
+                raise ValueError(f"{option.name} ({option.flag}) {value!r} is defined only for "
+                                 f"{', '.join(elsewhere)}; {name!r} takes "
+                                 f"{', '.join(map(str, option.choices))}")
+        _check_option(option, value)
+        chosen[option.name] = value
+    return _build(name, tuple(chosen.items()))
+
+
+def _models_phrase(names):
+    families = {REGISTRY[n].family.rsplit(".", 1)[-1] for n in names}
+    what = {"layered": "the deep models", "constrained": "the constrained models"}
+    label = what.get(families.pop(), "the models") if len(families) == 1 else "the models"
+    return f"{label} ({', '.join(names)})"
+
+
+@functools.lru_cache(maxsize=None)
+def _build(name, options):
+    model = REGISTRY[name].build(**dict(options))
+    return model._replace(options=options)
+
+
+def models():
+    """{name: default Model} of every registered model, in registration order."""
+    return {name: get_model(name) for name in REGISTRY}
+
+
+def hyper_specs():
+    """Every traced hyperparameter some model takes, by name (the first registration's spec)."""
+    out = {}
+    for name in REGISTRY:
+        for h in get_model(name).hypers:
+            out.setdefault(h.name, h)
+    return out
+
+
+def option_specs():
+    """Every static option some model takes, by name, with the models that take it."""
+    out = {}
+    for entry in REGISTRY.values():
+        for o in entry.options:
+            out.setdefault(o.name, (o, []))[1].append(entry.name)
+    return out
+
+
+# --- pieces the families share ---------------------------------------------------------------
+
+def one_hot_targets(sizes, dtype=None):
+    """Y = I_K ⊗ 1_nᵀ  [K, N] (class-major columns; with per-class counts, block k has n_k)."""
+    if sizes.balanced:
+        return jnp.kron(jnp.eye(sizes.K, dtype=dtype), jnp.ones((1, sizes.n), dtype=dtype))
+    labels = metrics.class_labels(sizes.counts, sizes.N)
+    return jnp.asarray(labels[None, :] == np.arange(sizes.K)[:, None], dtype)
+
+
+def sq(A):
+    """‖A‖² (Frobenius)."""
+    return jnp.sum(A * A)
+
+
+def gaussian_blocks(key, shapes, scale):
+    """{name: N(0, s²) array of shapes[name]}; `scale` a scalar or a dict per block."""
+    keys = jax.random.split(key, len(shapes))
+    out = {}
+    for k, (name, shape) in zip(keys, shapes.items()):
+        s = scale[name] if isinstance(scale, dict) else scale
+        out[name] = s * jax.random.normal(k, shape, dtype=jnp.result_type(float))
+    return out
+
+
+def balanced_only(prediction):
+    """The theorems of Tirer & Bruna and Zhu et al. are for balanced classes: None otherwise."""
+    return lambda hyper, sizes: prediction(hyper, sizes) if sizes.balanced else None
+
+
+LAMBDA = 5e-3  # every λ's default
+BOUND = 1.0  # E_H, E_W: the squared-norm bounds' default
+
+
+def lam(name, what):
+    return Hyper(name, LAMBDA, f"{what} (default {LAMBDA:g})")

@@ -1,0 +1,107 @@
+"""The plain MSE UFM: bias-free, with an unregularized bias, with a regularized bias
+(Tirer & Bruna, ICML 2022, eqs. 5, 14 and 3; docs/theory.md §2.1, §3.1–3.3)."""
+import jax.numpy as jnp
+import numpy as np
+
+from ufm import convex, metrics, theory
+from ufm.models.base import (Model, balanced_only, gaussian_blocks, lam, one_hot_targets,
+                             register, sq)
+
+
+def objective(params, hyper, sizes, session=None):
+    """1/(2N)‖WH + b1ᵀ − Y‖² + λ_W/2‖W‖² + λ_H/2‖H‖² + λ_b/2‖b‖²  (Tirer & Bruna eqs. 3, 5, 14).
+
+    params: W [K, d], H [d, N], and b [K] when the model has a bias; hyper: lam_W, lam_H, and lam_b
+    when the bias is regularized (absent ⇒ bias-free, eq. 5, or unregularized bias, eq. 14).
+    """
+    W, H = params["W"], params["H"]
+    logits = W @ H
+    penalty = hyper["lam_W"] / 2 * sq(W) + hyper["lam_H"] / 2 * sq(H)
+    if "b" in params:
+        logits = logits + params["b"][:, None]
+        if "lam_b" in hyper:
+            penalty = penalty + hyper["lam_b"] / 2 * sq(params["b"])
+    Y = one_hot_targets(sizes, logits.dtype)
+    return sq(logits - Y) / (2 * sizes.N) + penalty
+
+
+def two_factor_init(bias):
+    def init(key, hyper, sizes):
+        """W, H (and b) with i.i.d. N(0, init_scale²) entries (a scalar or a dict per block)."""
+        names = ("W", "H", "b") if bias else ("W", "H")
+        shapes = {"W": (sizes.K, sizes.d), "H": (sizes.d, sizes.N), "b": (sizes.K,)}
+        return gaussian_blocks(key, {k: shapes[k] for k in names}, hyper["init_scale"])
+
+    return init
+
+
+def two_factor_measurements(mse):
+    """measure(params, hyper, sizes) of the one-level models: NC1/NC2 of H, NC2 of W, NC3, norms,
+    Papyan's suite, and with a bias its summary; for the MSE models with a bias also Han et al.'s
+    decomposition (an MSE identity; with their single λ = λ_W for both W and b)."""
+
+    def measure(params, hyper, sizes, session=None):
+        W, H = params["W"], params["H"]
+        out = metrics.feature_measurements(H, sizes.classes, "H")
+        out.update(metrics.classifier_measurements(W, H, sizes.classes))
+        out["norm_H"] = jnp.linalg.norm(H)
+        out.update(metrics.papyan_suite(W, H, params.get("b"), sizes.classes))
+        if "b" in params:
+            out["b_mean"] = jnp.mean(params["b"])
+            out["b_spread"] = jnp.max(params["b"]) - jnp.min(params["b"])
+            if mse and sizes.balanced:  # their W̃_LS formula is for balanced classes
+                han = metrics.han_decomposition(W, params["b"], H, hyper["lam_W"])
+                out.update(han_nc1=han.nc1, han_nc23=han.nc23, han_ls_perp=han.ls_perp)
+        return out
+
+    return measure
+
+
+def class_logits(params, sizes):
+    """What the global bound needs of a two-factor point: M = W·H̄ [K, K] (column k: the logits
+    of class k's mean) and the bias b [K]."""
+    out = {"M": params["W"] @ metrics.class_means(params["H"], sizes.classes)}
+    if "b" in params:
+        out["b"] = params["b"]
+    return out
+
+
+def penalised_bound(problem, bias):
+    """lower_bound(inputs, hyper, sizes) of a penalised two-factor model (docs/theory.md §5.1);
+    problem: its convex.TwoFactor (loss, targets)."""
+    loss, targets = problem
+
+    def lower_bound(inputs, hyper, sizes):
+        T = None if targets is None else np.asarray(targets(hyper, sizes), np.float64)
+        b = inputs.get("b")
+        return convex.penalised_bound(
+            np.asarray(inputs["M"], np.float64), None if b is None else np.asarray(b, np.float64),
+            float(hyper["lam_W"]), float(hyper["lam_H"]), sizes.counts, loss, bias,
+            float(hyper.get("lam_b", 0.0)), T)
+
+    return lower_bound
+
+
+MSE = convex.TwoFactor("mse")  # targets Y
+TWO_FACTOR = (lam("lam_W", "λ_W, the classifier's weight decay"),
+              lam("lam_H", "λ_H, the features' weight decay"))
+LAM_B = lam("lam_b", "λ_b, the bias's weight decay")
+
+
+def plain_model(name, bias):
+    """bias ∈ {None, 'free', 'regularized'}: eqs. 5, 14 and 3."""
+    hypers = TWO_FACTOR + ((LAM_B,) if bias == "regularized" else ())
+    what = {None: "bias-free", "free": "unregularized bias", "regularized": "regularized bias"}
+    return Model(
+        name, f"MSE UFM, {what[bias]}: 1/(2N)‖WH{' + b1ᵀ' if bias else ''} − Y‖² + λ_W/2‖W‖² "
+              f"+ λ_H/2‖H‖²{' + λ_b/2‖b‖²' if bias == 'regularized' else ''} (Tirer & Bruna)",
+        two_factor_init(bias is not None), objective, two_factor_measurements(True), hypers,
+        (lambda K: K - 1) if bias == "free" else (lambda K: K), 1.0,
+        balanced_only(lambda hyper, sizes: theory.plain(hyper, sizes, bias)), bias=bias,
+        bound_inputs=class_logits, lower_bound=penalised_bound(MSE, bias),
+        convex_min_d=lambda K: K, two_factor=MSE)
+
+
+register("bias-free")(lambda: plain_model("bias-free", None))
+register("unregularized-bias")(lambda: plain_model("unregularized-bias", "free"))
+register("regularized-bias")(lambda: plain_model("regularized-bias", "regularized"))
