@@ -164,6 +164,20 @@ def check_saved_numbers(name, a, cfg, data):
                 ref = theory.layered(hyper, Sizes(k, cfg["n"], k), L, "linear").objective
                 assert dnc[i, 0, 0] == pytest.approx(ref, rel=1e-12)
             checked += 1
+    if name == "imbalanced_ce":  # every seed ≥ the certified optimum; R = 1 is a simplex ETF
+        assert np.all(np.abs(a["gap"]) <= 1e-10 * a["optimum"])
+        for opt in ("lbfgs", "gd"):
+            checked += _not_below(a[f"{opt}_objective"], a["optimum"][..., None])
+            assert np.all(a[f"{opt}_rated"].sum(-1) == cfg["seeds"])
+        at_one = list(cfg["ratios"]).index(1)
+        np.testing.assert_allclose(a["angle"][:, at_one],
+                                   np.degrees(np.arccos(-1 / (cfg["K"] - 1))), atol=1e-6)
+        assert np.all(a["rank"][:, at_one] == cfg["K"] - 1)
+    if name == "certified_phase_diagram":  # bounds below every seed, the solver's gap closed
+        assert a["solver_global"].all() and np.all(np.abs(a["gap"]) <= 1e-10 * a["optimum"])
+        checked += _not_below(a["seed_objective"], a["optimum"][..., None])
+        assert np.all(a["seed_lower_bound"] <= a["optimum"][..., None] * (1 + 1e-12))
+        np.testing.assert_allclose(a["fraction_global"], a["seed_global"].mean(-1))
     return checked
 
 

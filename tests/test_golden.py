@@ -24,7 +24,9 @@ def pinned():
 def test_results_equal_the_pinned_ones(case, pinned):
     fresh = golden.compute([case])
     want_keys = {k for k in pinned if k.split("/")[0] == case}
-    assert set(fresh) == want_keys, sorted(set(fresh) ^ want_keys)
+    # every pinned result is still produced (results added later, e.g. the global certificate's
+    # arrays of a sweep, are new numbers, not changed ones)
+    assert want_keys <= set(fresh), sorted(want_keys - set(fresh))
     for k in sorted(want_keys):
         got, want = fresh[k], pinned[k]
         assert got.shape == want.shape, k

@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ufm import optimise, sweep
+from ufm import convex, optimise, sweep
+from ufm.config import hyper_for
 from ufm.models import MODELS, Sizes
 
 SIZES = (Sizes(4, 50, 20), Sizes(10, 100, 64))
-SECTIONS = ("throughput", "deep", "solvers")
+SECTIONS = ("throughput", "deep", "solvers", "global")
 BATCHES = (1, 64, 1024, 4096)
 LAM, LR = 5e-3, 0.1
 
@@ -192,8 +193,9 @@ def _program(model, sizes, steps, opt, checked):
     return jax.jit(fn).lower(jax.random.PRNGKey(0), h).compile()
 
 
-def time_to_gap(model, sizes, hyper, opt, cap, init_scale, key=None):
-    """Time for `opt` to bring `model` within a relative GAP of its closed form (float64).
+def time_to_gap(model, sizes, hyper, opt, cap, init_scale, key=None, f_star=None):
+    """Time for `opt` to bring `model` within a relative GAP of its optimum f_star (default: its
+    closed form), float64.
 
     One compiled run stops at the target f*(1 + GAP) or at `cap` steps. L-BFGS is timed as it
     runs. A first-order method's time is its steps to the target × its time per step in a plain
@@ -201,7 +203,7 @@ def time_to_gap(model, sizes, hyper, opt, cap, init_scale, key=None):
     there within the cap, the time of the cap is a lower bound.
     """
     key = jax.random.PRNGKey(0) if key is None else key
-    f_star = model.theory(hyper, sizes).objective
+    f_star = model.theory(hyper, sizes).objective if f_star is None else f_star
     h = optimise.as_hyper(dict(hyper, lr=SOLVERS[opt] or LR, init_scale=init_scale,
                                target=f_star * (1 + GAP)))
     run = _program(model, sizes, cap, opt, True)
@@ -262,7 +264,7 @@ def grid_solve(points, gd_steps):
 
     model = get_model("bias-free")
     lams = np.logspace(-5, -1, points)
-    base = sweep.base_hyper(model, {}, LR, 1.0)
+    base = hyper_for(model, {}, LR, 1.0)
     axes = {"lam_W": lams, "lam_H": lams}
     out = {"points": points * points}
     for opt, steps in (("lbfgs", 20000), ("gd", gd_steps)):
@@ -284,6 +286,60 @@ def grid_solve(points, gd_steps):
     return out
 
 
+GLOBAL_CASES = (("ce", (20, 20, 2, 2), 8, 1e-3), ("unregularized-bias", (20, 20, 2, 2), 8, 1e-3),
+                ("ce", (50,) * 5 + (5,) * 5, 12, 1e-4))
+
+
+def global_times(quick=False):
+    """Time to a 1e-10 relative gap to the certified global minimum (imbalanced counts, no closed
+    form; float64): the convex solver (its own duality gap), L-BFGS and GD (to the target
+    f*(1 + GAP), f* the solver's certified optimum), and a points × points grid over λ_W, λ_H ∈
+    [1e-4, 1e-1] of imbalanced CE: convex solver against L-BFGS, time and points certified global."""
+    from ufm.models import get_model
+
+    cap = 20000 if quick else 200000
+    rows = []
+    for name, counts, d, lam in GLOBAL_CASES[:2] if quick else GLOBAL_CASES:
+        model, sizes = get_model(name), Sizes(len(counts), counts, d)
+        hyper = optimise.as_hyper(dict(lam_W=lam, lam_H=lam, lr=LR, init_scale=0.5))
+        solve = jax.jit(lambda h: convex.solve(model, sizes, h, cap, GAP))
+        jax.block_until_ready(solve(hyper))
+        t0 = time.perf_counter()
+        params, iters, gap = jax.block_until_ready(solve(hyper))
+        seconds = time.perf_counter() - t0
+        f_star = float(model.objective(params, hyper, sizes))
+        row = {"model": name, "counts": list(counts), "d": d, "lam": lam, "optimum": f_star,
+               "convex": {"reached": bool(gap <= GAP), "steps": int(iters), "seconds": seconds,
+                          "gap": float(gap)}}
+        for opt in ("lbfgs", "gd"):
+            row[opt] = time_to_gap(model, sizes, dict(lam_W=lam, lam_H=lam), opt, cap, 0.5,
+                                   f_star=f_star)
+        rows.append(row)
+    return {"gap": GAP, "cap": cap, "rows": rows, "grid": global_grid(8 if quick else 32)}
+
+
+def global_grid(points):
+    """Imbalanced CE (counts 20, 20, 2, 2; d = 8) over a points × points λ grid: the convex
+    solver and L-BFGS (one seed), each compiled once then timed, and how many points each
+    certifies global (gap to the dual bound ≤ GLOBAL_TOL)."""
+    lams = np.logspace(-4, -1, points)
+    static = {"K": [4], "d": [8], "n": [(20, 20, 2, 2)]}
+    out = {"points": points * points}
+    from ufm.models import get_model
+
+    model, sizes = get_model("ce"), Sizes(4, (20, 20, 2, 2), 8)
+    for opt, steps in (("convex", 200000), ("lbfgs", 20000)):
+        chunk = sweep.auto_chunk(model, sizes, 1, points * points, jax.device_count(), opt)
+        kw = dict(order=["lam_W", "lam_H"], steps=steps, optimizer=opt, init_scale=0.5,
+                  chunk=chunk)  # the same chunk for both calls: compiled once, then timed
+        sweep.run_grid("ce", static, {}, {"lam_W": lams[:2], "lam_H": lams[:2]}, **kw)
+        t0 = time.perf_counter()
+        arrays, _ = sweep.run_grid("ce", static, {}, {"lam_W": lams, "lam_H": lams}, **kw)
+        out[opt] = {"seconds": time.perf_counter() - t0, "global": int(arrays["global"].sum()),
+                    "max_gap": float(np.nanmax(arrays["global_gap"]))}
+    return out
+
+
 def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
     """All measurements of the chosen sections as a JSON-ready dict."""
     out = {"device": f"{jax.local_device_count()} × {jax.devices()[0].device_kind}",
@@ -293,6 +349,8 @@ def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
         out["deep"] = deep_rates(quick)
     if "solvers" in sections:
         out["solvers"] = solver_times(quick) if out["dtype"] == "float64" else None
+    if "global" in sections:
+        out["global"] = global_times(quick) if out["dtype"] == "float64" else None
     if "throughput" not in sections:
         return out
     for sz in sizes:
@@ -333,6 +391,8 @@ def report(res):
                   f"config-steps/s   {ratio(deep['grid_over_torch_loop'])} the PyTorch loop"]
     if "solvers" in res:
         lines += solver_report(res["solvers"])
+    if "global" in res:
+        lines += global_report(res["global"])
     if not res["sizes"]:
         return "\n".join(lines)
     lines.append(f"\nbias-free UFM, GD step {LR}:")
@@ -382,4 +442,30 @@ def solver_report(sol):
                      f"{r['within_gap']}/{g['points']}, {r['within_gap_away_from_threshold']}/"
                      f"{r['away_from_threshold']} away from c = 1 ± 5% (worst there "
                      f"{r['max_gap_away_from_threshold']:.1e})")
+    return lines
+
+
+def global_report(glob):
+    """The global section as text."""
+    if glob is None:
+        return ["\nglobal: needs float64: ufm bench --x64 --only global"]
+    lines = [f"\ntime to a {glob['gap']:g} relative gap to the certified global minimum "
+             f"(imbalanced counts, no closed form; float64; L-BFGS and GD capped at "
+             f"{glob['cap']:,} steps, '>' = not reached):"]
+    for row in glob["rows"]:
+        cells = []
+        for o in ("convex", "lbfgs", "gd"):
+            r = row[o]
+            cells.append(f"{o} {'' if r['reached'] else '>'}{r['seconds']:.3g} s "
+                         f"({r['steps']:,} it.)")
+        counts = "/".join(map(str, row["counts"]))
+        lines.append(f"  {row['model']:18s} n={counts:14s} d={row['d']:<3d} λ={row['lam']:.0e}  "
+                     + "   ".join(cells))
+    g = glob["grid"]
+    side = int(round(g["points"] ** 0.5))
+    for o in ("convex", "lbfgs"):
+        r = g[o]
+        lines.append(f"  {side}×{side} λ grid, ce 20/20/2/2, {o:6s}: {r['seconds']:.1f} s, "
+                     f"certified global at {r['global']}/{g['points']} points (largest gap "
+                     f"{r['max_gap']:.1e})")
     return lines

@@ -50,7 +50,8 @@ def predict(model, sizes, hyper):
     """The closed-form prediction, or None where no theorem applies (d too small, some λ = 0)."""
     if sizes.d < model.theorem_min_d(sizes.K):
         return None
-    if any(float(hyper[k]) == 0 for k in model.hyper_names if k != "lam_b"):
+    if any(float(hyper[k]) == 0 for k in model.hyper_names if k.startswith("lam_")
+           and k != "lam_b"):
         return None  # the theorems assume positive regularisation
     return model.theory(hyper, sizes)
 
@@ -112,9 +113,11 @@ def global_certificate(model, inputs, hyper, sizes, objective, dtype=None, sessi
         out["global_note"] = ("class-incremental sessions: each session solves another problem; "
                               "no global bound")
         return out
-    with np.errstate(all="ignore"):
-        bound = float(model.lower_bound(inputs, hyper, sizes))
     objective = float(objective)
+    finite = math.isfinite(objective) and all(
+        np.all(np.isfinite(np.asarray(v, np.float64))) for v in inputs.values())
+    with np.errstate(all="ignore"):
+        bound = float(model.lower_bound(inputs, hyper, sizes)) if finite else math.nan
     if not (math.isfinite(bound) and math.isfinite(objective)):
         out["global_note"] = "the objective or its dual bound is not finite (diverged run?)"
         return out

@@ -80,7 +80,7 @@ def _add_run_flags(p, grid=False):
     p.add_argument("--optimizer", default="gd", choices=tuple(OPTIMIZERS),
                    help="plain gradient descent (default), heavy-ball momentum, Adam, L-BFGS "
                         "with a line search (unconstrained models; needs no --lr), or convex: "
-                        "the global minimiser of a penalised two-factor model by its convex "
+                        "the global minimiser of a two-factor or constrained model by its convex "
                         "problem (stopped at a 1e-12 relative duality gap in float64)")
     p.add_argument("--tol", type=float, default=None,
                    help="stop once the gradient norm relative to the objective is <= TOL "
@@ -202,9 +202,11 @@ def build_parser(layers=()):
     b = sub.add_parser("bench", help="speed: gradient steps per second, and time to the optimum")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.add_argument("--quick", action="store_true", help="short measurements")
-    b.add_argument("--only", default="throughput,deep,solvers",
+    b.add_argument("--only", default="throughput,deep,solvers,global",
                    help="comma list of sections: throughput (GD steps/s, grids), deep (deep "
-                        "model line), solvers (time to a 1e-10 gap per optimiser) (default all)")
+                        "model line), solvers (time to a 1e-10 gap per optimiser), global (time "
+                        "to a 1e-10 certified global gap: convex solver, L-BFGS, GD; float64) "
+                        "(default all)")
     b.add_argument("--batches", default="1,64,1024,4096", help="grid sizes B (comma list)")
     b.add_argument("--sizes", choices=("paper", "large", "both"), default="both",
                    help="K=4,d=20,n=50 (paper), K=10,d=64,n=100 (large) or both")
@@ -427,10 +429,10 @@ def convergence_warning(result):
     far = f", and it ends {gap:.1e} (relative) from the closed form" if gap is not None else ""
     tries = [f"more --steps (ran {cert['steps_taken']})"]
     model = get_model(cfg["model"])
-    if model.two_factor is not None and cfg["optimizer"] != "convex":
-        tries.insert(0, "--optimizer convex")
-    elif cfg["optimizer"] != "lbfgs" and not model.constrained:
+    if cfg["optimizer"] != "lbfgs" and not model.constrained:
         tries.insert(0, "--optimizer lbfgs")
+    if model.solver is not None and cfg["optimizer"] != "convex":
+        tries.insert(0, "--optimizer convex")
     if cfg["optimizer"] == "gd":
         tries.append("--optimizer momentum")
     return (f"ufm: warning: the run did not converge: relative gradient norm "

@@ -107,8 +107,10 @@ def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_smal
                 raise ValueError(f"{what} must be finite and >= 0, got {v}")
     for spec in model.hypers:
         if spec.positive and float(hyper[spec.name]) <= 0:
-            raise ValueError(f"{named(spec.name)} must be > 0 (a squared-norm bound), "
-                             f"got {float(hyper[spec.name])}")
+            raise ValueError(f"{named(spec.name)} must be > 0, got {float(hyper[spec.name])}")
+        if spec.below is not None and float(hyper[spec.name]) >= spec.below:
+            raise ValueError(f"{named(spec.name)} must be < {spec.below:g}, got "
+                             f"{float(hyper[spec.name])}")
     if float(hyper["lr"]) <= 0:
         raise ValueError(f"{named('lr')} must be > 0, got {float(hyper['lr'])}")
     need = model.theorem_min_d(sizes.K)
@@ -199,9 +201,9 @@ def check_sessions(model, sessions, distill, K, restarts):
 
 
 def check_solver(model, hyper, optimizer):
-    """The convex solver needs λ_W, λ_H > 0 (with μ = √(λ_Wλ_H) = 0 the problem has no minimiser
-    or an unbounded set of them) and λ_b > 0 for a regularized bias in CE."""
-    if optimizer.solve is None:
+    """The convex solver of a two-factor model needs λ_W, λ_H > 0 (with μ = √(λ_Wλ_H) = 0 the
+    problem has no minimiser, or an unbounded set of them)."""
+    if optimizer.solve is None or model.two_factor is None:
         return
     for name in ("lam_W", "lam_H"):
         if float(hyper[name]) <= 0:

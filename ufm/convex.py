@@ -41,30 +41,31 @@ def _entropy(Q):
 def loss_gradient(U, targets, counts, loss):
     """Γ [K, K]: ∂L/∂z_i for a sample of class k is column k (the same for every sample of it).
 
-    L = (1/2N)‖Z − T‖² (MSE, targets T [K, K] per class) or (1/N) Σ CE(z_i, y_i)."""
+    L = (1/2N)‖Z − T‖² (MSE, targets T [K, K] per class) or (1/N) Σ [lse(z_i) − ⟨t_{y_i}, z_i⟩]
+    (CE against the target distributions T's columns: one-hot, or smoothed)."""
     N = float(np.sum(counts))
     if loss == "mse":
         return (U - targets) / N
-    return (_softmax(U) - np.eye(U.shape[0])) / N
+    return (_softmax(U) - targets) / N
 
 
 def conjugate_bound(Gamma, targets, counts, loss):
-    """−L*(G) for G = Γ·E: MSE −⟨G, T⟩ − (N/2)‖G‖²; CE (1/N) Σ_i Entropy(e_{y_i} + N g_i) (−inf
+    """−L*(G) for G = Γ·E: MSE −⟨G, T⟩ − (N/2)‖G‖²; CE (1/N) Σ_i Entropy(t_{y_i} + N g_i) (−inf
     where a column leaves the simplex)."""
     n = np.asarray(counts, np.float64)
     N = n.sum()
     if loss == "mse":
         return float(-np.sum(n * np.sum(Gamma * targets, axis=0))
                      - N / 2 * np.sum(n * np.sum(Gamma * Gamma, axis=0)))
-    Q = np.eye(Gamma.shape[0]) + N * Gamma
+    Q = targets + N * Gamma
     if np.any(Q < -1e-15):
         return -math.inf
     return float(np.sum(n * _entropy(np.clip(Q, 0.0, None))) / N)
 
 
-def _simplex_cap(Gamma, N):
-    """The largest s with e_k + N·s·Γ_{:,k} ≥ 0 for every k (inf if none binds)."""
-    Q0, dQ = np.eye(Gamma.shape[0]), N * Gamma
+def _simplex_cap(Gamma, N, targets):
+    """The largest s with t_k + N·s·Γ_{:,k} ≥ 0 for every k (inf if none binds)."""
+    Q0, dQ = targets, N * Gamma
     with np.errstate(divide="ignore", invalid="ignore"):
         caps = np.where(dQ < 0, Q0 / -dQ, np.inf)
     return float(np.min(caps))
@@ -74,7 +75,8 @@ def penalised_bound(M, b, lam_W, lam_H, counts, loss, bias=None, lam_b=0.0, targ
     """A lower bound on min P ≤ the UFM's global minimum, from the class logits M = W·H̄ [K, K]
     (and the bias b [K]) of any point.
 
-    loss: 'mse' (targets T [K, K], default I) or 'ce'; bias: None, 'free' or 'regularized'. The
+    loss: 'mse' or 'ce' (targets T [K, K]: per class, the regression target or the target
+    distribution; default I); bias: None, 'free' or 'regularized'. The
     dual point is s·Γ, Γ the loss gradient at M + b1ᵀ (row-centred, Γn = 0, for a free bias), with
     s ∈ [0, s_max] chosen to maximise the bound (closed form for MSE, golden section for CE, whose
     bound is concave in s); s_max puts ‖Γ D^½‖_op·s ≤ μ and, for CE, the columns in the simplex.
@@ -91,7 +93,7 @@ def penalised_bound(M, b, lam_W, lam_H, counts, loss, bias=None, lam_b=0.0, targ
     op = np.linalg.norm(Gamma * np.sqrt(n)[None, :], 2)
     s_max = mu / op if op > 0 else 1.0
     if loss == "ce":
-        s_max = min(s_max, _simplex_cap(Gamma, N))
+        s_max = min(s_max, _simplex_cap(Gamma, N, T))
     ones = Gamma @ n  # G1
     bias_term = (lambda s: 0.0) if bias != "regularized" else (
         (lambda s: -s * s * float(ones @ ones) / (2 * lam_b)) if lam_b > 0 else
@@ -211,7 +213,7 @@ def _reduced_loss(problem, bias, hyper, sizes):
         if problem.loss == "mse":
             value = jnp.sum(n * jnp.sum((U - T) ** 2, axis=0)) / (2 * N)
         else:
-            value = jnp.sum(n * (jax.nn.logsumexp(U, axis=0) - jnp.diag(U))) / N
+            value = jnp.sum(n * (jax.nn.logsumexp(U, axis=0) - jnp.sum(T * U, axis=0))) / N
         if bias == "regularized":
             value = value + hyper["lam_b"] / 2 * jnp.sum(b * b)
         return value
@@ -229,11 +231,10 @@ def _dual_value(problem, bias, hyper, A, b, n, N, T, mu):
     """The dual bound at the gradient of the current point (s = largest feasible ≤ 1), traced:
     the solver's stopping test (the host's `penalised_bound` refines s, not needed at the end)."""
     U = A / jnp.sqrt(n)[None, :] + b[:, None]
-    K = U.shape[0]
     if problem.loss == "mse":
         G = (U - T) / N
     else:
-        G = (jax.nn.softmax(U, axis=0) - jnp.eye(K)) / N
+        G = (jax.nn.softmax(U, axis=0) - T) / N
     if bias == "free":
         G = G - (G @ n / N)[:, None]
     op = linalg.singular_values(G * jnp.sqrt(n)[None, :])[0]
@@ -243,7 +244,7 @@ def _dual_value(problem, bias, hyper, A, b, n, N, T, mu):
     if problem.loss == "mse":
         value = -jnp.sum(n * jnp.sum(G * T, axis=0)) - N / 2 * jnp.sum(n * jnp.sum(G * G, axis=0))
     else:
-        Q = jnp.clip(jnp.eye(K) + N * G, 0.0, None)
+        Q = jnp.clip(T + N * G, 0.0, None)
         value = -jnp.sum(n * jnp.sum(jnp.where(Q > 0, Q * jnp.log(jnp.where(Q > 0, Q, 1.0)), 0.0),
                                      axis=0)) / N
     if bias == "regularized":
@@ -251,7 +252,7 @@ def _dual_value(problem, bias, hyper, A, b, n, N, T, mu):
     return value
 
 
-def solve(model, sizes, hyper, max_iter, tol, check_every=10):
+def solve(model, sizes, hyper, max_iter, tol, key=None, check_every=10):
     """The global minimiser of a penalised two-factor model by accelerated proximal gradient
     (FISTA with adaptive restart) on the reduced K×K problem, stopped once the relative duality
     gap (P − D)/max(|P|, 1e-6) ≤ tol or after max_iter iterations. Traceable and vmappable.

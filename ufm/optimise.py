@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ufm import convex
 from ufm.metrics import class_labels
 from ufm.models import Session, models
 
@@ -150,8 +149,9 @@ LBFGS = Optimizer("lbfgs", _bind_lbfgs, step_size=False, projected=False, copies
                   stop_tol=(("float32", 1e-6), ("float64", 1e-10)), unroll=1)
 # The convex solver of the penalised two-factor models (docs/theory.md §5.3): accelerated proximal
 # gradient on the reduced K×K problem, stopped by the relative duality gap.
-CONVEX = Optimizer("convex", None, step_size=False, projected=False, copies=4,
-                   stop_tol=(("float32", 1e-6), ("float64", 1e-12)), solve=convex.solve)
+CONVEX = Optimizer("convex", None, step_size=False, projected=True, copies=4,
+                   stop_tol=(("float32", 1e-6), ("float64", 1e-12)),
+                   solve=lambda model, *args: model.solver(model, *args))
 OPTIMIZERS = {o.name: o for o in (GD, MOMENTUM, ADAM, LBFGS, CONVEX)}
 
 
@@ -165,11 +165,11 @@ def get_optimizer(optimizer, model=None):
     else:
         raise ValueError(f"optimizer (--optimizer) must be one of {', '.join(OPTIMIZERS)}, "
                          f"got {optimizer!r}")
-    if model is not None and opt.solve is not None and model.two_factor is None:
-        takes = [m.name for m in models().values() if m.two_factor is not None]
-        raise ValueError(f"optimizer (--optimizer) {opt.name} solves the convex problem of the "
-                         f"penalised two-factor models ({', '.join(takes)}); {model.name!r} is "
-                         f"not one of them")
+    if model is not None and opt.solve is not None and model.solver is None:
+        takes = [m.name for m in models().values() if m.solver is not None]
+        raise ValueError(f"optimizer (--optimizer) {opt.name} solves the convex problem of "
+                         f"{', '.join(takes)}; {model.name!r} has none (three or more factors "
+                         f"or a nonlinearity)")
     if model is not None and model.project is not None and not opt.projected:
         raise ValueError(f"optimizer (--optimizer) {opt.name} is for the unconstrained models; "
                          f"{model.name!r} keeps its features on a constraint set, which "
@@ -552,7 +552,7 @@ def _solved(problem, key, hyper, steps):
     opt = problem.optimizer
     tol = problem.tol if problem.tol is not None else dict(opt.stop_tol)[
         str(jnp.dtype(jnp.result_type(float)))]
-    params, iterations, gap = opt.solve(problem.model, problem.sizes, hyper, steps, tol)
+    params, iterations, gap = opt.solve(problem.model, problem.sizes, hyper, steps, tol, key)
     iterations = jnp.asarray(iterations, jnp.int32)
     rec = record(problem, params, hyper)
     finite = jnp.isfinite(rec["objective"]) & _all_finite(params)

@@ -397,8 +397,9 @@ def _global_arrays(model, sizes, base, grid, results, config):
             hyper = dict(base, **point_lams(model, base, {k: float(v[i]) for k, v in
                                                           values.items()}))
             inputs = {k[len(BOUND_PREFIX):]: results[k][i] for k in names}
-            with np.errstate(all="ignore"):
-                lower[i] = model.lower_bound(inputs, hyper, sizes)
+            if all(np.all(np.isfinite(v)) for v in inputs.values()):  # not a diverged point
+                with np.errstate(all="ignore"):
+                    lower[i] = model.lower_bound(inputs, hyper, sizes)
     objective = results["objective"].astype(np.float64)
     gap = objective - lower
     tol = certificate_mod.GLOBAL_TOL[config["dtype"]]

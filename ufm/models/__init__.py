@@ -6,6 +6,7 @@
     layered.py        linear-extended, relu-extended, deep-linear, deep-relu, deep-linear-ce
     constrained.py    fixed-etf, fixed-orthogonal, lpm
     scaled_target.py  scaled-target (MSE with targets γY)
+    label_smoothing.py  ce-smoothing (cross-entropy against smoothed labels)
 
 `get_model(name, **options)` builds one (options: depth, loss, alpha, mask_softmax, where the
 model takes them); `MODELS` maps every name to its default variant.
@@ -13,7 +14,7 @@ model takes them); `MODELS` maps every name to its default variant.
 from ufm.models.base import (REGISTRY, Hyper, Model, Option, Session, Sizes, get_model,
                              hyper_specs, models, one_hot_targets, option_specs, register)
 from ufm.models import (plain, layered, cross_entropy, constrained,  # noqa: E402,F401  (register)
-                        scaled_target)
+                        scaled_target, label_smoothing)
 from ufm.models.layered import layered_features, layered_model
 from ufm.models.plain import plain_model
 

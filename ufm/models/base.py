@@ -78,6 +78,7 @@ class Hyper(NamedTuple):
     default: float
     help: str
     positive: bool = False
+    below: Optional[float] = None  # a strict upper bound, if any
 
     @property
     def flag(self):
@@ -124,7 +125,10 @@ class Model(NamedTuple):
     bound_inputs: Optional[Callable] = None
     lower_bound: Optional[Callable] = None
     convex_min_d: Optional[Callable] = None  # K -> the d from which the convex bound is attained
-    two_factor: Optional[Any] = None  # convex.TwoFactor: the reduced problem `--optimizer convex` solves
+    two_factor: Optional[Any] = None  # convex.TwoFactor: the reduced problem of a two-factor model
+    # `--optimizer convex`: solver(model, sizes, hyper, max_iter, tol, key) -> (params, iterations,
+    # relative gap), a traceable solver of the model's convex problem, or None
+    solver: Optional[Callable] = None
 
     @property
     def hyper_names(self):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ufm import convex, geometry, metrics, theory
+from ufm import convex, geometry, linalg, metrics, theory
 from ufm.models.base import (BOUND, Hyper, Model, Option, gaussian_blocks, one_hot_targets,
                              register)
 
@@ -216,7 +216,8 @@ def constrained_model(name, frame, loss="ce", alpha="none", mask_softmax=False):
         _project(halfspace, mask_softmax), fixed_blocks=("E",) if frame != "learnable" else (),
         sessions=frame != "learnable", bound_inputs=_bound_inputs,
         lower_bound=_lower_bound(loss, alpha, halfspace),
-        convex_min_d=(lambda K: 2 * K) if frame == "learnable" else (lambda K: 1))
+        convex_min_d=(lambda K: 2 * K) if frame == "learnable" else (lambda K: 1),
+        solver=_solver(frame, loss, alpha))
 
 
 def _options(losses):
@@ -232,3 +233,120 @@ register("fixed-etf", _options(LOSSES))(
 register("fixed-orthogonal", _options(("ce",)))(
     lambda **o: constrained_model("fixed-orthogonal", "orthogonal", **o))
 register("lpm", _options(("ce",)))(lambda **o: constrained_model("lpm", "learnable", **o))
+
+
+# --- the convex solver of the constrained models (`--optimizer convex`; docs/theory.md §5.3) ---
+
+def _reduced(loss, weights, E_H):
+    """φ(Z) = Σ_k ω_k ℓ(z_k, k) of the class logits Z [K, K] (column k: class k's mean)."""
+    def phi(Z):
+        if loss == "dot-regression":
+            root = jnp.sqrt(E_H)
+            return jnp.sum(weights * (jnp.diag(Z) - root) ** 2 / (2 * root))
+        return jnp.sum(weights * (jax.nn.logsumexp(Z, axis=0) - jnp.diag(Z)))
+
+    return phi
+
+
+def _lambda_min(S):
+    """The smallest eigenvalue of a symmetric S by two largest singular values (SVD through
+    ufm.linalg, safe under vmap on CPU): λ_min = r − σ_max(rI − S), r = σ_max(S)."""
+    r = linalg.singular_values(S)[0]
+    return r - linalg.singular_values(r * jnp.eye(S.shape[0], dtype=S.dtype) - S)[0]
+
+
+def _solver(frame, loss, alpha):
+    halfspace = frame == "orthogonal"
+
+    def solve(model, sizes, hyper, max_iter, tol, key):
+        """Accelerated projected gradient (restarted) on the class means — and, for the
+        layer-peeled model, the class vectors — stopped when the relative gap to the Frank–Wolfe
+        bound (fixed classifier) or to the SDP dual bound (layer-peeled) is ≤ tol. Returns
+        (params with every feature at its class mean, iterations, gap). The fixed frame E is the
+        one `init` draws from `key`, as for the other optimisers."""
+        K, dtype = sizes.K, jnp.result_type(float)
+        start = model.project(model.init(key, hyper, sizes), hyper, sizes)
+        weights = jnp.asarray(convex.class_weights(sizes.counts, alpha), dtype)
+        phi = _reduced(loss, weights, hyper["E_H"])
+        E_H = hyper["E_H"]
+        A = None
+        if halfspace:
+            Q = start["E"]
+            A = jnp.sum(Q, axis=1, keepdims=True) - Q  # a_k = Σ_{j≠k} q_j  [d, K]
+        learnable = frame == "learnable"
+
+        def vectors(V):
+            return V["W"].T if learnable else start["E"]
+
+        def value(V):
+            return phi(vectors(V).T @ V["Hbar"])
+
+        def project(V):
+            H = V["Hbar"]
+            if halfspace:
+                dot = jnp.sum(A * H, axis=0)
+                H = H - jnp.minimum(dot, 0.0) / jnp.sum(A * A, axis=0) * A
+            out = {"Hbar": _into_ball(H, E_H, axis=0)}
+            if learnable:
+                out["W"] = _into_ball(V["W"], hyper["E_W"], axis=1)
+            return out
+
+        def bound(V):
+            Z = vectors(V).T @ V["Hbar"]
+            f, grad = jax.value_and_grad(phi)(Z)
+            if learnable:  # the SDP dual bound (docs/theory.md §5.2)
+                C = jnp.zeros((2 * K, 2 * K), dtype)
+                C = C.at[:K, K:].set(grad / 2).at[K:, :K].set(grad.T / 2)
+                X = jnp.concatenate([V["W"], V["Hbar"].T])
+                X = X @ X.T
+                diag = jnp.diag(X)
+                y = jnp.maximum(jnp.where(diag > 0, -jnp.diag(C @ X) / jnp.where(diag > 0, diag, 1),
+                                          0.0), 0.0)
+                y = y + jnp.maximum(0.0, -_lambda_min(C + jnp.diag(y)))
+                e = jnp.concatenate([jnp.full(K, hyper["E_W"]), jnp.full(K, E_H)])
+                return f - jnp.sum(grad * Z) - jnp.sum(y * e)
+            G = start["E"] @ grad  # ∂φ/∂h̄_k  [d, K]; the Frank–Wolfe bound
+            g = G
+            if halfspace:
+                ag = jnp.sum(A * G, axis=0)
+                g = jnp.where(ag > 0, G - ag / jnp.sum(A * A, axis=0) * A, G)
+            return f + jnp.sum(-jnp.sqrt(E_H) * jnp.linalg.norm(g, axis=0)
+                               - jnp.sum(G * V["Hbar"], axis=0))
+
+        curvature = 1 / jnp.sqrt(E_H) if loss == "dot-regression" else 0.5
+        if learnable:
+            step = 1.0 / (2 * jnp.max(weights) * curvature * K * (hyper["E_W"] + E_H))
+        else:
+            step = 1.0 / (jnp.max(weights) * curvature * linalg.singular_values(start["E"])[0] ** 2)
+        grad = jax.grad(value)
+        V0 = {"Hbar": metrics.class_means(start["H"], sizes.classes)}
+        if learnable:
+            V0["W"] = start["W"]
+        V0 = project(V0)
+
+        def relative_gap(V):
+            f = value(V)
+            return (f - bound(V)) / jnp.maximum(jnp.abs(f), 1e-6)
+
+        def body(carry):
+            i, V, Y, t, gap = carry
+            new = project(jax.tree.map(lambda y, g: y - step * g, Y, grad(Y)))
+            inner = sum(jnp.sum((Y[k] - new[k]) * (new[k] - V[k])) for k in V)
+            restart = inner > 0
+            t_new = jnp.where(restart, 1.0, (1 + jnp.sqrt(1 + 4 * t * t)) / 2)
+            beta = jnp.where(restart, 0.0, (t - 1) / t_new)
+            Y = jax.tree.map(lambda a, b: a + beta * (a - b), new, V)
+            gap = jax.lax.cond((i + 1) % 10 == 0, lambda: relative_gap(new), lambda: gap)
+            return i + 1, new, Y, t_new, gap
+
+        def cond(carry):
+            return (carry[0] < max_iter) & ~(carry[-1] <= tol)
+
+        inf = jnp.asarray(jnp.inf, dtype)
+        i, V, _, _, gap = jax.lax.while_loop(cond, body, (0, V0, V0, jnp.asarray(1.0, dtype), inf))
+        params = dict(start, H=V["Hbar"][:, metrics.class_labels(sizes.counts, sizes.N)])
+        if learnable:
+            params["W"] = V["W"]
+        return params, i, gap
+
+    return solve

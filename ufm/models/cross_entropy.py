@@ -39,7 +39,7 @@ def cross_entropy_model(name, bias):
         balanced_only(lambda hyper, sizes: theory.cross_entropy(hyper, sizes, bias)),
         bias="regularized" if bias else None, bound_inputs=class_logits,
         lower_bound=penalised_bound(CE, "regularized" if bias else None),
-        convex_min_d=lambda K: K, two_factor=CE)
+        convex_min_d=lambda K: K, solver=convex.solve, two_factor=CE)
 
 
 register("ce")(lambda: cross_entropy_model("ce", False))

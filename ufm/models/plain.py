@@ -99,7 +99,7 @@ def plain_model(name, bias):
         (lambda K: K - 1) if bias == "free" else (lambda K: K), 1.0,
         balanced_only(lambda hyper, sizes: theory.plain(hyper, sizes, bias)), bias=bias,
         bound_inputs=class_logits, lower_bound=penalised_bound(MSE, bias),
-        convex_min_d=lambda K: K, two_factor=MSE)
+        convex_min_d=lambda K: K, solver=convex.solve, two_factor=MSE)
 
 
 register("bias-free")(lambda: plain_model("bias-free", None))

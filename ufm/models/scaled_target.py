@@ -51,4 +51,4 @@ register("scaled-target")(lambda: Model(
     "scaled-target", "1/(2N)‖WH − γY‖² + λ_W/2‖W‖² + λ_H/2‖H‖² (a regression UFM, targets γY)",
     two_factor_init(False), objective, two_factor_measurements(True), TWO_FACTOR + (GAMMA,),
     lambda K: K, 1.0, balanced_only(theory), bound_inputs=class_logits,
-    lower_bound=penalised_bound(REDUCED, None), convex_min_d=lambda K: K, two_factor=REDUCED))
+    lower_bound=penalised_bound(REDUCED, None), convex_min_d=lambda K: K, solver=convex.solve, two_factor=REDUCED))
