@@ -52,15 +52,23 @@ def test_published_values():
     assert cert["global"] and abs(cert["global_gap"]) < 1e-8
 
 
-@pytest.mark.parametrize("case", IMBALANCED, ids=[c[0] for c in IMBALANCED])
+@pytest.mark.parametrize("case", IMBALANCED[:4], ids=[c[0] for c in IMBALANCED[:4]])
 def test_solver_agrees_with_lbfgs_multistarts(case, optima):
     model, counts, d, lams = case
     solved = optima[model]
     assert solved.certificate["global"] and solved.certificate["converged"]
     assert solved.certificate["global_gap"] <= 1e-10 * solved.final["objective"]
-    best = ufm.train(model, K=len(counts), n=counts, d=d, optimizer="lbfgs", restarts=4,
+    best = ufm.train(model, K=len(counts), n=counts, d=d, optimizer="lbfgs", restarts=3,
                      steps=3000, log_every=3000, init_scale=0.5, **lams)
     assert best.final["objective"] == pytest.approx(solved.final["objective"], rel=1e-9)
+    # each restart carries its own verdict: a certified one is at the optimum, and the kept
+    # (best) restart's verdict is the result's
+    assert len(best.restart_global) == 3
+    for f, is_global in zip(best.restart_objectives, best.restart_global):
+        if is_global:
+            assert f <= solved.final["objective"] * (1 + 2e-9)
+    kept = int(np.argmin(best.restart_objectives))
+    assert best.restart_global[kept] == best.certificate["global"]
     # the solver's factors have the written shapes, balanced: λ_W‖W‖² = λ_H‖H‖²
     W, H = solved.params["W"], solved.params["H"]
     assert W.shape == (len(counts), d) and H.shape == (d, sum(counts))
@@ -111,7 +119,7 @@ def test_small_d_is_reported_honestly():
     """d < K: the bound (the convex problem's minimum) stays below anything the model reaches at
     this d, the gap stays open, and the result says why."""
     lams = dict(lam_W=1e-2, lam_H=1e-2)
-    best = ufm.train("ce", K=5, n=4, d=3, optimizer="lbfgs", restarts=8, steps=3000,
+    best = ufm.train("ce", K=5, n=4, d=3, optimizer="lbfgs", restarts=3, steps=3000,
                      log_every=3000, init_scale=0.5, allow_small_d=True, **lams)
     cert = best.certificate
     assert not cert["global"] and cert["global_gap"] > 0.1

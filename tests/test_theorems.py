@@ -365,9 +365,37 @@ def test_scaled_target_closed_form(kw):
     Y = np.kron(np.eye(kw["K"]), np.ones((1, kw["n"])))
     WH = r.params["W"] @ r.params["H"]
     assert np.abs(WH - max(kw["gamma"] - c, 0) * Y).max() < 1e-5
-    if th.structure == "OF":
+    if th.structure != "zero":  # an orthogonal frame: H̄ᵀH̄ = (γ − c)√(λ_W/(nλ_H))·I
         Hbar = np.asarray(metrics.class_means(r.params["H"], kw["K"]))
-        assert rel(Hbar.T @ Hbar, th.gram_H) < 1e-5
+        rho = (kw["gamma"] - c) * math.sqrt(kw["lam_W"] / (kw["n"] * kw["lam_H"]))
+        assert rel(Hbar.T @ Hbar, rho * np.eye(kw["K"])) < 1e-5
+
+
+def test_scaled_target_with_targets_from_a_file_at_any_counts(tmp_path):
+    """Per-class target vectors T (a file) and imbalanced counts: L-BFGS and the convex solver
+    against the soft-thresholded singular values of γT·D^½, below and above the threshold."""
+    T = np.array([[1.0, 0.2, -0.3], [0.1, 0.8, 0.4], [-0.2, 0.3, 1.5]])
+    np.save(tmp_path / "T.npy", T)
+    ranks = []
+    for lam in (1e-2, 0.25, 0.5):  # Nμ = 0.07, 1.75, 3.5 against σ = 3.27, 2.57, 1.11: 3, 2, 0
+        kw = dict(K=3, n=(4, 2, 1), d=3, lam_W=lam, lam_H=lam, gamma=1.5)
+        opts = {"targets": str(tmp_path / "T.npy")}
+        r = ufm.train("scaled-target", optimizer="lbfgs", steps=3000, log_every=3000,
+                      options=opts, **kw)
+        s = ufm.train("scaled-target", optimizer="convex", steps=50000, log_every=50000,
+                      options=opts, **kw)
+        sigma = np.linalg.svd(1.5 * T * np.sqrt([4, 2, 1]), compute_uv=False)
+        N, mu = 7, lam
+        kept = np.maximum(sigma - N * mu, 0)
+        f_star = np.sum(np.minimum(sigma, N * mu) ** 2) / (2 * N) + mu * kept.sum()
+        assert r.theory.objective == pytest.approx(f_star, rel=1e-13)
+        for run in (r, s):
+            assert run.final["objective"] == pytest.approx(f_star, rel=1e-9)
+            assert run.certificate["global"]
+        ranks.append(r.theory.structure)
+    assert ranks == ["rank 3", "rank 2", "zero"]
+    with pytest.raises(ValueError, match="targets .* is 3×3 but K"):
+        ufm.train("scaled-target", K=4, n=2, d=4, options=opts, steps=1, log_every=1)
 
 
 def test_scaled_target_at_gamma_one_is_theorem_3_1():

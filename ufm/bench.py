@@ -314,8 +314,36 @@ def global_times(quick=False):
         for opt in ("lbfgs", "gd"):
             row[opt] = time_to_gap(model, sizes, dict(lam_W=lam, lam_H=lam), opt, cap, 0.5,
                                    f_star=f_star)
+        row["cvxpy"] = cvxpy_time(name, counts, lam, f_star)
         rows.append(row)
     return {"gap": GAP, "cap": cap, "rows": rows, "grid": global_grid(8 if quick else 32)}
+
+
+def cvxpy_time(name, counts, lam, f_star):
+    """The same reduced K×K problem in cvxpy (Clarabel: exponential and semidefinite cones), when
+    cvxpy happens to be installed (it is not a dependency): seconds (problem built outside the
+    timing, solve timed) and its objective's relative difference from f_star; None without cvxpy."""
+    try:
+        import cvxpy as cp
+    except ImportError:
+        return None
+    K = len(counts)
+    n = np.asarray(counts, np.float64)
+    N = n.sum()
+    A = cp.Variable((K, K))
+    M = A @ np.diag(1 / np.sqrt(n))
+    if name == "ce":
+        loss = sum(n[k] / N * (cp.log_sum_exp(M[:, k]) - M[k, k]) for k in range(K))
+    else:  # unregularized-bias (MSE with a free bias)
+        b = cp.Variable(K)
+        loss = sum(n[k] / (2 * N) * cp.sum_squares(M[:, k] + b - np.eye(K)[:, k])
+                   for k in range(K))
+    problem = cp.Problem(cp.Minimize(loss + lam * cp.normNuc(A)))  # μ = √(λ·λ) = λ
+    t0 = time.perf_counter()
+    problem.solve(solver=cp.CLARABEL)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "status": problem.status, "version": cp.__version__,
+            "relative_difference": float((problem.value - f_star) / f_star)}
 
 
 def global_grid(points):
@@ -458,6 +486,10 @@ def global_report(glob):
             r = row[o]
             cells.append(f"{o} {'' if r['reached'] else '>'}{r['seconds']:.3g} s "
                          f"({r['steps']:,} it.)")
+        cv = row.get("cvxpy")
+        if cv is not None:
+            cells.append(f"cvxpy {cv['version']} (Clarabel) {cv['seconds']:.3g} s, "
+                         f"{cv['status']}, objective {cv['relative_difference']:+.1e} rel.")
         counts = "/".join(map(str, row["counts"]))
         lines.append(f"  {row['model']:18s} n={counts:14s} d={row['d']:<3d} λ={row['lam']:.0e}  "
                      + "   ".join(cells))

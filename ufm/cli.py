@@ -96,7 +96,9 @@ def _add_variant_flags(p, static=False):
     p.add_argument("model", help=f"one of: {', '.join(REGISTRY)}")
     for name, (option, owners) in option_specs().items():
         where = f"{', '.join(owners)}: "
-        if isinstance(option.default, bool):
+        if option.convert is not None:  # the library reads and checks the value (a file)
+            p.add_argument(option.flag, dest=name, default=None, help=where + option.help)
+        elif isinstance(option.default, bool):
             p.add_argument(option.flag, dest=name, action="store_true",
                            help=where + option.help)
         elif option.choices is not None:
@@ -282,6 +284,12 @@ def check_out(path, default):
     return path
 
 
+def _other_options(args):
+    """The model options of kinds the CLI passes through as given (files): {name: value}."""
+    return {name: getattr(args, name) for name, (option, _) in option_specs().items()
+            if option.convert is not None and getattr(args, name, None) is not None}
+
+
 def _lambda_flags(args):
     """The hyperparameter flags as given (None where not given); the library checks that the
     model takes them (config.check_names)."""
@@ -319,6 +327,8 @@ def describe_theory(th):
     """The line naming a prediction's regime, its control parameter and threshold."""
     from ufm import theory
 
+    if hasattr(th, "describe"):  # a model file's own prediction says it itself
+        return th.describe()
     if isinstance(th, theory.PlainPrediction):
         return f"c = {th.c:.4g} (threshold 1)"
     if isinstance(th, theory.CrossEntropyPrediction):
@@ -446,7 +456,7 @@ def cmd_train(args):
     try:
         out = check_out(args.out, os.path.join("runs", args.model))
         model = get_model(args.model, loss=args.loss, alpha=args.alpha,
-                          mask_softmax=args.mask_softmax, depth=args.depth)
+                          mask_softmax=args.mask_softmax, depth=args.depth, **_other_options(args))
         lams = _lambda_flags(args)
         sessions, distill = _session_args(args)
         kw = dict(K=args.K, n=args.n, d=args.d, steps=args.steps, log_every=args.log_every,
@@ -454,7 +464,8 @@ def cmd_train(args):
                   restarts=1 if args.restarts is None else args.restarts,
                   optimizer=args.optimizer, allow_small_d=args.allow_small_d, loss=args.loss,
                   alpha=args.alpha, mask_softmax=args.mask_softmax, sessions=sessions,
-                  distill=distill, tol=args.tol, depth=args.depth, **lams)
+                  distill=distill, tol=args.tol, depth=args.depth, options=_other_options(args),
+                  **lams)
         total = args.steps * (len(session_groups(sessions, args.K)) if sessions else 1)
         update, close = progress_bar(total, args.quiet)
         t0 = time.perf_counter()
@@ -566,6 +577,7 @@ def cmd_sweep(args, argv):
             args.model, static, {k: fixed.get(k) for k in lams}, axes, order=order,
             steps=args.steps, lr=fixed.get("lr", DEFAULTS["lr"]),
             init_scale=fixed.get("init_scale"), loss=args.loss, alpha=args.alpha,
+            options=_other_options(args),
             mask_softmax=args.mask_softmax, out=out,
             progress=None if update is None else (lambda d, t: update(d, t)),
             seed=args.seed, seeds=args.seeds, optimizer=args.optimizer,

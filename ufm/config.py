@@ -113,6 +113,8 @@ def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_smal
                              f"{float(hyper[spec.name])}")
     if float(hyper["lr"]) <= 0:
         raise ValueError(f"{named('lr')} must be > 0, got {float(hyper['lr'])}")
+    if model.check is not None:
+        model.check(sizes)
     need = model.theorem_min_d(sizes.K)
     if sizes.d < need and not allow_small_d:
         raise ValueError(

@@ -32,12 +32,14 @@ class Result(NamedTuple):
     certificate: Optional[dict] = None  # see certificate.certificate
     reference: Optional[dict] = None  # where the run landed against reference values (theory.landing)
     undefined: Optional[dict] = None  # measurement -> why it is NaN (see metrics.undefined_reasons)
+    restart_global: Optional[list] = None  # each restart certified global (None: no bound)
 
 
 def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
           log_every=DEFAULTS["log_every"], seed=0, lr=DEFAULTS["lr"], init_scale=None,
           restarts=1, optimizer="gd", allow_small_d=False, progress=None, loss=None, alpha=None,
-          mask_softmax=False, sessions=None, distill=0.0, tol=None, depth=None, **lams):
+          mask_softmax=False, sessions=None, distill=0.0, tol=None, depth=None, options=None,
+          **lams):
     """Validate, run the optimiser compiled (R restarts vmapped, best kept), return a Result.
 
     lams: the model's λ's by name (lam_W, lam_H, lam_b, lam_W1, lam_W2, lam_H1, E_H, E_W); unset
@@ -48,9 +50,11 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     mask_softmax: variants of the constrained models; sessions (see config.session_groups) runs
     class-incremental sessions of `steps` steps each, with `distill` the weight of the tie to the
     previous session's features. depth: L of the deep models (default 3), with lam_H1 and lam_W
-    (every layer) or lam_W1 … lam_WL.
+    (every layer) or lam_W1 … lam_WL. options: any other static options of the model by name
+    (e.g. scaled-target's targets).
     """
-    spec = get_model(model, loss=loss, alpha=alpha, mask_softmax=mask_softmax, depth=depth)
+    spec = get_model(model, loss=loss, alpha=alpha, mask_softmax=mask_softmax, depth=depth,
+                     **(options or {}))
     opt = optimise.get_optimizer(optimizer, spec)
     cert_mod.check_tol(tol)
     n = config.parse_counts(n, K if isinstance(K, (int, np.integer)) else None)
@@ -84,8 +88,13 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     else:
         traj = optimise.compiled_simulation(spec, sizes, steps, log_every, opt, restarts,
                                             stop)(key, jhyper)
+    restart_global = None
     if restarts > 1 and groups is None:
         restart_obj = [float(v) for v in optimise.final_objectives(traj)]
+        if spec.bound_inputs is not None:  # every restart's own global certificate
+            restart_global = [cert_mod.global_certificate(
+                spec, spec.bound_inputs(optimise.pick(traj, r).params, sizes), hyper, sizes,
+                restart_obj[r])["global"] for r in range(restarts)]
         traj = optimise.pick(traj, optimise.best_restart(traj))
     traj = optimise.trim(traj)
     if restarts == 1 or groups is not None:
@@ -95,11 +104,9 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     cfg = dict(model=model, K=K, n=n, d=d, steps=steps, log_every=log_every, seed=seed,
                restarts=restarts, optimizer=opt.name, tol=stop, allow_small_d=allow_small_d,
                dtype=str(jnp.result_type(float)), **hyper)
-    options = dict(spec.options)
-    if "loss" in options:
-        cfg.update(loss=options["loss"], alpha=options["alpha"],
-                   mask_softmax=options["mask_softmax"],
-                   sessions=None if groups is None else [list(g) for g in groups],
+    cfg.update({k: v for k, v in spec.options if k != "depth"})  # the variant's options
+    if spec.sessions:
+        cfg.update(sessions=None if groups is None else [list(g) for g in groups],
                    distill=distill)
     if spec.depth is not None:
         cfg.update(depth=spec.depth, rank_tol=metrics.RANK_TOL)
@@ -116,7 +123,8 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
         steps=np.asarray(traj.steps), history=history, final=final,
         undefined=metrics.undefined_reasons(final, diverged_at >= 0) or None,
         theory=prediction, diverged_at=None if diverged_at < 0 else diverged_at,
-        restart_objectives=restart_obj, sessions=session_info, certificate=cert,
+        restart_objectives=restart_obj, restart_global=restart_global, sessions=session_info,
+        certificate=cert,
         reference=theory_mod.landing(prediction, float(history["objective"][-1])))
 
 
@@ -150,7 +158,7 @@ def result_dict(result):
         "reference": result.reference,
         "diverged": result.diverged_at is not None,
         "diverged_at": result.diverged_at,
-        "restarts": {"objectives": result.restart_objectives,
+        "restarts": {"objectives": result.restart_objectives, "global": result.restart_global,
                      "spread": (max(finite) - min(finite)) if finite else None},
         **({"sessions": result.sessions} if result.sessions is not None else {}),
     })

@@ -454,7 +454,8 @@ def _theory_arrays(model, sizes, base, grid, objective):
 # --- static axes: one program per combination ---------------------------------------------------
 
 def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale=None,
-             loss=None, alpha=None, mask_softmax=False, out=None, progress=None, **kw):
+             loss=None, alpha=None, mask_softmax=False, options=None, out=None, progress=None,
+             **kw):
     """A sweep over static axes too: every combination of `static` (name -> list of values for
     depth, K, d, n; a list of one value is no axis) is one compiled program, resumable on its own
     under out/chunks/<combination>/. The results make one set of arrays with every axis in
@@ -473,13 +474,13 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
     for combo in itertools.product(*static.values()):  # validate every one before computing
         values = dict(zip(static, combo))
         model = get_model(model_name, loss=loss, alpha=alpha, mask_softmax=mask_softmax,
-                          depth=values.get("depth"))
+                          depth=values.get("depth"), **(options or {}))
         sizes = Sizes(values["K"], parse_counts(values["n"], values["K"]), values["d"])
         base = hyper_for(model, {k: v for k, v in lams.items()
                                  if not (k == "lam_W" and "lam_W" in axes)}, lr, init_scale)
         plans.append((values, _plan(model, sizes, base, axes, steps=steps, **kw)))
     mark = sweep_fingerprint(model_name, static, lams, axes, steps, lr, init_scale,
-                             (loss, alpha, mask_softmax), kw)
+                             (loss, alpha, mask_softmax, *sorted((options or {}).items())), kw)
     parts, configs = [], []
     with (folder_lock(out) if out else contextlib.nullcontext()):
         finished = out and store.finished(out, mark)

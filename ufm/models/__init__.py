@@ -13,8 +13,16 @@ model takes them); `MODELS` maps every name to its default variant.
 """
 from ufm.models.base import (REGISTRY, Hyper, Model, Option, Session, Sizes, get_model,
                              hyper_specs, models, one_hot_targets, option_specs, register)
-from ufm.models import (plain, layered, cross_entropy, constrained,  # noqa: E402,F401  (register)
-                        scaled_target, label_smoothing)
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
+# Every module of this package registers its models when imported: the families in this order
+# (the order of `MODELS`, of the CLI's help and of error messages), then any other file placed
+# here — adding a model is adding a file.
+FAMILIES = ("plain", "layered", "cross_entropy", "constrained", "scaled_target", "label_smoothing")
+for _name in FAMILIES + tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
+                                     if m.name not in FAMILIES + ("base",))):
+    importlib.import_module(f"{__name__}.{_name}")
 from ufm.models.layered import layered_features, layered_model
 from ufm.models.plain import plain_model
 

@@ -93,6 +93,9 @@ class Option(NamedTuple):
     default: Any
     help: str
     choices: Optional[tuple] = None
+    # for any other kind of value: convert(value) -> a hashable value (e.g. a file's matrix as a
+    # tuple of tuples), raising ValueError naming the option for a bad one
+    convert: Optional[Callable] = None
 
     @property
     def flag(self):
@@ -129,6 +132,7 @@ class Model(NamedTuple):
     # `--optimizer convex`: solver(model, sizes, hyper, max_iter, tol, key) -> (params, iterations,
     # relative gap), a traceable solver of the model's convex problem, or None
     solver: Optional[Callable] = None
+    check: Optional[Callable] = None  # check(sizes): ValueError for sizes this variant cannot take
 
     @property
     def hyper_names(self):
@@ -175,6 +179,8 @@ def register(name, options=()):
 
 
 def _check_option(option, value):
+    if option.convert is not None:
+        return
     if option.choices is not None:
         if value not in option.choices:
             raise ValueError(f"{option.name} ({option.flag}) must be one of "
@@ -207,6 +213,8 @@ def get_model(name, **options):
         value = given.get(option.name, option.default)
         if isinstance(value, np.integer):
             value = int(value)
+        if option.convert is not None and value is not None:
+            value = option.convert(value)
         if option.choices is not None and value not in option.choices:
             elsewhere = [e.name for e in REGISTRY.values() for o in e.options
                          if o.name == option.name and o.choices and value in o.choices]

@@ -41,6 +41,10 @@ class SmoothingPrediction(NamedTuple):
     p: float  # the softmax probability of the correct class at the optimum
     x: float  # class logits M = x·P, P = I − 11ᵀ/K
 
+    def describe(self):
+        return (f"class logits x·(I − 11ᵀ/K), x = {self.x:.4g}: correct-class probability "
+                f"{self.p:.4g} (zero solution once 1 − (K−1)(ε/K + μ√n) ≤ 1/K)")
+
 
 def theory(hyper, sizes):
     """Closed form (float64, independent of the simulator; docs/theory.md §3.12). By symmetry and

@@ -1,54 +1,121 @@
-"""The MSE UFM with targets γY: a regression UFM whose targets are the one-hot labels scaled by γ
-(docs/theory.md §3.11). This file is the whole model: its objective, its closed form and its
-registration (the worked example of docs/architecture.md)."""
+"""The MSE UFM with targets γ·T: a regression UFM whose class k has the target vector γ·t_k (the
+one-hot labels by default, T = I; any K×K matrix from a file with `--targets`). This file is the
+whole model: its objective, its closed form (any counts) and its registration (the worked example
+of docs/architecture.md; docs/theory.md §3.11)."""
 import math
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
-from ufm import convex
-from ufm.models.base import Hyper, Model, balanced_only, one_hot_targets, register, sq
+from ufm import convex, metrics
+from ufm.models.base import Hyper, Model, Option, register, sq
 from ufm.models.plain import (TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                              two_factor_measurements)
-from ufm.theory import PlainPrediction
 
-# the reduced problem's targets per class: γI
-REDUCED = convex.TwoFactor("mse", lambda hyper, sizes: hyper["gamma"] * jnp.eye(sizes.K))
 GAMMA = Hyper("gamma", 1.0, "γ, the scale of the targets γY (default 1)", positive=True)
 
 
-def objective(params, hyper, sizes, session=None):
-    """1/(2N)‖WH − γY‖² + λ_W/2‖W‖² + λ_H/2‖H‖²  (bias-free MSE UFM with targets γY).
-
-    params: W [K, d], H [d, N]; hyper: lam_W, lam_H, gamma.
-    """
-    W, H = params["W"], params["H"]
-    Y = hyper["gamma"] * one_hot_targets(sizes, H.dtype)
-    return (sq(W @ H - Y) / (2 * sizes.N) + hyper["lam_W"] / 2 * sq(W)
-            + hyper["lam_H"] / 2 * sq(H))
-
-
-def theory(hyper, sizes):
-    """The minimiser for d ≥ K (float64, independent of the simulator).
-
-    With Z = WH the penalty's minimum over factorisations is √(λ_Wλ_H)‖Z‖_*, so the problem is
-    1/(2N)‖Z − γY‖² + √(λ_Wλ_H)‖Z‖_*: soft-threshold the K singular values γ√n of γY at
-    N√(λ_Wλ_H). With c = K√(nλ_Wλ_H): WH = (γ − c)₊Y, f* = γ²/2 − (γ − c)₊²/2; an orthogonal
-    frame H̄ᵀH̄ = ρ_H I with ρ_H = (γ − c)√(λ_W/(nλ_H)) for c < γ, zero after.
-    """
-    lam_W, lam_H, gamma = (float(hyper[k]) for k in ("lam_W", "lam_H", "gamma"))
-    K, n = sizes.K, sizes.n
-    c = K * math.sqrt(n * lam_W * lam_H)
-    s = max(gamma - c, 0.0)  # WH = s·Y
-    rho_H, rho_W = s * math.sqrt(lam_W / (n * lam_H)), s * math.sqrt(n * lam_H / lam_W)
-    return PlainPrediction(
-        objective=gamma ** 2 / 2 - s ** 2 / 2, structure="OF" if s > 0 else "zero", c=c,
-        threshold=gamma, bias_threshold=None, x=s, y=s, b=None, gram_H=rho_H * np.eye(K),
-        gram_W=rho_W * np.eye(K), rho_H=rho_H, rho_W=rho_W)
+def read_targets(value):
+    """The `targets` option as a hashable K×K tuple: from a .npy, .npz (array `targets`) or text
+    file, or an array; ValueError naming the option otherwise."""
+    what = f"targets (--targets) {value!r}"
+    if isinstance(value, str):
+        try:
+            if value.endswith(".npy"):
+                value = np.load(value, allow_pickle=False)
+            elif value.endswith(".npz"):
+                with np.load(value, allow_pickle=False) as f:
+                    value = f["targets"]
+            else:
+                value = np.loadtxt(value, delimiter="," if value.endswith(".csv") else None,
+                                   ndmin=2)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{what} cannot be read as a K×K matrix: {err}") from None
+    T = np.asarray(value, np.float64)
+    if T.ndim != 2 or T.shape[0] != T.shape[1] or not np.all(np.isfinite(T)):
+        raise ValueError(f"targets (--targets) must be a finite K×K matrix (column k: class k's "
+                         f"target vector), got shape {T.shape}")
+    return tuple(tuple(float(v) for v in row) for row in T)
 
 
-register("scaled-target")(lambda: Model(
-    "scaled-target", "1/(2N)‖WH − γY‖² + λ_W/2‖W‖² + λ_H/2‖H‖² (a regression UFM, targets γY)",
-    two_factor_init(False), objective, two_factor_measurements(True), TWO_FACTOR + (GAMMA,),
-    lambda K: K, 1.0, balanced_only(theory), bound_inputs=class_logits,
-    lower_bound=penalised_bound(REDUCED, None), convex_min_d=lambda K: K, solver=convex.solve, two_factor=REDUCED))
+TARGETS = Option("targets", None, "scaled-target: a K×K matrix of per-class target vectors "
+                 "(column k for class k) in a .npy/.npz/.csv/.txt file (default: the one-hot "
+                 "labels, I)", convert=read_targets)
+
+
+def target_matrix(targets, K):
+    return np.eye(K) if targets is None else np.asarray(targets, np.float64)
+
+
+def scaled_target_model(targets=None):
+    T = None if targets is None else jnp.asarray(targets)
+
+    def per_class(hyper, sizes):
+        """γ·T [K, K]: column k the target of class k."""
+        base = jnp.eye(sizes.K) if T is None else T
+        return hyper["gamma"] * base
+
+    def objective(params, hyper, sizes, session=None):
+        """1/(2N)‖WH − γT·E‖² + λ_W/2‖W‖² + λ_H/2‖H‖²  (E the class indicator [K, N]).
+
+        params: W [K, d], H [d, N]; hyper: lam_W, lam_H, gamma.
+        """
+        W, H = params["W"], params["H"]
+        labels = metrics.class_labels(sizes.counts, sizes.N)
+        Y = per_class(hyper, sizes).astype(H.dtype)[:, labels]
+        return (sq(W @ H - Y) / (2 * sizes.N) + hyper["lam_W"] / 2 * sq(W)
+                + hyper["lam_H"] / 2 * sq(H))
+
+    def theory(hyper, sizes):
+        """The minimiser for d ≥ K at any counts (float64, independent of the simulator).
+
+        The penalty's minimum over factorisations of Z = WH is μ‖Z‖_*, μ = √(λ_Wλ_H); with
+        Z = M·E and A = M D^½ (D = diag n) the problem is 1/(2N)‖A − γT D^½‖² + μ‖A‖_*: soft-
+        threshold the singular values σ_j of γT D^½ at Nμ. f* = Σ_j [min(σ_j, Nμ)²/(2N) +
+        μ(σ_j − Nμ)₊]. With T = I and balanced classes: f* = γ²/2 − (γ − c)₊²/2, c = K√(nλ_Wλ_H).
+        """
+        lam_W, lam_H, gamma = (float(hyper[k]) for k in ("lam_W", "lam_H", "gamma"))
+        n = np.asarray(sizes.counts, np.float64)
+        N, mu = n.sum(), math.sqrt(lam_W * lam_H)
+        sigma = np.linalg.svd(gamma * target_matrix(targets, sizes.K) * np.sqrt(n)[None, :],
+                              compute_uv=False)
+        kept = np.maximum(sigma - N * mu, 0.0)
+        value = float(np.sum(np.minimum(sigma, N * mu) ** 2) / (2 * N) + mu * np.sum(kept))
+        rank = int(np.sum(kept > 0))
+        return TargetPrediction(value, "zero" if rank == 0 else f"rank {rank}",
+                                sizes.K * math.sqrt(float(n.mean()) * lam_W * lam_H),
+                                N * mu, tuple(sigma), tuple(kept))
+
+    def check(sizes):
+        if T is not None and T.shape[0] != sizes.K:
+            raise ValueError(f"targets (--targets) is {T.shape[0]}×{T.shape[0]} but K (--K) is "
+                             f"{sizes.K}")
+
+    reduced = convex.TwoFactor("mse", per_class)
+    fit = "γY" if targets is None else "γT·E (targets from --targets)"
+    return Model(
+        "scaled-target", f"1/(2N)‖WH − {fit}‖² + λ_W/2‖W‖² + λ_H/2‖H‖² (a regression UFM)",
+        two_factor_init(False), objective, two_factor_measurements(True), TWO_FACTOR + (GAMMA,),
+        lambda K: K, 1.0, theory, bound_inputs=class_logits,
+        lower_bound=penalised_bound(reduced, None), convex_min_d=lambda K: K,
+        solver=convex.solve, two_factor=reduced, check=check)
+
+
+class TargetPrediction(NamedTuple):
+    """The minimiser of the scaled-target model: WH = U diag(kept) Vᵀ·D^-½E from the SVD of
+    γT D^½."""
+
+    objective: float
+    structure: str  # 'zero' or 'rank r' (T = I, balanced: rank K, an orthogonal frame)
+    c: float  # K·√(n̄λ_Wλ_H), n̄ the mean count (the threshold is c = γ when T = I, balanced)
+    threshold: float  # Nμ: singular values of γT D^½ below it are set to zero
+    singular_values: tuple  # σ_j of γT D^½
+    kept: tuple  # (σ_j − Nμ)₊: the singular values of A* = M* D^½
+
+    def describe(self):
+        return (f"soft-thresholding the singular values of γT·D^½ at Nμ = {self.threshold:.4g}: "
+                f"{sum(k > 0 for k in self.kept)} of {len(self.kept)} kept")
+
+
+register("scaled-target", (TARGETS,))(scaled_target_model)
