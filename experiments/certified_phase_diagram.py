@@ -18,11 +18,10 @@ SMOKE = dict(FULL, points=3, seeds=2, lbfgs_steps=300)
 def _grid(cfg, optimizer, seeds, steps, quiet):
     lams = np.logspace(*cfg["lam_range"], cfg["points"])
     static = {"K": [cfg["K"]], "d": [cfg["d"]], "n": [tuple(cfg["counts"])]}
-    update, close = common.progress(1, quiet, f"{NAME} {optimizer}")
+    update, close = common.sweep_progress(quiet, f"{NAME} {optimizer}")
     arrays, _ = sweep.run_grid(
         "ce", static, {}, {"lam_W": lams, "lam_H": lams}, order=["lam_W", "lam_H"], steps=steps,
-        init_scale=cfg["init_scale"], seeds=seeds, optimizer=optimizer,
-        progress=None if update is None else (lambda d, t: update(d / t)))
+        init_scale=cfg["init_scale"], seeds=seeds, optimizer=optimizer, progress=update)
     close()
     return arrays
 
@@ -44,29 +43,17 @@ def main(argv=None):
 
 
 def plot(out):
-    from matplotlib.colors import LogNorm
-
     plt = common.pyplot()
     a, cfg = common.load(out, NAME)
     lw, lh = a["lam_W"], a["lam_H"]
     fig, axes = plt.subplots(1, 4, figsize=(23, 5))
     panels = ((a["optimum"], "certified global minimum (convex solver)", None),
-              (np.clip(np.abs(a["gap"]), 1e-17, None), "its gap to the dual lower bound", "log"),
+              (a["gap"], "its gap to the dual lower bound", "log"),
               (a["fraction_global"], f"fraction of {cfg['seeds']} L-BFGS seeds certified global",
                None),
-              (np.clip(a["worst_excess"], 1e-17, None),
-               "worst L-BFGS seed: (f − f*)/f*", "log"))
+              (np.clip(a["worst_excess"], 1e-17, None), "worst L-BFGS seed: (f − f*)/f*", "log"))
     for ax, (z, title, scale) in zip(axes, panels):
-        z = np.asarray(z, float)
-        norm = LogNorm(vmin=max(np.nanmin(z), 1e-17), vmax=max(np.nanmax(z), 1e-16)) \
-            if scale else None
-        im = ax.pcolormesh(lw, lh, z.T, norm=norm, shading="nearest", cmap="viridis")
-        fig.colorbar(im, ax=ax)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("λ_W (log)")
-        ax.set_ylabel("λ_H (log)")
-        ax.set_title(title, fontsize=10)
+        common.heatmap(fig, ax, lw, lh, z, title, "λ_W (log)", "λ_H (log)", log=bool(scale))
     fig.suptitle(f"Certified phase diagram of the cross-entropy UFM: K = {cfg['K']}, counts "
                  f"{tuple(cfg['counts'])}, d = {cfg['d']}, float64; every point's optimum "
                  f"certified by its dual bound (all {int(a['solver_global'].sum())} of "

@@ -89,3 +89,30 @@ def log_curves(ax, x, curves, title, ylabel="value (log scale)", xlabel="iterati
     ax.set_ylabel(ylabel)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7)
+
+
+def sweep_progress(quiet, desc):
+    """A bar over a whole `ufm.sweep` call: (progress(done, total) for the sweep, close())."""
+    update, close = progress(1, quiet, desc)
+    return (None if update is None else (lambda done, total: update(done / total))), close
+
+
+def heatmap(fig, ax, x, y, z, title, xlabel, ylabel, log=True, vmin=None, vmax=None):
+    """z [len(x), len(y)] over log-spaced axes, on a log colour scale when `log` (|z| clipped at
+    1e-17, so exact zeros show as the floor)."""
+    from matplotlib.colors import LogNorm
+
+    z = np.asarray(z, float)
+    norm = None
+    if log:
+        z = np.clip(np.abs(z), 1e-17, None)
+        norm = LogNorm(vmin=vmin or max(z[np.isfinite(z)].min(), 1e-16),
+                       vmax=vmax or z[np.isfinite(z)].max())
+    im = ax.pcolormesh(x, y, z.T, norm=norm, shading="nearest", cmap="viridis")
+    fig.colorbar(im, ax=ax)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+

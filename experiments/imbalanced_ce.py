@@ -35,11 +35,10 @@ def rated_seeds(cfg, lam, optimizer, steps, lr, quiet):
     """Every seed at every R, by one compiled program per R: the verdict counts
     [R, 3] (global, local, stalled)."""
     static = {"K": [cfg["K"]], "d": [cfg["d"]], "n": [counts(cfg, R) for R in cfg["ratios"]]}
-    update, close = common.progress(1, quiet, f"{NAME} {optimizer} λ={lam:g}")
+    update, close = common.sweep_progress(quiet, f"{NAME} {optimizer} λ={lam:g}")
     arrays, _ = sweep.run_grid(
         "ce", static, {"lam_W": lam, "lam_H": lam}, {}, order=["n"], steps=steps, lr=lr,
-        init_scale=cfg["init_scale"], seeds=cfg["seeds"], optimizer=optimizer,
-        progress=None if update is None else (lambda d, t: update(d / t)))
+        init_scale=cfg["init_scale"], seeds=cfg["seeds"], optimizer=optimizer, progress=update)
     close()
     glob, conv = arrays["global"], arrays["converged"]
     return np.stack([glob.sum(-1), (conv & ~glob).sum(-1), (~conv & ~glob).sum(-1)], axis=-1), \

@@ -24,10 +24,9 @@ SMOKE = dict(FULL, steps=100, points=3)
 def _run(model_name, sizes, fixed, axes, cfg, init, args, desc):
     model = ufm.get_model(model_name)
     base = hyper_for(model, fixed, cfg["lr"], init)
-    update, close = common.progress(1, args.quiet, desc)
-    arrays, config = sweep.run_sweep(
-        model, sizes, base, axes, steps=cfg["steps"], optimizer=cfg["optimizer"],
-        progress=None if update is None else (lambda d, t: update(d / t)))
+    update, close = common.sweep_progress(args.quiet, desc)
+    arrays, config = sweep.run_sweep(model, sizes, base, axes, steps=cfg["steps"],
+                                     optimizer=cfg["optimizer"], progress=update)
     close()
     return arrays
 
@@ -49,24 +48,6 @@ def main(argv=None):
     return plot(args.out)
 
 
-def _panel(fig, ax, x, y, z, title, xlabel, ylabel, log=True, vmin=None, vmax=None):
-    from matplotlib.colors import LogNorm
-
-    z = np.asarray(z, float)
-    if log:
-        z = np.clip(np.abs(z), 1e-17, None)
-        norm = LogNorm(vmin=vmin or max(z[np.isfinite(z)].min(), 1e-16), vmax=vmax or z[np.isfinite(z)].max())
-    else:
-        norm = None
-    im = ax.pcolormesh(x, y, z.T, norm=norm, shading="nearest", cmap="viridis")
-    fig.colorbar(im, ax=ax)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-
-
 def plot(out):
     plt = common.pyplot()
     a, cfg = common.load(out, NAME)
@@ -79,7 +60,7 @@ def plot(out):
     for ax, z, title, log in zip(axes[0], (gap, a["plain_nc2_of_H"], a["plain_norm_W"]),
                                  ("relative gap to the closed form", "NC2-OF of class means H̄",
                                   "‖W‖_F (0 past the threshold)"), (True, True, False)):
-        _panel(fig, ax, lw, lh, z, f"bias-free: {title}", "λ_W (log)", "λ_H (log)", log)
+        common.heatmap(fig, ax, lw, lh, z, f"bias-free: {title}", "λ_W (log)", "λ_H (log)", log)
         ax.plot(curve_x, c_one, "w--", lw=1.5, label="c = 1 (theory)")
         ax.set_ylim(lh[0], lh[-1])
         ax.legend(fontsize=8, loc="lower left")
@@ -92,7 +73,7 @@ def plot(out):
                                            a["ext_norm_W"]),
                                  ("relative gap to the closed form", "NC2-OF of H̄2",
                                   "‖W2‖_F"), (True, True, False)):
-        _panel(fig, ax, h1, w2, z, f"linear extended: {title}", "λ_H1 (log)", "λ_W2 (log)", log)
+        common.heatmap(fig, ax, h1, w2, z, f"linear extended: {title}", "λ_H1 (log)", "λ_W2 (log)", log)
         ax.plot(cx, jump, "w--", lw=1.5, label="K·a = 2^(−4/3) (jump)")
         ax.plot(cx, local, "w:", lw=1.5, label="K·a = 3·4^(−4/3)")
         ax.set_ylim(w2[0], w2[-1])
