@@ -16,7 +16,7 @@ NAME = "imbalanced_ce"
 FULL = dict(K=4, minority=2, n_min=1, d=8, ratios=[1, 2, 4, 8, 16, 32, 64, 128],
             lams=[1e-2, 3e-3, 1e-3], seeds=8, lbfgs_steps=3000, gd_steps=20000, gd_lr=1.0,
             init_scale=0.5)
-SMOKE = dict(FULL, ratios=[1, 8], lams=[1e-2], seeds=2, lbfgs_steps=300, gd_steps=200)
+SMOKE = dict(FULL, ratios=[1], lams=[1e-2], seeds=2, lbfgs_steps=300, gd_steps=200)
 
 
 def counts(cfg, R):

@@ -7,9 +7,9 @@ must reproduce these numbers to 1e-12 (float64). Only the public entry points ar
 
 Regenerate (only when a change of results is intended and explained in the commit):
     python tests/golden.py
-(The pinned file also holds relu-extended and deep-relu runs, made with the same code; the test
-checks the cases listed here, the shared paths of those two being covered by linear-extended,
-deep-linear-4 and the ReLU theorem tests.)
+(The pinned file holds every case below and two more, relu-extended and deep-relu, made with the
+same code; tests/test_golden.py runs a subset that takes every family, optimiser and driver path
+once, to keep the suite's time.)
 """
 import os
 import sys

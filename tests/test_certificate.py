@@ -81,7 +81,6 @@ BALANCED = [("bias-free", 4, 5, 6, dict(lam_W=5e-3, lam_H=5e-3)),
             ("regularized-bias", 4, 5, 6, dict(lam_W=1e-2, lam_H=1e-2, lam_b=0.3)),
             ("regularized-bias", 4, 5, 6, dict(lam_W=1e-2, lam_H=1e-2, lam_b=0.01)),  # saturated
             ("ce", 4, 5, 6, dict(lam_W=5e-3, lam_H=5e-3)),
-            ("ce-bias", 3, 6, 4, dict(lam_W=1e-2, lam_H=1e-2, lam_b=1e-2)),
             ("scaled-target", 4, 5, 6, dict(lam_W=0.1, lam_H=0.1, gamma=0.5))]  # c > γ: zero
 
 
