@@ -109,13 +109,13 @@ def penalised_bound(M, b, lam_W, lam_H, counts, loss, bias=None, lam_b=0.0, targ
     return _golden_max(value, 0.0, s_max)
 
 
-def _golden_max(fn, lo, hi, iters=80):
+def _golden_max(fn, lo, hi, evaluations=80):
     """max of a concave fn on [lo, hi] by golden-section search (and the end points)."""
     g = (math.sqrt(5) - 1) / 2
     a, b = lo, hi
     c, d = b - g * (b - a), a + g * (b - a)
     fc, fd = fn(c), fn(d)
-    for _ in range(iters):
+    for _ in range(evaluations):  # golden-section search on the host, not optimiser steps
         if fc < fd:
             a, c, fc = c, d, fd
             d = a + g * (b - a)
