@@ -10,6 +10,8 @@ import os
 import numpy as np
 
 FIGURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "figures")
+DPI = {"figure": 110, "smoke": 30}  # a smoke run checks that the figure draws, not how it looks
+_dpi = [DPI["figure"]]
 
 
 def parse_args(name, description, argv=None, extra=None):
@@ -23,10 +25,15 @@ def parse_args(name, description, argv=None, extra=None):
     if extra:
         extra(p)
     args = p.parse_args(argv)
+    _dpi[0] = DPI["smoke" if args.smoke else "figure"]
     if not args.float32:
         import jax  # the script is the caller: it chooses the precision of its own process
 
         jax.config.update("jax_enable_x64", True)
+    from ufm import cache
+
+    if cache.wanted(True):  # as the CLI: a rerun loads its compiled programs (docs/usage.md)
+        cache.enable_compilation_cache()
     return args
 
 
@@ -66,7 +73,8 @@ def save_figure(fig, out, name):
     from ufm.files import atomic_write
 
     path = os.path.join(out, f"{name}.png")
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=_dpi[0],
+                                                         bbox_inches="tight"))
     plt.close(fig)
     return path
 

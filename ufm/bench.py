@@ -9,8 +9,14 @@ deep: the same for the deep linear UFM at L = 4, K = 10, d = 32: one run, a grid
 and a PyTorch loop when torch is installed.
 solvers (float64): time to a 1e-10 relative gap to the closed form for GD, momentum, Adam and
 L-BFGS, as ratios against GD, and a 32×32 λ grid solved by L-BFGS and by GD.
+global (float64): time to a certified global optimum (convex solver, L-BFGS, GD, cvxpy).
+latency: wall time of whole CLI commands in fresh processes, run twice against an empty
+compilation cache (first: compiles and fills it; second: loads from it), beside
+`python -c "import jax"` — the time to first result a researcher sees.
 """
 import functools
+import os
+import sys
 import time
 
 import jax
@@ -22,7 +28,7 @@ from ufm.config import hyper_for
 from ufm.models import MODELS, Sizes
 
 SIZES = (Sizes(4, 50, 20), Sizes(10, 100, 64))
-SECTIONS = ("throughput", "deep", "solvers", "global")
+SECTIONS = ("throughput", "deep", "solvers", "global", "latency")
 BATCHES = (1, 64, 1024, 4096)
 LAM, LR = 5e-3, 0.1
 
@@ -368,6 +374,73 @@ def global_grid(points):
     return out
 
 
+# --- latency: whole commands, first and second run ----------------------------------------------
+
+LATENCY_SWEEP = ("--lam-H", "1e-3:1e-1:4:log", "--lam-W", "1e-3:1e-1:4:log", "--steps", "2000")
+
+
+def latency_commands(features):
+    """(label, argv) of the commands timed; `features`: an .npz for `ufm measure`."""
+    ufm = [sys.executable, "-m", "ufm.cli"]
+    return [("python -c 'import jax'", [sys.executable, "-c", "import jax"]),
+            ("ufm train bias-free", ufm + ["train", "bias-free"]),
+            ("ufm train deep-linear", ufm + ["train", "deep-linear"]),
+            ("ufm sweep bias-free (4×4 λ grid)", ufm + ["sweep", "bias-free", *LATENCY_SWEEP]),
+            ("ufm proof 3.1", ufm + ["proof", "3.1"]),
+            (f"ufm measure {os.path.basename(features)}", ufm + ["measure", features])]
+
+
+def _measure_file(folder):
+    """The committed depthwise-network features when this is a checkout, else a synthetic file of
+    the same shape (1740 × 64, two layers, K = 10, W)."""
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "figures",
+                        "data", "depthwise_network_features.npz")
+    if os.path.isfile(here):
+        return here
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 174)
+    path = os.path.join(folder, "features.npz")
+    np.savez(path, h1=rng.normal(size=(1740, 64)), h2=rng.normal(size=(1740, 64)),
+             labels=labels, W=rng.normal(size=(10, 64)))
+    return path
+
+
+def latency_times(repeat=2):
+    """Wall seconds of each command in a fresh process, `repeat` times in a row, with the CLI's
+    compilation cache in a new empty folder (the first run fills it)."""
+    import subprocess
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("UFM_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                            "JAX_COMPILATION_CACHE_DIR")}
+        env["UFM_CACHE_DIR"] = os.path.join(folder, "cache")
+        for label, argv in latency_commands(_measure_file(folder)):
+            out = os.path.join(folder, f"out{len(rows)}")
+            argv = argv + (["--out", out] if argv[2:3] == ["ufm.cli"] else [])
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+                times.append(time.perf_counter() - t0)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
+            rows.append({"command": label, "seconds": times})
+    return {"rows": rows, "cpus": os.cpu_count()}
+
+
+def latency_report(lat):
+    lines = [f"\ntime to first result: wall seconds in a fresh process ({lat['cpus']} CPUs), "
+             f"first run (empty compilation cache) and second run (cached):"]
+    for r in lat["rows"]:
+        first, *rest = r["seconds"]
+        lines.append(f"  {r['command']:38s} {first:7.2f} s   " +
+                     "   ".join(f"{t:7.2f} s" for t in rest))
+    return lines
+
+
 def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
     """All measurements of the chosen sections as a JSON-ready dict."""
     out = {"device": f"{jax.local_device_count()} × {jax.devices()[0].device_kind}",
@@ -379,11 +452,13 @@ def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
         out["solvers"] = solver_times(quick) if out["dtype"] == "float64" else None
     if "global" in sections:
         out["global"] = global_times(quick) if out["dtype"] == "float64" else None
+    if "latency" in sections:
+        out["latency"] = latency_times()
     if "throughput" not in sections:
         return out
     for sz in sizes:
         flops = 6 * sz.K * sz.d * sz.N  # three K×d×N products per step
-        budget = (2e10 if not quick else 2e9) / flops  # config-steps per measurement
+        budget = (2e10 if not quick else 2e8) / flops  # config-steps per measurement
         steps = int(min(20000, max(200, budget)))
         loop_steps = int(min(3000, max(100, budget / 20)))
         row = {"K": sz.K, "d": sz.d, "n": sz.n, "scan_steps_per_s": scan_rate(sz, steps),
@@ -421,6 +496,8 @@ def report(res):
         lines += solver_report(res["solvers"])
     if "global" in res:
         lines += global_report(res["global"])
+    if res.get("latency"):
+        lines += latency_report(res["latency"])
     if not res["sizes"]:
         return "\n".join(lines)
     lines.append(f"\nbias-free UFM, GD step {LR}:")

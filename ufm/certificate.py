@@ -37,13 +37,15 @@ def certificate_tol(tol, dtype=None):
 
 
 def check_tol(tol):
-    """ValueError unless tol is None or a finite number > 0."""
+    """ValueError unless tol is None or a number in (0, 1): a relative gradient norm of 1 or more
+    is no test of stationarity (it would certify the initialisation)."""
     if tol is None:
         return
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
-        raise ValueError(f"tol (--tol) must be a number > 0, got {tol!r}")
-    if not (math.isfinite(float(tol)) and float(tol) > 0):
-        raise ValueError(f"tol (--tol) must be finite and > 0, got {float(tol)}")
+        raise ValueError(f"tol (--tol) must be a number in (0, 1), got {tol!r}")
+    if not (math.isfinite(float(tol)) and 0 < float(tol) < 1):
+        raise ValueError(f"tol (--tol) must be in (0, 1) (a relative gradient norm), got "
+                         f"{float(tol)}")
 
 
 def predict(model, sizes, hyper):
@@ -74,11 +76,14 @@ def checked_prediction(model, sizes, hyper):
     return prediction
 
 
-def certificate(objectives, grad_norm, converged_at, steps_taken, tol, reference=None):
+def certificate(objectives, grad_norm, converged_at, steps_taken, tol, reference=None,
+                diverged=False):
     """The convergence certificate of one run, a JSON-ready dict.
 
     objectives: the recorded objective [T]; grad_norm: ‖∇f‖/max(|f|, floor) at the end (the
-    projected-gradient step for constrained models); converged: grad_norm ≤ tol; rel_decrease: the
+    projected-gradient step for constrained models); converged: grad_norm ≤ tol and the run did
+    not diverge or blow up (optimise.blown_up: a huge objective makes the relative gradient tiny,
+    so the test alone could certify an explosion); rel_decrease: the
     last logging interval's (f_prev − f_last)/max(|f_last|, floor); closed_form_gap: the signed
     (f − f*)/|f*| (f − f* where f* = 0) against the closed-form optimum `reference`, if any.
     """
@@ -93,7 +98,8 @@ def certificate(objectives, grad_norm, converged_at, steps_taken, tol, reference
                         else f[-1] - reference)
     grad_norm = float(grad_norm)
     return {"grad_norm": grad_norm, "rel_decrease": rel_decrease, "tol": float(tol),
-            "converged": bool(grad_norm <= tol), "converged_at": converged_at,
+            "converged": bool(grad_norm <= tol and not diverged),
+            "converged_at": None if diverged else converged_at,
             "steps_taken": int(steps_taken), "closed_form_gap": gap}
 
 

@@ -15,9 +15,11 @@ import time
 import numpy as np
 
 from ufm.config import DEFAULTS, LAYER_LAMBDA, flag
-from ufm.models import REGISTRY, get_model, hyper_specs, option_specs
-from ufm.optimise import OPTIMIZERS
 from ufm.progress import progress_bar
+
+# Subcommands that never import JAX (nor the simulator): their parser is built without the model
+# registry, so `ufm measure` and `ufm plot` start in the time numpy takes to import.
+LEAN = ("measure", "plot", "cache")
 
 LAYER_FLAG = re.compile(r"--lam-W([1-9][0-9]*)(=.*)?$")
 
@@ -49,6 +51,8 @@ def _add_size_flags(p, static=False):
 def _add_lambda_flags(p, layers, grid):
     """A flag for every hyperparameter some model's record declares, and --lam-W<l> for each
     layer named on the command line (deep models of any depth)."""
+    from ufm.models import hyper_specs
+
     number = str if grid else float  # a sweep parses grids itself (start:stop:num[:log], a,b,c)
     grid_help = " (a grid: start:stop:num, start:stop:num:log, or a,b,c)" if grid else ""
     specs = hyper_specs()
@@ -64,6 +68,8 @@ def _add_lambda_flags(p, layers, grid):
 
 
 def _add_run_flags(p, grid=False):
+    from ufm.optimise import OPTIMIZERS
+
     number = str if grid else float
     grid_help = " (a grid: start:stop:num, start:stop:num:log, or a,b,c)" if grid else ""
     p.add_argument("--lr", type=number, default=None,
@@ -93,6 +99,8 @@ def _add_run_flags(p, grid=False):
 
 def _add_variant_flags(p, static=False):
     """The model, and a flag for every static option some model's record declares."""
+    from ufm.models import REGISTRY, option_specs
+
     p.add_argument("model", help=f"one of: {', '.join(REGISTRY)}")
     for name, (option, owners) in option_specs().items():
         where = f"{', '.join(owners)}: "
@@ -140,47 +148,21 @@ def _use_host_devices(count):
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
-def build_parser(layers=()):
-    """The parser; `layers`: the l of every --lam-W<l> on the command line (deep models)."""
-    parser = _Parser(prog="ufm", description="Unconstrained features model simulator (JAX).")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("train", help="optimise one configuration")
-    _add_variant_flags(p)
-    _add_size_flags(p)
-    _add_lambda_flags(p, layers, grid=False)
-    _add_run_flags(p)
-    p.add_argument("--log-every", type=int, default=DEFAULTS["log_every"],
-                   help="record measurements every this many steps (default 500)")
-    p.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    w = sub.add_parser("sweep", help="run a grid as compiled, vmapped programs")
-    _add_variant_flags(w, static=True)
-    _add_size_flags(w, static=True)
-    _add_lambda_flags(w, layers, grid=True)
-    _add_run_flags(w, grid=True)
-    w.add_argument("--seeds", type=int, default=0, help="add a last axis of S seeds (seed, seed+1, …)")
-    w.add_argument("--chunk", type=int, default=None, help="configurations per compiled chunk (auto)")
-    w.add_argument("--out", default=None, help="output folder (default runs/sweep-MODEL); a rerun "
-                                               "with the same --out resumes")
-    w.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_host_devices(w)
-    w.add_argument("--distributed", action="store_true",
-                   help="several hosts: call jax.distributed.initialize() first (SLURM and other "
-                        "launchers are detected by JAX); run the same command on every host")
-    r = sub.add_parser("proof", help="check every step of a theorem's proof at random points and "
-                                     "at the optimiser's solution")
-    r.add_argument("theorem", help="one of: 3.1, 3.2, C.1 (Lemma C.1), 4.1, 4.2, 5.1")
-    _add_size_flags(r)
-    _add_lambda_flags(r, layers, grid=False)
-    _add_run_flags(r)
-    r.set_defaults(steps=100000)  # tightness to 1e-8 needs within-class deviations gone
-    r.add_argument("--random", type=int, default=200, help="random points per step (default 200)")
-    r.add_argument("--sigma", type=float, default=None,
-                   help="Theorem 5.1 only: noise std of the fixed features (default 0.1)")
-    r.add_argument("--out", default=None, help="output folder (default runs/proof-THEOREM)")
+def _add_measure_parser(sub):
     m = sub.add_parser("measure", help="the neural-collapse suite of features from a network")
-    m.add_argument("file", help="FILE.npz (features [N, d] or one array per layer, labels [N], "
-                                "optionally W [K, d] and b [K]) or features.npy")
+    m.add_argument("file", nargs="+",
+                   help="FILE.npz (features [N, d] or one array per layer, labels [N], "
+                        "optionally W [K, d] and b [K]) or features.npy; several files (e.g. "
+                        "checkpoints) are measured one by one, or as one data set with --pool")
+    m.add_argument("--reference", default=None, metavar="TRAIN.npz",
+                   help="measure against a reference (training) file's class means, W and b: "
+                        "nc1_reference, mean_shift, ncc_accuracy_reference, "
+                        "nc4_mismatch_reference, accuracy_reference")
+    m.add_argument("--pool", action="store_true",
+                   help="measure the files as shards of one data set (their rows together)")
+    m.add_argument("--budget", type=float, default=None, metavar="MB",
+                   help="working memory per chunk of rows in MB (default 256): peak memory is "
+                        "set by it, not by N")
     m.add_argument("--labels", default=None, help="labels.npy, with a features .npy file")
     m.add_argument("--layer", action="append", default=None,
                    help="an array of FILE.npz to measure as a layer (repeatable; default: "
@@ -194,26 +176,116 @@ def build_parser(layers=()):
                    help="the standard deviation of equinorm/equiangularity (default population)")
     m.add_argument("--pinv-rtol", type=float, default=None,
                    help="NC1's pseudo-inverse drops eigenvalues of Σ_B below this × the largest "
-                        "(default d·eps(float64), as numpy/scipy/torch pinv)")
+                        "(default d·eps(float64): torch/scipy pinv's rule in float64; numpy's "
+                        "default is 1e-15)")
     m.add_argument("--stream", action="store_true",
                    help="read the features in chunks through memory maps (.npy, or uncompressed "
                         ".npz members) for N too large to hold; the same numbers as in memory")
-    m.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk (default 65536)")
+    m.add_argument("--chunk-rows", type=int, default=None,
+                   help="rows per chunk (default: as many as --budget allows)")
     m.add_argument("--out", default=None, help="output folder (default runs/measure)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.add_argument("--plot", action="store_true",
+                   help="also write plot.png: every metric per layer (ufm plot)")
+
+
+def _add_plot_parser(sub):
+    p = sub.add_parser("plot", help="a PNG of a train, sweep, measure or proof output")
+    p.add_argument("path", help="the output folder (or its result.json, sweep.npz/sweep.json, "
+                                "measure.json or proof.json)")
+    p.add_argument("--out", default=None, help="the PNG (default plot.png beside the data)")
+    p.add_argument("--array", default=None,
+                   help="sweeps: the array shown (default 'gap', the relative gap to the closed "
+                        "form; else global_gap; any array of sweep.npz: nc1_H, converged, …)")
+    p.add_argument("--x", default=None, help="sweeps: the axis across (default the first)")
+    p.add_argument("--y", default=None,
+                   help="sweeps: the axis up (default the next one; 'none' draws lines over --x)")
+    p.add_argument("--at", action="append", default=None, metavar="AXIS=VALUE",
+                   help="sweeps: slice another axis at its grid value nearest VALUE "
+                        "(repeatable)")
+    p.add_argument("--reduce", default="median", choices=("min", "max", "mean", "median"),
+                   help="sweeps: how every other axis (e.g. seeds) is reduced (default median)")
+
+
+def _add_cache_parser(sub):
+    c = sub.add_parser("cache", help="where compiled programs are kept; --clear removes them")
+    c.add_argument("--clear", action="store_true", help="remove the compilation cache")
+
+
+def build_parser(layers=(), lean=False):
+    """The parser; `layers`: the l of every --lam-W<l> on the command line (deep models). lean:
+    only the subcommands of LEAN (no model registry, so JAX is not imported)."""
+    parser = _Parser(prog="ufm", description="Unconstrained features model simulator (JAX).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    if lean:
+        _add_measure_parser(sub)
+        _add_plot_parser(sub)
+        _add_cache_parser(sub)
+        return parser
+    p = sub.add_parser("train", help="optimise one configuration")
+    _add_variant_flags(p)
+    _add_size_flags(p)
+    _add_lambda_flags(p, layers, grid=False)
+    _add_run_flags(p)
+    p.add_argument("--log-every", type=int, default=DEFAULTS["log_every"],
+                   help="record measurements every this many steps (default 500)")
+    p.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--plot", action="store_true", help="also write plot.png beside the data "
+                                                      "(ufm plot)")
+    w = sub.add_parser("sweep", help="run a grid as compiled, vmapped programs")
+    _add_variant_flags(w, static=True)
+    _add_size_flags(w, static=True)
+    _add_lambda_flags(w, layers, grid=True)
+    _add_run_flags(w, grid=True)
+    w.add_argument("--seeds", type=int, default=None,
+                   help="add a last axis of S ≥ 1 seeds (seed, seed+1, …); default: no seed axis")
+    w.add_argument("--chunk", type=int, default=None, help="configurations per compiled chunk (auto)")
+    w.add_argument("--out", default=None, help="output folder (default runs/sweep-MODEL); a rerun "
+                                               "with the same --out resumes")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.add_argument("--plot", action="store_true", help="also write plot.png beside the data "
+                                                      "(ufm plot)")
+    _add_host_devices(w)
+    w.add_argument("--distributed", action="store_true",
+                   help="several hosts: call jax.distributed.initialize() first (SLURM and other "
+                        "launchers are detected by JAX); run the same command on every host")
+    w.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="with --distributed where no launcher is detected: process 0's address")
+    w.add_argument("--num-processes", type=int, default=None,
+                   help="with --distributed and --coordinator: how many processes take part")
+    w.add_argument("--process-id", type=int, default=None,
+                   help="with --distributed and --coordinator: this process's index, 0 … N−1")
+    r = sub.add_parser("proof", help="check every step of a theorem's proof at random points and "
+                                     "at the optimiser's solution")
+    r.add_argument("theorem", help="one of: 3.1, 3.2, C.1 (Lemma C.1), 4.1, 4.2, 5.1")
+    _add_size_flags(r)
+    _add_lambda_flags(r, layers, grid=False)
+    _add_run_flags(r)
+    r.set_defaults(steps=100000)  # tightness to 1e-8 needs within-class deviations gone
+    r.add_argument("--random", type=int, default=200, help="random points per step (default 200)")
+    r.add_argument("--sigma", type=float, default=None,
+                   help="Theorem 5.1 only: noise std of the fixed features (default 0.1)")
+    r.add_argument("--out", default=None, help="output folder (default runs/proof-THEOREM)")
+    r.add_argument("--plot", action="store_true", help="also write plot.png beside the data "
+                                                      "(ufm plot)")
     b = sub.add_parser("bench", help="speed: gradient steps per second, and time to the optimum")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.add_argument("--quick", action="store_true", help="short measurements")
-    b.add_argument("--only", default="throughput,deep,solvers,global",
+    b.add_argument("--only", default="throughput,deep,solvers,global,latency",
                    help="comma list of sections: throughput (GD steps/s, grids), deep (deep "
                         "model line), solvers (time to a 1e-10 gap per optimiser), global (time "
-                        "to a 1e-10 certified global gap: convex solver, L-BFGS, GD; float64) "
+                        "to a 1e-10 certified global gap: convex solver, L-BFGS, GD; float64), "
+                        "latency (first and second wall time of whole CLI commands) "
                         "(default all)")
     b.add_argument("--batches", default="1,64,1024,4096", help="grid sizes B (comma list)")
     b.add_argument("--sizes", choices=("paper", "large", "both"), default="both",
                    help="K=4,d=20,n=50 (paper), K=10,d=64,n=100 (large) or both")
     b.add_argument("--x64", action="store_true", help="float64 (default float32)")
     _add_host_devices(b)
+    _add_measure_parser(sub)
+    _add_plot_parser(sub)
+    _add_cache_parser(sub)
     f = sub.add_parser("figures", help="rebuild the figures (python -m experiments)")
     f.add_argument("--only", default=None, help="comma list of figure names")
     f.add_argument("--smoke", action="store_true", help="tiny sizes")
@@ -251,7 +323,7 @@ def _attach_negative_values(argv, options):
 
 def parse(argv):
     layers = sorted({int(m.group(1)) for tok in argv for m in [LAYER_FLAG.match(tok)] if m})
-    parser = build_parser(layers)
+    parser = build_parser(layers, lean=bool(argv) and argv[0] in LEAN)
     return parser.parse_args(_attach_negative_values(argv, _value_options(parser)))
 
 
@@ -286,6 +358,8 @@ def check_out(path, default):
 
 def _other_options(args):
     """The model options of kinds the CLI passes through as given (files): {name: value}."""
+    from ufm.models import option_specs
+
     return {name: getattr(args, name) for name, (option, _) in option_specs().items()
             if option.convert is not None and getattr(args, name, None) is not None}
 
@@ -293,12 +367,16 @@ def _other_options(args):
 def _lambda_flags(args):
     """The hyperparameter flags as given (None where not given); the library checks that the
     model takes them (config.check_names)."""
+    from ufm.models import hyper_specs
+
     names = list(hyper_specs()) + [k for k in vars(args) if LAYER_LAMBDA.match(k)]
     return {k: getattr(args, k, None) for k in dict.fromkeys(names)}
 
 
 def _lr_for(args):
     """--lr as given, or the default; L-BFGS takes no step size."""
+    from ufm.optimise import OPTIMIZERS
+
     if not OPTIMIZERS[args.optimizer].step_size and args.lr is not None:
         raise UsageError(f"lr (--lr) does not apply to --optimizer {args.optimizer} (it chooses "
                          f"its own steps), got {args.lr}")
@@ -353,6 +431,7 @@ def summary(result, model=None):
     """A short human summary: what was run (with the model's `describe()` when given), the
     objective against the closed form, then the measurements."""
     from ufm import theory as theory_mod
+    from ufm.optimise import OPTIMIZERS
 
     cfg = result.config
     depth = f" depth={cfg['depth']}" if "depth" in cfg else ""
@@ -406,7 +485,8 @@ def summary(result, model=None):
                      f"{stop})")
         lines.append(global_line(cert, result.final["objective"]))
     if result.diverged_at is not None:
-        lines.append(f"DIVERGED: the objective became non-finite at step {result.diverged_at}")
+        lines.append(f"DIVERGED at step {result.diverged_at}: the objective became non-finite, "
+                     f"or blew up (rose above its start, or far above the best it reached)")
     return "\n".join(lines)
 
 
@@ -429,12 +509,44 @@ def _by_reason(undefined):
     return out
 
 
+FAR_FROM_OPTIMUM = 1e-2  # a converged run this far (relative) from the optimum is somewhere else
+
+
+def stationary_warning(cert, cfg):
+    """For a converged run: one line when it is far from the closed form or from the global
+    bound (a stationary point that is not the optimum: a saddle such as the origin that
+    `--init-scale 0` starts at, a local minimum, a stop at step 0), or None."""
+    gap, where = cert.get("closed_form_gap"), "the closed form"
+    if gap is None and cert.get("global") is False and cert.get("global_note") is None:
+        bound = cert["lower_bound"]
+        gap, where = cert["global_gap"] / max(abs(bound), 1e-6), "the certified global bound"
+    if gap is None or abs(gap) <= FAR_FROM_OPTIMUM:
+        return None
+    start = " (--init-scale 0 starts at the origin, a stationary point)" if cfg.get(
+        "init_scale") == 0 else ""
+    return (f"ufm: warning: the run converged (relative gradient norm {cert['grad_norm']:.1e} "
+            f"after {cert['steps_taken']} steps) but {gap:.1e} (relative) from {where}: a "
+            f"stationary point that is not the optimum{start}; try another --seed or "
+            f"--init-scale")
+
+
 def convergence_warning(result):
     """One line saying that a run did not converge and what to try, or None."""
+    from ufm.models import get_model
+
     cert = result.certificate
-    if cert is None or cert["converged"] or result.diverged_at is not None:
+    if cert is None or result.diverged_at is not None:
         return None
+    if cert["converged"]:
+        return stationary_warning(cert, result.config)
     cfg = result.config
+    f = np.asarray(result.history["objective"], np.float64)
+    if f.size > 1 and np.all(f == f[0]):  # more steps would not help
+        fix = "; try --x64" if cfg["dtype"] == "float32" else ""
+        return (f"ufm: warning: the run did not converge and never moved: the objective is "
+                f"{f[0]:.6g} at every record (relative gradient norm {cert['grad_norm']:.1e} > "
+                f"tol {cert['tol']:.0e}); {cfg['optimizer']} found no step that decreases it"
+                f"{fix or '; try another --optimizer'}")
     gap = cert["closed_form_gap"]
     far = f", and it ends {gap:.1e} (relative) from the closed form" if gap is not None else ""
     tries = [f"more --steps (ran {cert['steps_taken']})"]
@@ -451,6 +563,7 @@ def convergence_warning(result):
 
 def cmd_train(args):
     from ufm.config import session_groups
+    from ufm.models import get_model
     from ufm.runner import train, write_result
 
     try:
@@ -477,6 +590,7 @@ def cmd_train(args):
     write_result(result, out)
     print(summary(result, model))
     print(f"{elapsed:.2f} s including compilation; wrote {out}/result.json and {out}/params.npz")
+    _write_plot(out, args)
     warning = convergence_warning(result)
     if warning:
         print(warning, file=sys.stderr)
@@ -527,6 +641,7 @@ def cmd_proof(args):
                      if s["hold"] < s["points"]})
     print(f"wrote {out}/proof.json; " + (f"FAILED: {', '.join(failed)}" if failed
                                          else "every step holds, and is tight at the optimum"))
+    _write_plot(out, args)
     return 1 if failed else 0
 
 
@@ -547,8 +662,9 @@ def cmd_sweep(args, argv):
 
     try:
         out = check_out(args.out, os.path.join("runs", f"sweep-{args.model}"))
-        if args.seeds < 0:
-            raise UsageError(f"seeds (--seeds) must be >= 0, got {args.seeds}")
+        if args.seeds is not None and args.seeds < 1:
+            raise UsageError(f"seeds (--seeds) must be >= 1 (leave it out for no seed axis), got "
+                             f"{args.seeds}")
         if args.chunk is not None and args.chunk < 1:
             raise UsageError(f"chunk (--chunk) must be >= 1, got {args.chunk}")
         static = {}
@@ -580,15 +696,16 @@ def cmd_sweep(args, argv):
             options=_other_options(args),
             mask_softmax=args.mask_softmax, out=out,
             progress=None if update is None else (lambda d, t: update(d, t)),
-            seed=args.seed, seeds=args.seeds, optimizer=args.optimizer,
+            seed=args.seed, seeds=args.seeds or 0, optimizer=args.optimizer,
             restarts=1 if args.restarts is None else args.restarts, chunk=args.chunk,
             allow_small_d=args.allow_small_d, sessions=sessions, distill=distill, tol=args.tol)
         elapsed = time.perf_counter() - t0
     except ValueError as err:
         return _error(err)
     close()
-    sweep.write_sweep(arrays, config, out)
     print(sweep_summary(args.model, arrays, config, elapsed, out))
+    if os.path.isfile(os.path.join(out, "sweep.json")):  # process 0 of several writes it
+        _write_plot(out, args)
     return 0
 
 
@@ -640,22 +757,88 @@ def jax_devices_summary():
     return f"{len(devs)} × {devs[0].device_kind}{hosts}"
 
 
+# --- plots and the compilation cache ---------------------------------------------------------
+
+def _write_plot(out, args):
+    """With --plot: out/plot.png of what the command just wrote (a plot that cannot be made is a
+    warning: the results are written already)."""
+    if not getattr(args, "plot", False):
+        return
+    from ufm import plot
+
+    try:
+        made = plot.plot(out)
+    except ValueError as err:
+        print(f"ufm: warning: no plot: {err}", file=sys.stderr)
+        return
+    print(f"wrote {made.path}")
+
+
+def cmd_plot(args):
+    from ufm import plot
+
+    try:
+        made = plot.plot(args.path, args.out, array=args.array, x=args.x, y=args.y, at=args.at,
+                         reduce=args.reduce)
+    except ValueError as err:
+        return _error(err)
+    print(f"{made.title}\nwrote {made.path}")
+    return 0
+
+
+def cmd_cache(args):
+    from ufm import cache
+
+    folder = cache.cache_dir()
+    if args.clear:
+        files, size = cache.clear(folder)
+        print(f"removed {folder} ({files} files, {size / 1e6:.1f} MB)")
+        return 0
+    files, size = cache.size(folder)
+    state = "on" if cache.wanted(True) else f"off ({cache.ENV}={os.environ.get(cache.ENV)})"
+    print(f"compilation cache: {folder} ({files} files, {size / 1e6:.1f} MB); for the CLI: "
+          f"{state}\n{cache.ENV}=0 turns it off, {cache.DIR_ENV}=PATH moves it, "
+          f"`ufm cache --clear` removes it")
+    return 0
+
+
 # --- measure, bench, figures ------------------------------------------------------------------
 
 def cmd_measure(args):
     from ufm import measure
 
+    files = args.file
     try:
         out = check_out(args.out, os.path.join("runs", "measure"))
-        doc = measure.measure_file(
-            args.file, layers=args.layer, labels=args.labels, W=args.classifier, b=args.bias,
-            stream=args.stream, global_mean=args.global_mean, std=args.std,
-            pinv_rtol=args.pinv_rtol, chunk_rows=args.chunk_rows, quiet=args.quiet)
+        if len(files) > 1 and any(f.endswith(".npy") for f in files):
+            raise UsageError("several files must be .npz files (each with its labels), got "
+                             f"{', '.join(f for f in files if f.endswith('.npy'))}")
+        if args.pool and len(files) < 2:
+            raise UsageError("pool (--pool) needs two files or more")
+        options = dict(global_mean=args.global_mean, std=args.std, pinv_rtol=args.pinv_rtol,
+                       chunk_rows=args.chunk_rows, quiet=args.quiet,
+                       budget_bytes=None if args.budget is None else args.budget * 2 ** 20)
+        if args.reference is not None:
+            options["reference"] = measure.reference_statistics(
+                args.reference, layers=args.layer, stream=args.stream,
+                chunk_rows=args.chunk_rows, budget_bytes=options["budget_bytes"])
+        if args.pool:
+            docs = [measure.measure_pooled(files, layers=args.layer, stream=args.stream,
+                                           **options)]
+        else:
+            docs = [measure.measure_file(f, layers=args.layer, labels=args.labels,
+                                         W=args.classifier, b=args.bias, stream=args.stream,
+                                         **options) for f in files]
     except ValueError as err:
         return _error(err)
-    measure.write(doc, out)
-    print(measure.format_report(doc))
-    print(f"wrote {out}/measure.json")
+    measure.write(docs[0] if len(docs) == 1 else {"files": docs}, out)
+    measure.write_csv(docs, out)
+    for doc in docs:
+        if len(docs) > 1:
+            print(f"\n{doc['source']['file']}")
+        print(measure.format_report(doc))
+    print(f"wrote {out}/measure.json and {out}/measure.csv")
+    _write_plot(out, args)
     return 0
 
 
@@ -732,18 +915,33 @@ def main(argv=None):
             _use_host_devices(args.host_devices)
     except ValueError as err:
         return _error(err)
+    manual = [getattr(args, k, None) for k in ("coordinator", "num_processes", "process_id")]
+    if any(v is not None for v in manual):
+        if not args.distributed or None in manual:
+            return _error("coordinator (--coordinator), num-processes (--num-processes) and "
+                          "process-id (--process-id) go together, with --distributed")
+        if not 0 <= args.process_id < args.num_processes:
+            return _error(f"process-id (--process-id) must be in 0 … {args.num_processes - 1}, "
+                          f"got {args.process_id}")
     if getattr(args, "distributed", False):
         import jax
 
-        jax.distributed.initialize()
+        given = dict(zip(("coordinator_address", "num_processes", "process_id"), manual))
+        jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
     if getattr(args, "x64", False):
         import jax  # the CLI is the caller: it may choose float64 for the whole process
 
         jax.config.update("jax_enable_x64", True)
+    if args.command not in LEAN:
+        from ufm import cache
+
+        if cache.wanted(True):  # the CLI's default; UFM_COMPILATION_CACHE=0 turns it off
+            cache.enable_compilation_cache()
     if args.command == "sweep":
         return cmd_sweep(args, argv)
     return {"train": cmd_train, "figures": cmd_figures, "bench": cmd_bench,
-            "proof": cmd_proof, "measure": cmd_measure}[args.command](args)
+            "proof": cmd_proof, "measure": cmd_measure, "plot": cmd_plot,
+            "cache": cmd_cache}[args.command](args)
 
 
 if __name__ == "__main__":

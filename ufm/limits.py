@@ -24,7 +24,7 @@ MEMORY_FRACTION = 0.8  # refuse what needs more than this fraction of the machin
 def machine_memory():
     """(bytes, what) of the default device: an accelerator's memory limit where JAX reports one,
     else the host's physical memory."""
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # on several hosts, only this process's devices answer
     stats = getattr(device, "memory_stats", lambda: None)()
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), f"{device.device_kind} memory"
@@ -33,6 +33,9 @@ def machine_memory():
 
 def gib(nbytes):
     return f"{nbytes / 2 ** 30:,.1f} GiB"
+
+
+MAX_SCALARS = 64  # measurements per layer, more than any model records
 
 
 def parameter_entries(model, sizes):
@@ -53,9 +56,20 @@ def run_bytes(model, sizes, optimizer="gd", batch=1):
     return itemsize * batch * (P * (3 + copies) + activations)
 
 
-def result_bytes(model, sizes):
-    """Bytes of one grid point's results on the host: every measurement, the certificate and the
-    theory arrays, as float64 (no allocation: eval_shape)."""
+def result_bytes(model, sizes, count=1):
+    """Bytes of `count` grid points' (or history records') results on the host: every
+    measurement, the certificate and the theory arrays, as float64.
+
+    Exact (eval_shape of one record, no allocation) only where it could matter: tracing the
+    measurements costs a fraction of a second, so while a generous bound (MAX_SCALARS
+    measurements per layer, the global bound's K×K inputs) times `count` is below a thousandth of
+    the machine's memory that bound is returned instead."""
+    layers = 1 + (model.depth or 0)
+    bound_entries = 0 if model.bound_inputs is None else sizes.K * sizes.K + 2 * sizes.K
+    generous = 8 * (MAX_SCALARS * layers + bound_entries + 12)
+    if count * generous < 1e-3 * machine_memory()[0]:
+        return count * generous
+
     def measured():
         hyper = {k: jnp.ones(()) for k in (*model.hyper_names, "init_scale")}
         params = model.init(jax.random.PRNGKey(0), hyper, sizes)
@@ -67,7 +81,7 @@ def result_bytes(model, sizes):
         outputs = len(measurements) + sum(math.prod(v.shape) for v in bound.values())
     except Exception:  # noqa: BLE001 - an estimate: assume a generous number of outputs
         outputs = 64
-    return 8 * (outputs + 12)
+    return count * 8 * (outputs + 12)
 
 
 def check_fits(nbytes, what):
@@ -83,7 +97,7 @@ def check_run(model, sizes, optimizer, restarts, records=2):
     """A single `ufm train` run (R restarts vmapped together) must fit: each restart's working
     memory plus its recorded history (`records` rows of every measurement), with a margin of
     HISTORY_MARGIN for the copies XLA makes of batched results."""
-    per_restart_history = records * result_bytes(model, sizes)
+    per_restart_history = result_bytes(model, sizes, records)
     nbytes = HISTORY_MARGIN * (run_bytes(model, sizes, optimizer, restarts)
                                + restarts * per_restart_history)
     check_fits(nbytes, f"this run (K={sizes.K}, n={_counts(sizes)}, d={sizes.d}, "

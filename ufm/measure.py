@@ -13,22 +13,24 @@ numbers as an array held in memory, up to the order of float64 additions.
 Definitions and conventions are in docs/theory.md §4. The conventions are arguments, recorded in
 the output: `global_mean` ('classes': the mean of class means; 'samples': ΣX/N), `std`
 ('population' or 'unbiased') for the equinorm/equiangularity ratios, and `pinv_rtol` (eigenvalues
-of Σ_B below pinv_rtol × the largest are dropped in NC1's pseudo-inverse; default d·eps(float64),
-the default of numpy/scipy/torch pinv).
+of Σ_B below pinv_rtol × the largest are dropped in NC1's pseudo-inverse; default d·eps(float64):
+torch's and scipy's pinv rule, with float64's epsilon rather than the input's; numpy's default is
+a fixed 1e-15 — docs/theory.md §4).
 Undefined values (a ratio of vanishing quantities) are NaN and named under `undefined`.
 """
+import io
 import math
 import os
 import zipfile
 
 import numpy as np
 
-from ufm.files import write_json
-from ufm.metrics import RANK_TOL
+from ufm.files import atomic_write, write_json
+from ufm.conventions import RANK_TOL
 
 GLOBAL_MEANS = ("classes", "samples")
 STDS = ("population", "unbiased")
-CHUNK_ROWS = 65536
+BUDGET_BYTES = 256 * 2 ** 20  # working set of one chunk of rows (float64 copies and decisions)
 RESERVED = ("labels", "W", "b")  # npz keys that are not layers
 
 
@@ -49,7 +51,11 @@ def encode_labels(labels):
         raise ValueError(f"labels must be one-dimensional [N], got shape {labels.shape}")
     if labels.size and not (np.issubdtype(labels.dtype, np.integer)
                             or np.issubdtype(labels.dtype, np.bool_)):
-        as_int = labels.astype(np.int64) if np.issubdtype(labels.dtype, np.floating) else None
+        floating = np.issubdtype(labels.dtype, np.floating)
+        if floating and not np.all(np.isfinite(labels)):
+            bad = int(np.flatnonzero(~np.isfinite(labels))[0])
+            raise ValueError(f"labels must be integers, got {labels[bad]} at row {bad}")
+        as_int = labels.astype(np.int64) if floating else None
         if as_int is None or not np.array_equal(as_int, labels):
             raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
         labels = as_int
@@ -108,9 +114,53 @@ def _check_options(global_mean, std, pinv_rtol, chunk_rows):
 
 # --- the two passes ---------------------------------------------------------------------------
 
+def rows_per_chunk(d, K, budget_bytes=None):
+    """Rows whose float64 working copies (the block, its offset and centred versions, the
+    nearest-centre distances and logits [rows, K]) fit in `budget_bytes` (default BUDGET_BYTES):
+    peak memory is set by the budget, not by N."""
+    budget = BUDGET_BYTES if budget_bytes is None else budget_bytes
+    return max(1, int(budget // (8 * (4 * d + 3 * K))))
+
+
 def _chunks(N, chunk_rows):
-    step = chunk_rows or CHUNK_ROWS
-    return [(start, min(start + step, N)) for start in range(0, N, step)]
+    return [(start, min(start + chunk_rows, N)) for start in range(0, N, chunk_rows)]
+
+
+class Shards:
+    """Several arrays [N_i, d] (files, memory maps) read as one [ΣN_i, d], a slice at a time:
+    pooled statistics without concatenating anything."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        widths = {p.shape[1] for p in self.parts}
+        if len(widths) != 1:
+            raise ValueError(f"pooled features must have the same number of columns, got "
+                             f"{sorted(widths)}")
+        self.ends = np.cumsum([p.shape[0] for p in self.parts])
+        self.shape = (int(self.ends[-1]), widths.pop())
+        self.ndim = 2
+        self.dtype = np.result_type(*[p.dtype for p in self.parts])
+
+    def __getitem__(self, rows):
+        start, stop, _ = rows.indices(self.shape[0])
+        out, begin = [], 0
+        for part, end in zip(self.parts, self.ends):
+            lo, hi = max(start, begin), min(stop, end)
+            if lo < hi:
+                out.append(np.asarray(part[lo - begin:hi - begin]))
+            begin = end
+        return np.concatenate(out) if len(out) != 1 else out[0]
+
+
+def _class_sums(block, y, K):
+    """Σ of the rows of each class  [K, d], by sorting the chunk's rows into class segments (an
+    order of magnitude faster than np.add.at)."""
+    order = np.argsort(y, kind="stable")
+    ys = y[order]
+    starts = np.flatnonzero(np.concatenate([[True], ys[1:] != ys[:-1]]))
+    sums = np.zeros((K, block.shape[1]))
+    sums[ys[starts]] = np.add.reduceat(block[order], starts, axis=0)
+    return sums
 
 
 def _rows(X, start, stop, name):
@@ -121,45 +171,163 @@ def _rows(X, start, stop, name):
     return block
 
 
-def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", progress=None):
+def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", progress=None,
+               budget_bytes=None):
     """The sufficient statistics of one layer, in two passes over row chunks (float64).
 
-    Returns a dict: counts [K], sums [K, d], means [K, d], sigma_w [d, d] (Σ_W, divided by N),
-    within [K] (mean ‖x − μ_k‖² per class), and with W: mismatches with and without b against the
-    nearest class centre, and correct classifier decisions.
+    Every row is first moved by `offset` (the mean of the first chunk), so that features with a
+    large common offset (1e12 × their spread) lose nothing to cancellation: sums, scatter,
+    distances and nearest-centre decisions are computed from x − offset (they do not depend on
+    it), and only the raw means add it back.
+    Returns a dict: counts [K], offset [d], sums_o [K, d] and means_o [K, d] (of x − offset),
+    means [K, d] (raw), sigma_w [d, d] (Σ_W, divided by N), within [K] (mean ‖x − μ_k‖² per
+    class), and with W: mismatches with and without b against the nearest class centre, and
+    correct classifier decisions.
     """
     N, d = X.shape
-    chunks = _chunks(N, chunk_rows)
+    chunks = _chunks(N, chunk_rows or rows_per_chunk(d, K, budget_bytes))
     counts = np.bincount(codes, minlength=K).astype(np.int64)
+    offset = _rows(X, *chunks[0], name).mean(axis=0)
     sums = np.zeros((K, d))
     for start, stop in chunks:
-        block = _rows(X, start, stop, name)
-        np.add.at(sums, codes[start:stop], block)
+        sums += _class_sums(_rows(X, start, stop, name) - offset, codes[start:stop], K)
         if progress:
             progress(stop)
     means = sums / counts[:, None]
     scatter = np.zeros((d, d))
     within = np.zeros(K)
-    decisions = dict(mismatch=0, mismatch_nobias=0, correct=0, ncc_correct=0)
+    decisions = dict(mismatch=0, mismatch_nobias=0, correct=0, ncc_correct=0, ncc_ties=0,
+                     ties=0, ties_nobias=0)
     sq_means = np.sum(means * means, axis=1)
     for start, stop in chunks:
-        block, y = _rows(X, start, stop, name), codes[start:stop]
+        raw, y = _rows(X, start, stop, name), codes[start:stop]
+        block = raw - offset
         D = block - means[y]
         scatter += D.T @ D
-        np.add.at(within, y, np.sum(D * D, axis=1))
-        ncc = np.argmin(sq_means[None, :] - 2.0 * block @ means.T, axis=1)
+        within += np.bincount(y, weights=np.sum(D * D, axis=1), minlength=K)
+        # nearest class centre: argmin_k ‖x − μ_k‖² = argmin_k ‖μ_k‖² − 2 x·μ_k, all relative to
+        # the offset (the decision does not depend on it; the cancellation does)
+        distance = sq_means[None, :] - 2.0 * block @ means.T
+        ncc = np.argmin(distance, axis=1)
         decisions["ncc_correct"] += int(np.sum(ncc == y))
+        decisions["ncc_ties"] += _ties(distance, ncc)
         if W is not None:
-            logits = block @ W.T
+            logits = raw @ W.T
             plain = np.argmax(logits, axis=1)
-            full = plain if b is None else np.argmax(logits + b[None, :], axis=1)
+            decisions["ties_nobias"] += _ties(logits, plain)
+            if b is None:
+                full = plain
+            else:
+                logits = logits + b[None, :]
+                full = np.argmax(logits, axis=1)
+            decisions["ties"] += _ties(logits, full)
             decisions["mismatch"] += int(np.sum(full != ncc))
             decisions["mismatch_nobias"] += int(np.sum(plain != ncc))
             decisions["correct"] += int(np.sum(full == y))
         if progress:
             progress(N + stop)
-    return dict(N=N, d=d, counts=counts, sums=sums, means=means, sigma_w=scatter / N,
-                within=within / counts, decisions=decisions)
+    return dict(N=N, d=d, counts=counts, offset=offset, sums_o=sums, means_o=means,
+                means=means + offset, sigma_w=scatter / N, within=within / counts,
+                decisions=decisions)
+
+
+def against(X, codes, K, ref, W=None, b=None, chunk_rows=None, name="features",
+            budget_bytes=None):
+    """One pass over features measured against a reference's statistics `ref` (`accumulate` of
+    the training features): Σ_W around the reference class means, the features' own class sums
+    (relative to the reference offset), and the nearest-reference-centre and classifier
+    decisions. `codes` index the reference's classes."""
+    N, d = X.shape
+    offset, means = ref["offset"], ref["means_o"]
+    sq_means = np.sum(means * means, axis=1)
+    scatter, sums = np.zeros((d, d)), np.zeros((K, d))
+    dec = dict(ncc_correct=0, ncc_ties=0, mismatch=0, correct=0, ties=0)
+    for start, stop in _chunks(N, chunk_rows or rows_per_chunk(d, K, budget_bytes)):
+        raw, y = _rows(X, start, stop, name), codes[start:stop]
+        block = raw - offset
+        D = block - means[y]
+        scatter += D.T @ D
+        sums += _class_sums(block, y, K)
+        distance = sq_means[None, :] - 2.0 * block @ means.T
+        ncc = np.argmin(distance, axis=1)
+        dec["ncc_correct"] += int(np.sum(ncc == y))
+        dec["ncc_ties"] += _ties(distance, ncc)
+        if W is not None:
+            logits = raw @ W.T + (0.0 if b is None else b[None, :])
+            full = np.argmax(logits, axis=1)
+            dec["ties"] += _ties(logits, full)
+            dec["mismatch"] += int(np.sum(full != ncc))
+            dec["correct"] += int(np.sum(full == y))
+    return dict(N=N, sigma_w=scatter / N, sums_o=sums,
+                counts=np.bincount(codes, minlength=K), decisions=dec)
+
+
+def reference_suite(ref, acc, global_mean="classes", pinv_rtol=None):
+    """The measurements of features against a reference (docs/theory.md §4, "Train and test"):
+    `nc1_reference` = tr(Σ_W^ref Σ_B^†)/K with Σ_W^ref the scatter around the reference class
+    means and Σ_B the reference's; `mean_shift` = mean over the classes present of
+    ‖μ_k − μ_k^ref‖/‖μ_k^ref − μ_G^ref‖; `ncc_accuracy_reference` (nearest reference centre is the
+    label), and with a classifier `nc4_mismatch_reference` and `accuracy_reference`."""
+    K, N = len(ref["counts"]), acc["N"]
+    mu_ref = ref["means_o"]
+    g_ref = mu_ref.mean(axis=0) if global_mean == "classes" else ref["sums_o"].sum(0) / ref["N"]
+    M = mu_ref - g_ref
+    _, sv, Vt = np.linalg.svd(M, full_matrices=False)
+    eig = sv ** 2 / K
+    rtol = ref["d"] * np.finfo(np.float64).eps if pinv_rtol is None else pinv_rtol
+    keep = eig > rtol * eig[0] if eig[0] > 0 else np.zeros_like(eig, bool)
+    out, undefined = {}, {}
+    if keep.any():
+        proj = np.einsum("jd,de,je->j", Vt[keep], acc["sigma_w"], Vt[keep])
+        out["nc1_reference"] = float(np.sum(proj / eig[keep]) / K)
+    else:
+        out["nc1_reference"] = math.nan
+        undefined["nc1_reference"] = "all reference class means coincide (Σ_B = 0)"
+    present = acc["counts"] > 0
+    shift = np.linalg.norm(acc["sums_o"][present] / acc["counts"][present, None]
+                           - mu_ref[present], axis=1)
+    spread = np.linalg.norm(M[present], axis=1)
+    out["mean_shift"] = float(np.mean(shift / spread)) if np.all(spread > 0) else math.nan
+    if math.isnan(out["mean_shift"]):
+        undefined["mean_shift"] = "a reference class mean equals the global mean"
+    dec = acc["decisions"]
+    out["ncc_accuracy_reference"] = dec["ncc_correct"] / N
+    if dec["ncc_ties"]:
+        out["ncc_accuracy_reference"] = math.nan
+        undefined["ncc_accuracy_reference"] = (f"{dec['ncc_ties']} rows are equally near two "
+                                               f"reference class means")
+    if "mismatch" in dec and acc.get("has_W"):
+        out["nc4_mismatch_reference"] = dec["mismatch"] / N
+        out["accuracy_reference"] = dec["correct"] / N
+        rows = max(dec["ties"], dec["ncc_ties"])
+        for key in ("nc4_mismatch_reference", "accuracy_reference"):
+            if rows and (key == "nc4_mismatch_reference" or dec["ties"]):
+                out[key] = math.nan
+                undefined[key] = f"argmax ties in {rows} rows: the decision is arbitrary"
+    return out, undefined
+
+
+def reference_statistics(path, layers=None, stream=False, chunk_rows=None, budget_bytes=None):
+    """The reference (training) features' statistics per layer, their classes, W and b, from a
+    file as `load_file` reads it: what `measure_layers(reference=…)` measures against."""
+    arrays, labels, W, b = load_file(path, layers, None, None, None, stream)
+    classes, codes = encode_labels(labels)
+    K = len(classes)
+    stats = {}
+    for name, X in arrays.items():
+        _check_layer(X, name, len(codes))
+        stats[name] = accumulate(X, codes, K, chunk_rows=chunk_rows, name=name,
+                                 budget_bytes=budget_bytes)
+    if W is not None:
+        W, b = _check_classifier(W, b, K, arrays[list(arrays)[-1]].shape[1], list(arrays)[-1])
+    return {"file": os.path.abspath(path), "classes": classes, "layers": stats, "W": W, "b": b}
+
+
+def _ties(scores, chosen):
+    """Rows whose chosen score is attained by another class too (an argmax/argmin tie: W = 0,
+    coincident class means), where a decision is arbitrary."""
+    best = np.take_along_axis(scores, chosen[:, None], axis=1)
+    return int(np.sum(np.sum(scores == best, axis=1) > 1))
 
 
 # --- the suite from the accumulators ----------------------------------------------------------
@@ -206,9 +374,11 @@ def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_r
     """Every measurement of docs/theory.md §4 from `accumulate`'s statistics: a dict of floats
     (NaN where undefined) plus `undefined` {name: reason}."""
     K, d, N = len(stats["counts"]), stats["d"], stats["N"]
-    mu = stats["means"]  # [K, d]
-    g = mu.mean(axis=0) if global_mean == "classes" else stats["sums"].sum(axis=0) / N
-    M = mu - g  # centred means [K, d]
+    mu = stats["means"]  # [K, d], raw (for the measures of un-centred means)
+    mu_o = stats["means_o"]  # relative to the offset: differences without cancellation
+    g_o = (mu_o.mean(axis=0) if global_mean == "classes" else stats["sums_o"].sum(axis=0) / N)
+    g = g_o + stats["offset"]
+    M = mu_o - g_o  # centred means [K, d]
     Sw = stats["sigma_w"]
     out, undefined = {}, {}
 
@@ -228,7 +398,7 @@ def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_r
     if math.isnan(out["nc1_quotient"]):
         undefined["nc1_quotient"] = "tr Σ_B = 0"
     i, j = _pairs(K)
-    dist2 = np.sum((mu[i] - mu[j]) ** 2, axis=1)
+    dist2 = np.sum((mu_o[i] - mu_o[j]) ** 2, axis=1)
     var = stats["within"]
     if np.all(dist2 > 0):
         out["nc1_cdnv"] = float(np.mean((var[i] + var[j]) / (2 * dist2)))
@@ -266,6 +436,11 @@ def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_r
     out["rank_centred_means"] = numerical_rank(M)
     dec = stats["decisions"]
     out["ncc_accuracy"] = dec["ncc_correct"] / N
+    tied = {"ncc": dec["ncc_ties"], "W": dec["ties"], "W_nobias": dec["ties_nobias"]}
+    if tied["ncc"]:
+        out["ncc_accuracy"] = math.nan
+        undefined["ncc_accuracy"] = (f"{tied['ncc']} rows are equally near two class means "
+                                     f"(coincident means?): the decision is arbitrary")
 
     if W is not None:
         WW = W @ W.T
@@ -289,6 +464,13 @@ def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_r
         out["nc4_mismatch"] = dec["mismatch"] / N
         out["nc4_mismatch_nobias"] = dec["mismatch_nobias"] / N
         out["accuracy"] = dec["correct"] / N
+        for key, sources in (("accuracy", ("W",)), ("nc4_mismatch", ("W", "ncc")),
+                             ("nc4_mismatch_nobias", ("W_nobias", "ncc"))):
+            rows = max(tied[k] for k in sources)
+            if rows:
+                out[key] = math.nan
+                undefined[key] = (f"argmax ties in {rows} rows (W = 0, equal classifier rows or "
+                                  f"coincident class means): the decision is arbitrary")
         out["bias_global_mean"] = float(np.linalg.norm(W @ g + (0.0 if b is None else b)))
         for key in ("nc2_etf_W", "nc2_of_W", "equinorm_W"):
             if math.isnan(out[key]):
@@ -296,6 +478,9 @@ def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_r
         for key in ("nc3_etf", "nc3_of", "self_duality"):
             if math.isnan(out[key]):
                 undefined[key] = "W or the class means give a zero product"
+    for key, value in out.items():  # every NaN says why
+        if isinstance(value, float) and math.isnan(value) and key not in undefined:
+            undefined[key] = "a ratio or logarithm of vanishing quantities at these features"
     out["undefined"] = undefined
     return out
 
@@ -303,18 +488,23 @@ def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_r
 # --- entry points -----------------------------------------------------------------------------
 
 def measure_layers(layers, labels, W=None, b=None, classifier_layer=None, global_mean="classes",
-                   std="population", pinv_rtol=None, chunk_rows=None, quiet=True):
+                   std="population", pinv_rtol=None, chunk_rows=None, quiet=True,
+                   budget_bytes=None, reference=None):
     """Measure each layer of {name: features [N, d]} (numpy/JAX arrays or memory maps) against
     the same labels; W [K, d] and b [K] read `classifier_layer` (default: the last layer).
 
     Returns {"conventions": {...}, "classes": [...], "counts": [...], "layers": {name: suite}}.
     """
     _check_options(global_mean, std, pinv_rtol, chunk_rows)
+    if budget_bytes is not None and not (isinstance(budget_bytes, (int, float)) and
+                                         not isinstance(budget_bytes, bool) and
+                                         math.isfinite(budget_bytes) and budget_bytes >= 2 ** 20):
+        raise ValueError(f"budget (--budget) must be at least 1 MB, got {budget_bytes!r} bytes")
     if not isinstance(layers, dict) or not layers:
         raise ValueError("layers must be a non-empty dict {name: features [N, d]}")
     classes, codes = encode_labels(labels)
     K, N = len(classes), len(codes)
-    layers = {name: _as_numpy(X, f"features {name!r}") if not isinstance(X, np.memmap) else X
+    layers = {name: X if isinstance(X, (np.memmap, Shards)) else _as_numpy(X, f"features {name!r}")
               for name, X in layers.items()}
     for name, X in layers.items():
         _check_layer(X, name, N)
@@ -324,6 +514,9 @@ def measure_layers(layers, labels, W=None, b=None, classifier_layer=None, global
         raise ValueError(f"classifier_layer must be one of {list(layers)}, got "
                          f"{classifier_layer!r}")
     W, b = _check_classifier(W, b, K, layers[classifier_layer].shape[1], classifier_layer)
+    for name, X in layers.items():
+        check_memory(N, X.shape[1], K, chunk_rows or rows_per_chunk(X.shape[1], K, budget_bytes),
+                     name)
     from ufm.progress import progress_bar
 
     result = {}
@@ -331,20 +524,80 @@ def measure_layers(layers, labels, W=None, b=None, classifier_layer=None, global
         uses_W = W is not None and name == classifier_layer
         update, close = progress_bar(2 * N, quiet=quiet, desc=f"measure {name}", unit="row")
         stats = accumulate(X, codes, K, W if uses_W else None, b if uses_W else None,
-                           chunk_rows, name, update)
+                           chunk_rows, name, update, budget_bytes)
         close()
         result[name] = dict(d=stats["d"], **suite(stats, W if uses_W else None,
                                                   b if uses_W else None, global_mean, std,
                                                   pinv_rtol))
+        if reference is not None:
+            _measure_against(result[name], reference, name, X, classes[codes], uses_W, W, b,
+                             global_mean, pinv_rtol, chunk_rows, budget_bytes)
     rtol = pinv_rtol
-    return {"conventions": {"global_mean": global_mean, "std": std,
+    extra = {} if reference is None else {"reference": reference["file"]}
+    return {**extra, "conventions": {"global_mean": global_mean, "std": std,
                             "pinv_rtol": rtol if rtol is not None else "d*eps(float64)",
                             "rank_rtol": RANK_TOL, "dtype": "float64",
-                            "chunk_rows": chunk_rows or CHUNK_ROWS},
+                            "chunk_rows": chunk_rows or "budget",
+                            "budget_bytes": BUDGET_BYTES if budget_bytes is None
+                            else budget_bytes},
             "N": N, "K": K, "classes": classes.tolist(),
             "counts": np.bincount(codes, minlength=K).tolist(),
             "classifier_layer": classifier_layer if W is not None else None,
             "has_bias": b is not None, "layers": result}
+
+
+def _measure_against(out, reference, name, X, labels, uses_W, W, b, global_mean, pinv_rtol,
+                     chunk_rows, budget_bytes):
+    """Add the reference measurements of layer `name` to its results `out` (in place). The
+    classifier is the reference's when it has one, else the measured file's."""
+    if name not in reference["layers"]:
+        raise ValueError(f"the reference {reference['file']} has no layer {name!r} (it has "
+                         f"{sorted(reference['layers'])})")
+    ref = reference["layers"][name]
+    if ref["d"] != X.shape[1]:
+        raise ValueError(f"layer {name!r} has d = {X.shape[1]} here and {ref['d']} in the "
+                         f"reference {reference['file']}")
+    classes = reference["classes"]
+    codes = np.searchsorted(classes, labels)
+    codes = np.minimum(codes, len(classes) - 1)
+    unknown = classes[codes] != labels
+    if unknown.any():
+        raise ValueError(f"labels {sorted(set(labels[unknown].tolist()))[:5]} are not classes of "
+                         f"the reference {reference['file']}")
+    ref_W = reference["W"] if reference["W"] is not None and name == list(reference["layers"])[-1] \
+        else (W if uses_W else None)
+    ref_b = reference["b"] if reference["W"] is not None else (b if uses_W else None)
+    acc = against(X, codes, len(classes), ref, ref_W, ref_b, chunk_rows, name, budget_bytes)
+    acc["has_W"] = ref_W is not None
+    values, undefined = reference_suite(ref, acc, global_mean, pinv_rtol)
+    out.update(values)
+    out["undefined"].update(undefined)
+
+
+MEMORY_FRACTION = 0.8  # refuse what needs more than this fraction of the host's memory
+
+
+def working_bytes(N, d, K, chunk_rows):
+    """Estimated peak bytes of measuring one layer (float64), beyond the features themselves:
+    the d×d scatter and its products, the K×d means and classifier products, the K×K Gram
+    matrices, the K(K−1)/2 class pairs (each a d-vector of differences), and one chunk of rows
+    with its K decisions (four copies)."""
+    rows = min(N, chunk_rows)
+    pairs = K * (K - 1) // 2
+    return 8 * (3 * d * d + 8 * K * d + 6 * K * K + pairs * (d + 4) + 4 * rows * (d + K))
+
+
+def check_memory(N, d, K, chunk_rows, name="features"):
+    """ValueError, before anything is allocated, when measuring a layer needs more than
+    MEMORY_FRACTION of this machine's memory (the estimate and the memory named)."""
+    need = working_bytes(N, d, K, chunk_rows)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > MEMORY_FRACTION * have:
+        raise ValueError(f"measuring layer {name!r} (N={N:,}, d={d:,}, K={K:,}) needs about "
+                         f"{need / 2 ** 30:,.1f} GiB (d×d scatter, K×K and class-pair arrays, a "
+                         f"chunk of {min(N, chunk_rows):,} rows) but the machine "
+                         f"has {have / 2 ** 30:,.1f} GiB of host memory: lower --budget or "
+                         f"--chunk-rows, or measure fewer dimensions or classes")
 
 
 def measure_arrays(features, labels, W=None, b=None, **options):
@@ -352,9 +605,24 @@ def measure_arrays(features, labels, W=None, b=None, **options):
     return measure_layers({"features": features}, labels, W, b, **options)
 
 
+class Unreadable(ValueError):
+    """A file or member that cannot be read as it claims (its message is complete)."""
+
+
+def _mappable(path, what, dtype, shape, fortran, available):
+    """Refuse to memory-map an array whose dtype holds objects or whose bytes are fewer than its
+    header says (a truncated member would read the next one's bytes as features)."""
+    if dtype.hasobject:
+        raise Unreadable(f"{what} in {path} holds Python objects (dtype {dtype}), not numbers")
+    need = math.prod(shape) * dtype.itemsize
+    if need > available:
+        raise Unreadable(f"{what} in {path} is truncated or corrupt: its header says shape "
+                         f"{tuple(shape)} of {dtype} ({need:,} bytes) but it holds {available:,}")
+
+
 def _npz_member(path, key, mmap):
     """One array of an .npz: a read-only memory map when `mmap` and the member is stored
-    uncompressed, else loaded."""
+    uncompressed (its dtype and byte count checked against its header first), else loaded."""
     if mmap:
         with zipfile.ZipFile(path) as z:
             info = z.getinfo(f"{key}.npy")
@@ -364,12 +632,15 @@ def _npz_member(path, key, mmap):
                     local = fh.read(30)
                     name_len, extra_len = (int.from_bytes(local[26:28], "little"),
                                            int.from_bytes(local[28:30], "little"))
-                    fh.seek(info.header_offset + 30 + name_len + extra_len)
+                    start = info.header_offset + 30 + name_len + extra_len
+                    fh.seek(start)
                     version = np.lib.format.read_magic(fh)
                     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                             else np.lib.format.read_array_header_2_0)
                     shape, fortran, dtype = read(fh)
                     offset = fh.tell()
+                _mappable(path, f"{key}.npy", dtype, shape, fortran,
+                          info.file_size - (offset - start))
                 return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset,
                                  order="F" if fortran else "C")
     with np.load(path, allow_pickle=False) as data:
@@ -377,9 +648,22 @@ def _npz_member(path, key, mmap):
 
 
 def _load(path, mmap):
-    if path.endswith(".npy"):
+    if not path.endswith(".npy"):
+        raise ValueError(f"{path}: expected a .npy file")
+    try:
+        if mmap:  # check the header against the file's size before mapping it
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read(fh)
+                header = fh.tell()
+            _mappable(path, "the array", dtype, shape, fortran, os.path.getsize(path) - header)
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    raise ValueError(f"{path}: expected a .npy file")
+    except Unreadable:
+        raise
+    except (OSError, EOFError, ValueError) as err:
+        raise Unreadable(f"{path} is not a readable .npy file: {err}") from None
 
 
 def load_file(path, layers=None, labels=None, W=None, b=None, stream=False):
@@ -403,13 +687,17 @@ def load_file(path, layers=None, labels=None, W=None, b=None, stream=False):
         try:
             with np.load(path, allow_pickle=False) as data:
                 keys = list(data.keys())
-        except (zipfile.BadZipFile, ValueError, OSError) as e:
-            raise ValueError(f"{path} is not a readable .npz file: {e}") from None
-        for name in ("labels", "W", "b"):
-            if name in keys and name not in extra:
-                extra[name] = _npz_member(path, name, False)
-        candidates = [k for k in keys if k not in RESERVED]
-        arrays = {k: _npz_member(path, k, stream) for k in candidates}
+            for name in ("labels", "W", "b"):
+                if name in keys and name not in extra:
+                    extra[name] = _npz_member(path, name, False)
+            candidates = [k for k in keys if k not in RESERVED]
+            arrays = {k: _npz_member(path, k, stream) for k in candidates}
+        except Unreadable:
+            raise
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+            raise Unreadable(f"{path} is not a readable .npz file: {e}") from None
+        if not layers:  # by default every 2-D array is a layer; other keys are not features
+            arrays = {k: v for k, v in arrays.items() if np.ndim(v) == 2}
     else:
         raise ValueError(f"FILE must end in .npz or .npy, got {path!r}")
     if "labels" not in extra:
@@ -427,10 +715,32 @@ def load_file(path, layers=None, labels=None, W=None, b=None, stream=False):
 
 
 def measure_file(path, layers=None, labels=None, W=None, b=None, stream=False, **options):
-    """`measure_layers` on what `load_file` reads; `source` records the file."""
+    """`measure_layers` on what `load_file` reads (options as measure_layers', `reference` the
+    result of `reference_statistics`); `source` records the file."""
     arrays, y, W_, b_ = load_file(path, layers, labels, W, b, stream)
     result = measure_layers(arrays, y, W_, b_, **options)
     result["source"] = {"file": os.path.abspath(path), "streamed": bool(stream)}
+    return result
+
+
+def measure_pooled(paths, layers=None, stream=False, **options):
+    """Several .npz files as shards of one data set (a feature collection saved in stages): each
+    layer is the files' rows one after another (read a chunk at a time, never concatenated),
+    labelled by their labels; W and b from the first file that has them. The statistics equal
+    those of the concatenation."""
+    loaded = [load_file(p, layers, None, None, None, stream) for p in paths]
+    names = list(loaded[0][0])
+    for path, (arrays, *_rest) in zip(paths[1:], loaded[1:]):
+        if list(arrays) != names:
+            raise ValueError(f"pooled files must hold the same layers: {paths[0]} has {names}, "
+                             f"{path} has {list(arrays)}")
+    pooled = {n: Shards([arrays[n] for arrays, *_rest in loaded]) for n in names}
+    labels = np.concatenate([np.asarray(y) for _, y, _, _ in loaded])
+    W = next((w for _, _, w, _ in loaded if w is not None), None)
+    b = next((bb for _, _, w, bb in loaded if w is not None), None)
+    result = measure_layers(pooled, labels, W, b, **options)
+    result["source"] = {"files": [os.path.abspath(p) for p in paths], "pooled": True,
+                        "rows": [int(len(y)) for _, y, _, _ in loaded], "streamed": bool(stream)}
     return result
 
 
@@ -444,7 +754,9 @@ REPORT_ORDER = ("nc1", "nc1_unnormalised", "nc1_quotient", "nc1_cdnv", "nc2_etf_
                 "hyperspherical_log", "rank_means", "rank_centred_means", "ncc_accuracy",
                 "nc2_etf_W", "nc2_of_W", "nc3_etf", "nc3_of", "self_duality", "uniform_duality",
                 "equinorm_W", "equiangularity_W", "max_angle_W", "nc4_mismatch",
-                "nc4_mismatch_nobias", "accuracy", "bias_global_mean")
+                "nc4_mismatch_nobias", "accuracy", "bias_global_mean", "nc1_reference",
+                "mean_shift", "ncc_accuracy_reference", "nc4_mismatch_reference",
+                "accuracy_reference")
 
 
 def _cell(v):
@@ -471,5 +783,38 @@ def format_report(result):
     return "\n".join(lines)
 
 
-__all__ = ["measure_layers", "measure_arrays", "measure_file", "load_file", "accumulate",
-           "suite", "encode_labels", "write", "format_report", "GLOBAL_MEANS", "STDS"]
+__all__ = ["measure_layers", "measure_arrays", "measure_file", "measure_pooled", "load_file",
+           "accumulate", "suite", "encode_labels", "write", "write_csv", "csv_rows",
+           "format_report", "rows_per_chunk", "Shards", "GLOBAL_MEANS", "STDS"]
+
+
+CSV_COLUMNS = ("file", "layer", "N", "K", "d") + REPORT_ORDER
+
+
+def csv_rows(results):
+    """One row per (file, layer) of measure results: the file, the layer, N, K, d and every
+    measurement in REPORT_ORDER (empty where undefined or not measured)."""
+    rows = []
+    for result in results:
+        source = result.get("source", {})
+        file = source.get("file") or "+".join(os.path.basename(f) for f in source.get("files", []))
+        for layer, values in result["layers"].items():
+            row = {"file": file, "layer": layer, "N": result["N"], "K": result["K"],
+                   "d": values["d"]}
+            row.update({k: values.get(k) for k in REPORT_ORDER})
+            rows.append(row)
+    return rows
+
+
+def write_csv(results, out_dir):
+    """out_dir/measure.csv (one row per file and layer), atomically."""
+    import csv
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in csv_rows(results):
+        writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                         for k, v in row.items()})
+    data = text.getvalue().encode()
+    atomic_write(os.path.join(out_dir, "measure.csv"), lambda fh: fh.write(data))

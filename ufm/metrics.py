@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import linalg
+from ufm.conventions import RANK_TOL
 from ufm.geometry import centering, etf_distance, of_distance
 
 
-RANK_TOL = 1e-4  # numerical rank: singular values above RANK_TOL × the largest one count
 
 
 def nuclear_norm(A):

@@ -21,10 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ufm import cache
 from ufm.metrics import class_labels
 from ufm.models import Session, models
 
+if cache.wanted(False):  # the caller asked for the cache through UFM_COMPILATION_CACHE=1
+    cache.enable_compilation_cache()
+
 OBJECTIVE_FLOOR = 1e-6  # the relative gradient norm is ‖∇f‖ / max(|f|, OBJECTIVE_FLOOR)
+RISE_TOL = 1e-3  # a run whose objective ends this much (relative) above its start has blown up
 
 
 class Method(NamedTuple):
@@ -193,6 +198,7 @@ class Trajectory(NamedTuple):
     diverged_at: jax.Array  # [] int, −1 if the run stayed finite
     converged_at: jax.Array = None  # [] int, step where the tolerance was met, −1 if not
     grad_norm: jax.Array = None  # [] ‖∇f‖ / max(|f|, OBJECTIVE_FLOOR) at the final parameters
+    bound: Any = None  # the global bound's inputs at the final parameters (model.bound_inputs)
 
 
 class Problem(NamedTuple):
@@ -208,8 +214,13 @@ class Problem(NamedTuple):
         return self.optimizer.bind(self.model, self.sizes, hyper, session)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def record(problem, params, hyper, session=None):
-    """The objective and the model's measurements at `params` (a dict of scalars)."""
+    """The objective and the model's measurements at `params` (a dict of scalars).
+
+    Jitted: a run records at its start, in its loop and after its tail, and a nested jit is
+    traced and lowered once for all of them (the measurements are most of a program's size, so
+    this is most of the time to first result once the compiled program is cached)."""
     model, sizes = problem.model, problem.sizes
     out = {"objective": _objective(model, sizes, hyper, session)(params)}
     extra = () if session is None else (session,)
@@ -233,6 +244,55 @@ def relative_gradient(problem, params, value, grads, hyper, session=None):
     """The certificate's measure: gradient_norm / max(|f|, OBJECTIVE_FLOOR)."""
     scale = jnp.maximum(jnp.abs(value), OBJECTIVE_FLOOR)
     return gradient_norm(problem, params, grads, hyper, session) / scale
+
+
+def bound_inputs(problem, params, session=None):
+    """The model's global-bound inputs at `params` (computed inside the compiled run, so the
+    host gets K²+K numbers, not the parameters' worth of eager operations); {} where the model
+    has no bound or sessions run."""
+    model = problem.model
+    if model.bound_inputs is None or session is not None:
+        return {}
+    return model.bound_inputs(params, problem.sizes)
+
+
+def blown_up(steps, objectives):
+    """The step at which a run is judged to have blown up, −1 if it has not  [] (or [B]).
+
+    A finite objective can still be an explosion the gradient test cannot see: the relative
+    gradient ‖∇f‖/|f| is tiny when |f| is huge (an L-BFGS line search that jumps from 1e-26 to
+    1e64). So a run has blown up when its last recorded objective is non-finite, or above its
+    first (the initialisation's) by more than RISE_TOL relative, or more than max(|best|,
+    OBJECTIVE_FLOOR) above the best it recorded (docs/theory.md §5). The step given is that of the
+    first record above the start (or the last record). Records with step −1 (after a stop) are
+    ignored. numpy in, numpy out (host records); JAX arrays in, JAX out (inside a program).
+    """
+    xp = np if isinstance(objectives, np.ndarray) and isinstance(steps, np.ndarray) else jnp
+    f = objectives
+    valid = steps >= 0
+    index = xp.arange(f.shape[-1])
+    last = xp.argmax(xp.where(valid, index, -1), axis=-1)[..., None]
+    f_last = xp.take_along_axis(f, last, axis=-1)[..., 0]
+    f_first = f[..., 0]
+    best = xp.min(xp.where(valid & xp.isfinite(f), f, xp.inf), axis=-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ceiling = f_first + RISE_TOL * xp.maximum(xp.abs(f_first), OBJECTIVE_FLOOR)
+        bad = (~xp.isfinite(f_last) | (f_last > ceiling)
+               | (f_last - best > xp.maximum(xp.abs(best), OBJECTIVE_FLOOR)))
+        above = valid & ~(f <= ceiling[..., None])
+    first = xp.where(xp.any(above, axis=-1), xp.argmax(above, axis=-1), last[..., 0])
+    at = xp.take_along_axis(steps, first[..., None], axis=-1)[..., 0]
+    return xp.where(bad, at, -1).astype(steps.dtype)
+
+
+def with_blow_up(traj):
+    """`traj` with `diverged_at` set where `blown_up` finds an explosion the per-step finiteness
+    check did not."""
+    if traj.history["objective"].shape[-1] == 0:
+        return traj
+    found = blown_up(traj.steps, traj.history["objective"])
+    xp = np if isinstance(found, np.ndarray) else jnp
+    return traj._replace(diverged_at=xp.where(traj.diverged_at >= 0, traj.diverged_at, found))
 
 
 def certify(problem, params, hyper, session=None):
@@ -415,6 +475,8 @@ def logged_steps(problem, state, hyper, intervals, log_every, session=None):
         i, s = carry[0], carry[1]
         return (i < intervals) & ~stopped(s)
 
+    if intervals == 0:  # every step is in the tail (steps < log_every): no loop to trace
+        return state, (steps_log, hist)
     _, state, steps_log, hist = jax.lax.while_loop(cond, body, (0, state, steps_log, hist))
     return state, (steps_log, hist)
 
@@ -434,7 +496,7 @@ class _Pieces(NamedTuple):
     start: Callable  # (key, hyper, session, start) -> (state, first record)
     chunk: Callable  # (state, hyper, session, intervals) -> (state, (steps [I], history [I]))
     tail: Callable  # (state, hyper, session, num) -> (state, step, record)
-    finish: Callable  # (state, hyper, session) -> grad_norm
+    finish: Callable  # (state, hyper, session) -> (grad_norm, bound inputs)
 
 
 def _pieces(problem, log_every):
@@ -455,7 +517,8 @@ def _pieces(problem, log_every):
         return state, jnp.where(was, -1, state.step), record(problem, state.params, hyper, session)
 
     def finish(state, hyper, session):
-        return certify(problem, state.params, hyper, session)
+        return (certify(problem, state.params, hyper, session),
+                bound_inputs(problem, state.params, session))
 
     return _Pieces(start, chunk, tail, finish)
 
@@ -511,10 +574,11 @@ def simulate(model, sizes, key, hyper, steps, log_every, optimizer="gd", tol=Non
             state, at, last = p.tail(state, hyper, session, steps % log_every)
             parts.append((at[None], jax.tree.map(lambda v: v[None], last)))
         cat = jnp.concatenate
-        return Trajectory(state.params, cat([q[0] for q in parts]),
+        traj = Trajectory(state.params, cat([q[0] for q in parts]),
                           jax.tree.map(lambda *xs: cat(xs), *[q[1] for q in parts]),
                           state.diverged_at, state.converged_at,
-                          p.finish(state, hyper, session))
+                          *p.finish(state, hyper, session))
+        return with_blow_up(traj) if record_start else traj
 
     p = _compiled_pieces(problem, log_every, batched)
     ax = 1 if batched else 0  # the time axis of records
@@ -541,8 +605,10 @@ def simulate(model, sizes, key, hyper, steps, log_every, optimizer="gd", tol=Non
     if callback:
         callback(steps)
     history = jax.tree.map(lambda *xs: np.concatenate(xs, axis=ax), *hist)
-    return Trajectory(state.params, np.concatenate(steps_log, axis=ax), history,
-                      state.diverged_at, state.converged_at, p.finish(state, hyper, session))
+    traj = Trajectory(state.params, np.concatenate(steps_log, axis=ax), history,
+                      np.asarray(state.diverged_at), state.converged_at,
+                      *p.finish(state, hyper, session))
+    return with_blow_up(traj) if record_start else traj
 
 
 def _solved(problem, key, hyper, steps):
@@ -558,7 +624,7 @@ def _solved(problem, key, hyper, steps):
     finite = jnp.isfinite(rec["objective"]) & _all_finite(params)
     return Trajectory(params, iterations[None], jax.tree.map(lambda v: v[None], rec),
                       jnp.where(finite, -1, iterations), jnp.where(gap <= tol, iterations, -1),
-                      certify(problem, params, hyper))
+                      certify(problem, params, hyper), bound_inputs(problem, params))
 
 
 @functools.lru_cache(maxsize=None)
@@ -586,9 +652,10 @@ def trim(traj):
 
 
 def as_hyper(values, dtype=None):
-    """A (nested) dict of Python floats as scalar arrays in the default float dtype."""
-    dtype = dtype or jnp.result_type(float)
-    return jax.tree.map(lambda v: jnp.asarray(v, dtype), values)
+    """A (nested) dict of Python floats as numpy arrays in the default float dtype (numpy, not
+    JAX: converting on the host compiles nothing; a compiled run takes them as they are)."""
+    dtype = np.dtype(dtype or jnp.result_type(float))
+    return jax.tree.map(lambda v: np.asarray(v, dtype), values)
 
 
 def broadcast_hyper(hyper, B):

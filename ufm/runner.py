@@ -88,12 +88,13 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     else:
         traj = optimise.compiled_simulation(spec, sizes, steps, log_every, opt, restarts,
                                             stop)(key, jhyper)
+    traj = jax.tree.map(np.asarray, traj)  # to the host once: the rest is numpy
     restart_global = None
     if restarts > 1 and groups is None:
         restart_obj = [float(v) for v in optimise.final_objectives(traj)]
         if spec.bound_inputs is not None:  # every restart's own global certificate
             restart_global = [cert_mod.global_certificate(
-                spec, spec.bound_inputs(optimise.pick(traj, r).params, sizes), hyper, sizes,
+                spec, optimise.pick(traj, r).bound, hyper, sizes,
                 restart_obj[r])["global"] for r in range(restarts)]
         traj = optimise.pick(traj, optimise.best_restart(traj))
     traj = optimise.trim(traj)
@@ -113,13 +114,14 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     converged_at = int(traj.converged_at)
     cert = cert_mod.certificate(history["objective"], traj.grad_norm,
                                 None if converged_at < 0 else converged_at, traj.steps[-1],
-                                cert_mod.certificate_tol(tol), theory_mod.optimum(prediction))
-    inputs = None if spec.bound_inputs is None else spec.bound_inputs(traj.params, sizes)
+                                cert_mod.certificate_tol(tol), theory_mod.optimum(prediction),
+                                diverged=diverged_at >= 0)
+    inputs = traj.bound if spec.bound_inputs is not None and groups is None else None
     cert.update(cert_mod.global_certificate(spec, inputs, hyper, sizes,
                                             history["objective"][-1], sessions=groups is not None))
     final = {k: _number(v[-1]) for k, v in history.items()}
     return Result(
-        model=model, config=cfg, params=jax.tree.map(np.asarray, traj.params),
+        model=model, config=cfg, params=traj.params,
         steps=np.asarray(traj.steps), history=history, final=final,
         undefined=metrics.undefined_reasons(final, diverged_at >= 0) or None,
         theory=prediction, diverged_at=None if diverged_at < 0 else diverged_at,

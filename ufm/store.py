@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 
-from ufm.files import json_ready, write_json, write_npz
+from ufm.files import atomic_write, json_ready, write_json, write_npz
 
 
 def fingerprint(config):
@@ -23,6 +23,14 @@ def fingerprint(config):
 # --- the folder of a sweep: a lock, and chunks that carry their configuration ------------------
 
 LOCK = ".lock"
+EMPTY_LOCK_SECONDS = 10  # a lock is written the instant it is made; empty for longer: abandoned
+
+
+def _mtime(path):
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return time.time()
 
 
 def _alive(pid):
@@ -40,7 +48,9 @@ def folder_lock(out):
     """Hold `out`/.lock while a sweep writes into `out` (process 0 only, on several hosts).
 
     A second sweep into the same folder is refused while the first runs; a lock left by a
-    process that no longer exists (killed) on this host is stale and taken over.
+    process that no longer exists (killed) on this host is stale and taken over, and so is an
+    empty or unreadable lock older than EMPTY_LOCK_SECONDS (its writer died between creating and
+    writing it).
     """
     if jax.process_index() != 0:
         yield
@@ -57,7 +67,10 @@ def folder_lock(out):
                     holder = json.load(fh)
             except (OSError, ValueError):  # being written this instant, or unreadable
                 holder = {}
-            stale = holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1)))
+            if holder:
+                stale = holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1)))
+            else:  # empty or garbled: stale once older than the instant its writer needs
+                stale = time.time() - _mtime(path) > EMPTY_LOCK_SECONDS
             if not stale:
                 since = time.strftime("%Y-%m-%d %H:%M:%S",
                                       time.localtime(holder.get("started", 0)))
@@ -74,6 +87,34 @@ def folder_lock(out):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+MARK = "fingerprint"  # chunks/fingerprint: the sweep configuration its partial chunks belong to
+
+
+def claim_chunks(out, mark, tags):
+    """Refuse a folder whose chunks/ holds the partial results of another sweep configuration
+    (another static axis, another K, …): finishing this sweep would remove them. Otherwise
+    record `mark` as the owner of chunks/. `tags`: this sweep's combination folders (to recognise
+    chunks left without a mark)."""
+    folder = os.path.join(out, "chunks")
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+    path = os.path.join(folder, MARK)
+    owner = None
+    if os.path.isfile(path):
+        with open(path) as fh:
+            owner = fh.read().strip()
+    foreign = sorted(d for d in os.listdir(folder)
+                     if os.path.isdir(os.path.join(folder, d)) and d not in tags
+                     and chunk_files(os.path.join(folder, d)))
+    if (owner is not None and owner != mark) or foreign:
+        what = f" ({', '.join(foreign)})" if foreign else ""
+        raise ValueError(f"out (--out) {out} holds the unfinished chunks of another sweep "
+                         f"configuration{what}: rerun that sweep to finish it, or use another "
+                         f"--out (or delete {folder})")
+    if owner is None:
+        atomic_write(path, lambda fh: fh.write(mark.encode()))
 
 
 def chunk_files(chunk_dir):

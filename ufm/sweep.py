@@ -298,7 +298,7 @@ def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, 
                          f"results are kept on the host): split it")
     limits.check_seed(seed, count=max(seeds, 1))
     limits.check_steps(steps)
-    limits.check_fits(grid.size * limits.result_bytes(model, sizes),
+    limits.check_fits(limits.result_bytes(model, sizes, grid.size),
                       f"this grid's results ({grid.size:,} points, kept on the host)")
     # Each value of each axis, with the others at their base values, must be a valid
     # configuration; the checks are per value, so this covers every point.
@@ -343,7 +343,9 @@ def _execute(plan, chunk_dir, progress):
     model, sizes, base, axes, grid, config = (plan[k] for k in ("model", "sizes", "base", "axes",
                                                                   "grid", "config"))
     steps, seed, seeds, chunk = (config[k] for k in ("steps", "seed", "seeds", "chunk"))
-    tag = fingerprint({k: v for k, v in config.items() if k != "chunk"})
+    # the point layout too: axes in their order (a point's index depends on it; json sorts dicts)
+    tag = fingerprint(dict({k: v for k, v in config.items() if k != "chunk"},
+                           layout=[[k, list(map(float, v))] for k, v in axes.items()]))
     done, results = (store.load_done(chunk_dir, tag, grid.size) if chunk_dir
                      else (np.zeros(grid.size, bool), None))
     todo = np.flatnonzero(~done)
@@ -375,7 +377,7 @@ def _execute(plan, chunk_dir, progress):
               if not k.startswith(BOUND_PREFIX)}
     arrays.update({k: v.reshape(grid.shape) for k, v in bound.items()})
     arrays.update(_theory_arrays(model, sizes, base, grid, arrays["objective"]))
-    arrays["converged"] = arrays["grad_norm"] <= config["certificate_tol"]
+    arrays["converged"] = (arrays["grad_norm"] <= config["certificate_tol"]) & ~arrays["diverged"]
     arrays.update({k: np.asarray(v) for k, v in axes.items()})
     if seeds:
         arrays["seed"] = seed + np.arange(seeds)
@@ -438,6 +440,13 @@ def _theory_arrays(model, sizes, base, grid, objective):
     per_point = [p for p in preds for _ in range(max(grid.seeds, 1))]
     out = {"theory_objective": np.array([np.nan if p is None else p.objective
                                          for p in per_point]).reshape(grid.shape)}
+    # where the closed form changes regime (ufm plot draws the level-1 curves): c/threshold (the
+    # solution is zero from 1 on) and c/bias threshold (the bias saturates below 1)
+    for key, attr in (("theory_c_ratio", "threshold"), ("theory_bias_ratio", "bias_threshold")):
+        ratios = [getattr(p, "c", None) / getattr(p, attr) if p is not None and getattr(
+            p, "c", None) is not None and getattr(p, attr, None) else np.nan for p in per_point]
+        if np.isfinite(ratios).any():
+            out[key] = np.array(ratios, np.float64).reshape(grid.shape)
     docs = [theory_mod.landing(p, float(f)) for p, f in zip(per_point, objective.ravel())]
     for k in sorted({k for d in docs if d for k in d if k != "gaps"}):
         vals = [None if d is None else d.get(k) for d in docs]
@@ -463,8 +472,10 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
     combinations (nc1_H4 needs depth ≥ 4) is NaN (−1 for integers) at the others.
 
     lams: the λ flags as given (a tied `lam_W` for deep models), axes: traced grids; kw: as
-    `run_sweep`. A folder holding the finished sweep of the same configuration is loaded, not
-    recomputed; one holding another configuration's is refused.
+    `run_sweep`. With `out`, the finished sweep is written there (sweep.npz, sweep.json) before
+    the folder's lock is released. A folder holding the finished sweep of the same configuration
+    is loaded, not recomputed (its axes put in the order asked for); one holding another
+    configuration's, finished or in partial chunks, is refused.
     Returns (arrays, config) as `run_sweep`, config['combinations'] listing each one's.
     """
     kw = dict(dict(seed=0, seeds=0, optimizer="gd", restarts=1, chunk=None, allow_small_d=False,
@@ -479,13 +490,21 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
         base = hyper_for(model, {k: v for k, v in lams.items()
                                  if not (k == "lam_W" and "lam_W" in axes)}, lr, init_scale)
         plans.append((values, _plan(model, sizes, base, axes, steps=steps, **kw)))
+    if len(plans) > 1:  # each combination fits on its own; their results are held together
+        total = sum(limits.result_bytes(p["model"], p["sizes"], p["grid"].size) for _, p in plans)
+        limits.check_fits(2 * total, f"this sweep's results ({len(plans)} static combinations × "
+                                     f"{plans[0][1]['grid'].size:,} points, kept on the host "
+                                     f"and assembled into one set of arrays)")
     mark = sweep_fingerprint(model_name, static, lams, axes, steps, lr, init_scale,
                              (loss, alpha, mask_softmax, *sorted((options or {}).items())), kw)
     parts, configs = [], []
     with (folder_lock(out) if out else contextlib.nullcontext()):
         finished = out and store.finished(out, mark)
         if finished:
-            return finished
+            return _reordered(*finished, order)
+        if out and jax.process_index() == 0:  # another configuration's chunks: refused
+            store.claim_chunks(out, mark, [",".join(f"{k}={_label(v)}" for k, v in values.items())
+                                           for values, _ in plans])
         for i, (values, plan) in enumerate(plans):
             tag = ",".join(f"{k}={_label(v)}" for k, v in values.items())
             report = None if progress is None else (
@@ -493,9 +512,30 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
             arrays, config = _execute(plan, out and os.path.join(out, "chunks", tag), report)
             parts.append(arrays)
             configs.append(dict(config, combination={k: _json_value(v) for k, v in values.items()}))
-    arrays, config = _assemble(parts, static, axes, order, kw["seeds"], configs)
-    config["fingerprint"] = mark
+        arrays, config = _assemble(parts, static, axes, order, kw["seeds"], configs)
+        config["fingerprint"] = mark
+        if out:  # written, and chunks/ removed, before the lock is released
+            write_sweep(arrays, config, out)
     return arrays, config
+
+
+def _reordered(arrays, config, order):
+    """A finished sweep's arrays with their axes in `order` (then the others, the seed axis last),
+    as a rerun naming the same axes in another order asks for."""
+    have = list(config.get("axes_order") or [])
+    seeds = bool(have) and have[-1] == "seed"
+    current = have[:-1] if seeds else have
+    wanted = [k for k in order if k in current] + [k for k in current if k not in order]
+    if wanted == current:
+        return arrays, config
+    perm = [current.index(k) for k in wanted]
+    n = len(current)
+    out = {k: (np.transpose(v, perm + list(range(n, v.ndim)))
+               if v.ndim >= n and v.shape[:n] == tuple(config["shape"][:n]) and k not in current
+               else v) for k, v in arrays.items()}
+    config = dict(config, axes_order=wanted + (["seed"] if seeds else []),
+                  shape=[config["shape"][i] for i in perm] + config["shape"][n:])
+    return out, config
 
 
 def _label(v):

@@ -18,6 +18,7 @@ parallelism across cores comes from sharding a grid over host devices (`ufm swee
 --host-devices`) instead.
 """
 import os
+import sys
 import warnings
 
 SAFE_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler", "--xla_cpu_multi_thread_eigen")
@@ -30,9 +31,8 @@ def safe_cpu_runtime():
     missing = [flag for flag in SAFE_FLAGS if flag not in flags]
     if not missing:
         return
-    from jax._src import xla_bridge
-
-    if xla_bridge.backends_are_initialized():
+    bridge = sys.modules.get("jax._src.xla_bridge")  # not imported: no backend can run yet
+    if bridge is not None and bridge.backends_are_initialized():
         warnings.warn(f"JAX's backend started before ufm was imported, so ufm could not add "
                       f"{' '.join(f + '=false' for f in missing)} to XLA_FLAGS; vmapped runs on "
                       f"CPU may deadlock in jaxlib's thread pools. Import ufm first, or set "

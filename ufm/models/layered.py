@@ -97,11 +97,21 @@ def layered_measure(activation):
     return measure
 
 
+MAX_DEPTH = 64  # deeper programs take minutes to compile (see layered_model)
+COMPILE_SECONDS_PER_LAYER = 0.5  # measured: docs/performance.md, "Deep models"
+
+
 def layered_model(name, depth, activation, loss="mse"):
     """Depth-L model with L weight matrices after H_1 (L = 2: the extended UFMs, eqs. 23–24;
     L = 1 with MSE: the bias-free model), MSE or (linear only) cross-entropy."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth (--depth) must be an integer >= 1, got {depth!r}")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"depth (--depth) must be at most {MAX_DEPTH}, got {depth}: every layer "
+                         f"is its own block of the compiled program (its λ is a hyperparameter "
+                         f"of its own), so compiling takes time and memory linear in L, about "
+                         f"{COMPILE_SECONDS_PER_LAYER:g} s per layer on a CPU core — "
+                         f"{depth * COMPILE_SECONDS_PER_LAYER / 60:.0f} min here")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     if loss not in ("mse", "ce") or (loss == "ce" and activation != "linear"):
