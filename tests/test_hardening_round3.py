@@ -335,3 +335,8 @@ def test_the_relative_gradient_has_an_objective_floor():
     grads = jax.grad(lambda p: model.objective(p, hyper, Sizes(3, 2, 3)))(params)
     norm = float(np.sqrt(sum(float(jnp.sum(g * g)) for g in grads.values())))
     assert r.certificate["grad_norm"] == pytest.approx(norm / optimise.OBJECTIVE_FLOOR, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345, 2 ** 32 - 1])
+def test_the_host_made_key_is_jax_s_key(seed):
+    np.testing.assert_array_equal(optimise.prng_key(seed), jax.random.PRNGKey(seed))

@@ -561,6 +561,24 @@ def convergence_warning(result):
             f"{cert['grad_norm']:.1e} > tol {cert['tol']:.0e}{far}; try {' or '.join(tries)}")
 
 
+SHORT_RUN = 1e10  # steps × multiply-adds per step under which a run takes about a second
+
+
+def _short_run(model, args):
+    """Whether a run is short enough to go without a progress bar: one compiled program then,
+    instead of chunks with reports in between (each chunk, start and end is a program of its own
+    to trace and load: about a second more than the run itself). Multiply-adds per step: the
+    products of K×d by d×N and d×d by d×N of every layer, forward and backward."""
+    try:
+        n = [int(v) for v in re.split("[,/]", str(args.n))]
+    except ValueError:
+        return False  # the library names the bad value
+    N = sum(n) if len(n) > 1 else n[0] * args.K
+    layers = 1 + (model.depth or 0)
+    work = 3 * N * args.d * (args.K + (layers - 1) * args.d)
+    return args.steps * work * max(1, args.restarts or 1) < SHORT_RUN
+
+
 def cmd_train(args):
     from ufm.config import session_groups
     from ufm.models import get_model
@@ -580,7 +598,7 @@ def cmd_train(args):
                   distill=distill, tol=args.tol, depth=args.depth, options=_other_options(args),
                   **lams)
         total = args.steps * (len(session_groups(sessions, args.K)) if sessions else 1)
-        update, close = progress_bar(total, args.quiet)
+        update, close = progress_bar(total, args.quiet or _short_run(model, args))
         t0 = time.perf_counter()
         result = train(args.model, progress=update, **kw)
         elapsed = time.perf_counter() - t0

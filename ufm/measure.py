@@ -426,8 +426,12 @@ def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_r
         U = M / norms[:, None]
         pair_dist = np.linalg.norm(U[i] - U[j], axis=1)
         out["hyperspherical_distance"] = float(np.var(pair_dist))
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             out["hyperspherical_log"] = float(np.var(np.log(1.0 / pair_dist)))
+        if not math.isfinite(out["hyperspherical_log"]):
+            out["hyperspherical_log"] = math.nan
+            undefined["hyperspherical_log"] = ("two centred class means point the same way "
+                                               "(a distance of 0 has no logarithm)")
     if math.isnan(out["nc2_etf_H"]):
         undefined["nc2_etf_H"] = "every centred class mean is zero"
     if math.isnan(out["equinorm_H"]):

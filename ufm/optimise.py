@@ -651,6 +651,15 @@ def trim(traj):
                          history={k: np.asarray(v)[keep] for k, v in traj.history.items()})
 
 
+def prng_key(seed):
+    """jax.random.PRNGKey(seed), made on the host where JAX's default generator allows it: a
+    threefry key of a 32-bit seed is the pair [0, seed] (checked by the tests), and building it
+    with numpy compiles nothing (two small programs less to trace and load per run)."""
+    if jax.config.jax_default_prng_impl == "threefry2x32" and 0 <= seed < 2 ** 32:
+        return np.array([0, seed], np.uint32)
+    return jax.random.PRNGKey(seed)
+
+
 def as_hyper(values, dtype=None):
     """A (nested) dict of Python floats as numpy arrays in the default float dtype (numpy, not
     JAX: converting on the host compiles nothing; a compiled run takes them as they are)."""

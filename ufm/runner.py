@@ -73,7 +73,7 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
         raise ValueError("tol (--tol) does not apply with --sessions: each session runs its "
                          "--steps")
     stop = cert_mod.stopping_tol(opt, tol)
-    key = jax.random.PRNGKey(seed)
+    key = optimise.prng_key(seed)
     jhyper = optimise.as_hyper(hyper)
     session_info = None
     if groups is not None:
