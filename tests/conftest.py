@@ -39,3 +39,15 @@ _configure()
 import jax  # noqa: E402  (after XLA_FLAGS)
 
 jax.config.update("jax_enable_x64", True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "long: takes tens of seconds (compiles many programs or starts processes); "
+                   "such tests run first, so that the workers finish together")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `long` tests first (a stable sort): started last, one of them would leave a worker
+    idle at the end of the run while the other finishes it."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -2,7 +2,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.long
 def test_bench_json_reports_every_measurement():
     proc = subprocess.run([sys.executable, "-m", "ufm.cli", "bench", "--json", "--quick",
                            "--sizes", "paper", "--batches", "1,8", "--only", "throughput"], capture_output=True, text=True,

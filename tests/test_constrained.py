@@ -144,6 +144,7 @@ def test_fixed_orthogonal_masked_sessions():
 
 # --- layer-peeled model: minority collapse ------------------------------------------------------------
 
+@pytest.mark.long
 def test_layer_peeled_minority_collapse_grows_with_imbalance():
     K = 4
     cos = []

@@ -136,6 +136,7 @@ def test_deep_linear_above_beta_c_global_zero_and_the_local_minimum():
     assert large.final["rank_centred_logits"] <= reached
 
 
+@pytest.mark.long
 def test_imbalanced_classes_are_dropped_smallest_first():
     depth, counts, d = 2, (8, 4, 1), 5
     sizes = Sizes(3, counts, d)
@@ -204,6 +205,7 @@ def test_ce_runs_land_on_each_reference(depth, lam, expect):
 
 # --- deep ReLU ------------------------------------------------------------------------------
 
+@pytest.mark.long
 def test_relu_dnc_value_is_the_deep_linear_optimum_and_runs_go_below_it():
     lams = lams_for(4, 0.004)
     sizes = Sizes(10, 1, 30)
@@ -237,6 +239,7 @@ def test_depth_two_runs_are_the_extended_models_bit_for_bit():
 
 # --- sweeps over static axes and the command line ----------------------------------------------
 
+@pytest.mark.long
 def test_static_axes_make_one_grid_in_the_order_given(tmp_path, capsys):
     out = tmp_path / "grid"
     argv = ["sweep", "deep-linear", "--K", "3,4", "--lam-W", "1e-3,1e-2", "--depth", "1,2",

@@ -49,6 +49,7 @@ def _check_smoke(name, folder):
     assert check_saved_numbers(name, arrays, cfg, folder / "data") >= 1
 
 
+@pytest.mark.long
 def test_every_figure_smoke_runs_and_saves_checked_numbers(tmp_path):
     names = [n for n in SCRIPTS if n != "depthwise_network"
              or importlib.util.find_spec("sklearn") is not None]  # needs the digits extra

@@ -51,6 +51,7 @@ CASES = [
     (["sweep", "bias-free", "--tol", "2"], "tol (--tol) must be in (0, 1)"),
     (["sweep", "bias-free", "--seeds", "0"], "seeds (--seeds) must be >= 1"),
     (["train", "deep-linear", "--depth", "0"], "depth (--depth)"),
+    (["train", "deep-linear", "--depth", "65"], "depth (--depth) must be at most 64"),
     (["train", "no-such-model"], "no-such-model"),
     (["train", "bias-free", "--sigma", "0.1"], "--sigma"),
     (["sweep", "bias-free", "--lam-W", "-1e-3:1e-1:5:log"], "--lam-W"),
@@ -275,6 +276,7 @@ np.savez(os.path.join(out, "arrays.npz"), **arrays)
 """
 
 
+@pytest.mark.long
 def test_a_sweep_killed_mid_chunk_resumes_bit_identical(tmp_path):
     script = tmp_path / "killable.py"
     script.write_text(KILLABLE)

@@ -290,6 +290,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.long
 def test_two_processes_write_the_single_process_sweep(tmp_path):
     """`ufm sweep --distributed` as two processes on this machine (a local coordinator, one CPU
     device each, JAX's CPU collectives): process 0 writes a sweep.npz equal to one process with
@@ -340,3 +341,51 @@ def test_the_relative_gradient_has_an_objective_floor():
 @pytest.mark.parametrize("seed", [0, 1, 12345, 2 ** 32 - 1])
 def test_the_host_made_key_is_jax_s_key(seed):
     np.testing.assert_array_equal(optimise.prng_key(seed), jax.random.PRNGKey(seed))
+
+
+def test_the_results_of_all_static_combinations_are_checked_together(monkeypatch):
+    """Each static combination's results fit on its own; together they do not: refused before
+    anything is computed (with a machine of 5 MB for the test's sake)."""
+    from ufm import limits
+
+    monkeypatch.setattr(limits, "machine_memory", lambda: (5 * 2 ** 20, "host memory"))
+    axes = {"lam_W": np.logspace(-3, -1, 1000)}
+    with pytest.raises(ValueError, match=r"this sweep's results \(6 static combinations"):
+        sweep.run_grid("bias-free", {"K": [3, 4, 5, 6, 7, 8], "d": [8], "n": [2]}, {}, axes,
+                       order=["lam_W"], steps=10)
+    sweep.run_grid("bias-free", {"K": [3], "d": [8], "n": [2]}, {}, {"lam_W": axes["lam_W"][:8]},
+                   order=["lam_W"], steps=10)  # one combination alone fits
+
+
+def test_a_run_that_never_moved_is_not_told_to_take_more_steps():
+    from ufm.cli import convergence_warning
+    from ufm.runner import Result
+
+    cert = dict(converged=False, grad_norm=3e-3, tol=1e-3, steps_taken=50, closed_form_gap=0.4,
+                global_gap=None, global_note=None)
+    r = Result(model="bias-free", config=dict(model="bias-free", optimizer="lbfgs",
+                                              dtype="float32"),
+               params={}, steps=np.arange(3), history={"objective": np.full(3, 0.7)}, final={},
+               undefined=None, theory=None, diverged_at=None, restart_objectives=[0.7],
+               restart_global=None, sessions=None, certificate=cert, reference=None)
+    line = convergence_warning(r)
+    assert "never moved" in line and "--x64" in line and "more --steps" not in line
+    moved = r._replace(history={"objective": np.array([0.9, 0.8, 0.7])})
+    assert "more --steps" in convergence_warning(moved)
+
+
+def test_below_dnc_on_both_sides_and_the_relu_exact_flag():
+    from ufm import theory
+    from ufm.models import Sizes
+
+    lams = {"lam_H1": 0.004, **{f"lam_W{l}": 0.004 for l in range(1, 5)}}
+    deep = theory.layered(lams, Sizes(10, 1, 30), 4, "relu")
+    f = deep.objective
+    assert theory.landing(deep, f * (1 - 1e-3))["below_dnc"]
+    assert not theory.landing(deep, f * (1 - 1e-8))["below_dnc"]  # within the tolerance
+    assert not theory.landing(deep, f * 1.01)["below_dnc"]
+    assert theory.landing(deep, f * 1.01)["dnc_gap"] == pytest.approx(0.01, rel=1e-9)
+    two = {"lam_H1": 0.004, "lam_W1": 0.004, "lam_W2": 0.004}
+    assert theory.layered(two, Sizes(10, 1, 30), 2, "relu").exact  # Theorem 4.2: the optimum
+    assert not deep.exact  # deeper: the DNC value is a reference only
+    assert theory.layered(lams, Sizes(10, 1, 30), 4, "linear").exact

@@ -44,6 +44,7 @@ def test_grid_equals_separate_train_runs():
             assert arrays["theory_objective"][i, j] == pytest.approx(r.theory.objective, rel=1e-14)
 
 
+@pytest.mark.long
 def test_four_virtual_devices_give_the_same_numbers(tmp_path):
     script = textwrap.dedent(f"""
         import jax, numpy as np
