@@ -569,11 +569,13 @@ def _short_run(model, args):
     instead of chunks with reports in between (each chunk, start and end is a program of its own
     to trace and load: about a second more than the run itself). Multiply-adds per step: the
     products of K×d by d×N and d×d by d×N of every layer, forward and backward."""
+    from ufm.config import parse_counts
+
     try:
-        n = [int(v) for v in re.split("[,/]", str(args.n))]
+        n = parse_counts(args.n, args.K)
     except ValueError:
         return False  # the library names the bad value
-    N = sum(n) if len(n) > 1 else n[0] * args.K
+    N = sum(n) if isinstance(n, tuple) else n * args.K
     layers = 1 + (model.depth or 0)
     work = 3 * N * args.d * (args.K + (layers - 1) * args.d)
     return args.steps * work * max(1, args.restarts or 1) < SHORT_RUN

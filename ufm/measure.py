@@ -205,25 +205,7 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
         D = block - means[y]
         scatter += D.T @ D
         within += np.bincount(y, weights=np.sum(D * D, axis=1), minlength=K)
-        # nearest class centre: argmin_k ‖x − μ_k‖² = argmin_k ‖μ_k‖² − 2 x·μ_k, all relative to
-        # the offset (the decision does not depend on it; the cancellation does)
-        distance = sq_means[None, :] - 2.0 * block @ means.T
-        ncc = np.argmin(distance, axis=1)
-        decisions["ncc_correct"] += int(np.sum(ncc == y))
-        decisions["ncc_ties"] += _ties(distance, ncc)
-        if W is not None:
-            logits = raw @ W.T
-            plain = np.argmax(logits, axis=1)
-            decisions["ties_nobias"] += _ties(logits, plain)
-            if b is None:
-                full = plain
-            else:
-                logits = logits + b[None, :]
-                full = np.argmax(logits, axis=1)
-            decisions["ties"] += _ties(logits, full)
-            decisions["mismatch"] += int(np.sum(full != ncc))
-            decisions["mismatch_nobias"] += int(np.sum(plain != ncc))
-            decisions["correct"] += int(np.sum(full == y))
+        _decide(decisions, raw, block, y, means, sq_means, W, b)
         if progress:
             progress(N + stop)
     return dict(N=N, d=d, counts=counts, offset=offset, sums_o=sums, means_o=means,
@@ -241,23 +223,15 @@ def against(X, codes, K, ref, W=None, b=None, chunk_rows=None, name="features",
     offset, means = ref["offset"], ref["means_o"]
     sq_means = np.sum(means * means, axis=1)
     scatter, sums = np.zeros((d, d)), np.zeros((K, d))
-    dec = dict(ncc_correct=0, ncc_ties=0, mismatch=0, correct=0, ties=0)
+    dec = dict(mismatch=0, mismatch_nobias=0, correct=0, ncc_correct=0, ncc_ties=0, ties=0,
+               ties_nobias=0)
     for start, stop in _chunks(N, chunk_rows or rows_per_chunk(d, K, budget_bytes)):
         raw, y = _rows(X, start, stop, name), codes[start:stop]
         block = raw - offset
         D = block - means[y]
         scatter += D.T @ D
         sums += _class_sums(block, y, K)
-        distance = sq_means[None, :] - 2.0 * block @ means.T
-        ncc = np.argmin(distance, axis=1)
-        dec["ncc_correct"] += int(np.sum(ncc == y))
-        dec["ncc_ties"] += _ties(distance, ncc)
-        if W is not None:
-            logits = raw @ W.T + (0.0 if b is None else b[None, :])
-            full = np.argmax(logits, axis=1)
-            dec["ties"] += _ties(logits, full)
-            dec["mismatch"] += int(np.sum(full != ncc))
-            dec["correct"] += int(np.sum(full == y))
+        _decide(dec, raw, block, y, means, sq_means, W, b)
     return dict(N=N, sigma_w=scatter / N, sums_o=sums,
                 counts=np.bincount(codes, minlength=K), decisions=dec)
 
@@ -272,16 +246,9 @@ def reference_suite(ref, acc, global_mean="classes", pinv_rtol=None):
     mu_ref = ref["means_o"]
     g_ref = mu_ref.mean(axis=0) if global_mean == "classes" else ref["sums_o"].sum(0) / ref["N"]
     M = mu_ref - g_ref
-    _, sv, Vt = np.linalg.svd(M, full_matrices=False)
-    eig = sv ** 2 / K
-    rtol = ref["d"] * np.finfo(np.float64).eps if pinv_rtol is None else pinv_rtol
-    keep = eig > rtol * eig[0] if eig[0] > 0 else np.zeros_like(eig, bool)
     out, undefined = {}, {}
-    if keep.any():
-        proj = np.einsum("jd,de,je->j", Vt[keep], acc["sigma_w"], Vt[keep])
-        out["nc1_reference"] = float(np.sum(proj / eig[keep]) / K)
-    else:
-        out["nc1_reference"] = math.nan
+    out["nc1_reference"] = _nc1(M, acc["sigma_w"], pinv_rtol)[0]
+    if math.isnan(out["nc1_reference"]):
         undefined["nc1_reference"] = "all reference class means coincide (Σ_B = 0)"
     present = acc["counts"] > 0
     shift = np.linalg.norm(acc["sums_o"][present] / acc["counts"][present, None]
@@ -321,6 +288,30 @@ def reference_statistics(path, layers=None, stream=False, chunk_rows=None, budge
     if W is not None:
         W, b = _check_classifier(W, b, K, arrays[list(arrays)[-1]].shape[1], list(arrays)[-1])
     return {"file": os.path.abspath(path), "classes": classes, "layers": stats, "W": W, "b": b}
+
+
+def _decide(counts, raw, block, y, means, sq_means, W=None, b=None):
+    """Add one chunk's decisions to `counts`: nearest class centre (argmin_k ‖μ_k‖² − 2x·μ_k, all
+    relative to the offset: the decision does not depend on it, the cancellation does) against
+    the labels, and with W the classifier's (with and without b) against both, with ties."""
+    distance = sq_means[None, :] - 2.0 * block @ means.T
+    ncc = np.argmin(distance, axis=1)
+    counts["ncc_correct"] += int(np.sum(ncc == y))
+    counts["ncc_ties"] += _ties(distance, ncc)
+    if W is None:
+        return
+    logits = raw @ W.T
+    plain = np.argmax(logits, axis=1)
+    counts["ties_nobias"] += _ties(logits, plain)
+    if b is None:
+        full = plain
+    else:
+        logits = logits + b[None, :]
+        full = np.argmax(logits, axis=1)
+    counts["ties"] += _ties(logits, full)
+    counts["mismatch"] += int(np.sum(full != ncc))
+    counts["mismatch_nobias"] += int(np.sum(plain != ncc))
+    counts["correct"] += int(np.sum(full == y))
 
 
 def _ties(scores, chosen):
@@ -370,6 +361,21 @@ def numerical_rank(A, rtol=RANK_TOL):
     return int(np.sum(s > rtol * s[0])) if s.size and s[0] > 0 else 0
 
 
+def _nc1(M, Sw, pinv_rtol=None):
+    """(tr(Σ_W Σ_B^†)/K, the eigenvalues of Σ_B, which of them the pseudo-inverse keeps) with
+    Σ_B = MᵀM/K = V diag(s²/K) Vᵀ from the SVD of the centred means M [K, d]; eigenvalues below
+    pinv_rtol (default d·eps(float64)) × the largest are dropped; NaN when Σ_B = 0."""
+    K, d = M.shape
+    _, s, Vt = np.linalg.svd(M, full_matrices=False)
+    eig = s ** 2 / K
+    rtol = d * np.finfo(np.float64).eps if pinv_rtol is None else pinv_rtol
+    keep = eig > rtol * eig[0] if eig[0] > 0 else np.zeros_like(eig, bool)
+    if not keep.any():
+        return math.nan, eig, keep
+    proj = np.einsum("jd,de,je->j", Vt[keep], Sw, Vt[keep])  # v_jᵀ Σ_W v_j
+    return float(np.sum(proj / eig[keep]) / K), eig, keep
+
+
 def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_rtol=None):
     """Every measurement of docs/theory.md §4 from `accumulate`'s statistics: a dict of floats
     (NaN where undefined) plus `undefined` {name: reason}."""
@@ -383,15 +389,8 @@ def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_r
     out, undefined = {}, {}
 
     # NC1 variants: Σ_B = MᵀM/K = V diag(s²/K) Vᵀ from the SVD of M
-    _, s, Vt = np.linalg.svd(M, full_matrices=False)
-    eig = s ** 2 / K
-    rtol = d * np.finfo(np.float64).eps if pinv_rtol is None else pinv_rtol
-    keep = eig > rtol * eig[0] if eig[0] > 0 else np.zeros_like(eig, bool)
-    if keep.any():
-        proj = np.einsum("jd,de,je->j", Vt[keep], Sw, Vt[keep])  # v_jᵀ Σ_W v_j
-        out["nc1"] = float(np.sum(proj / eig[keep]) / K)
-    else:
-        out["nc1"] = math.nan
+    out["nc1"], eig, keep = _nc1(M, Sw, pinv_rtol)
+    if math.isnan(out["nc1"]):
         undefined["nc1"] = "all class means coincide (Σ_B = 0)"
     out["nc1_unnormalised"] = K * out["nc1"]
     out["nc1_quotient"] = _ratio(float(np.trace(Sw)), float(np.sum(eig)))
@@ -613,6 +612,14 @@ class Unreadable(ValueError):
     """A file or member that cannot be read as it claims (its message is complete)."""
 
 
+def _npy_header(fh):
+    """(shape, fortran order, dtype) of the .npy array at fh's position; fh left at its data."""
+    version = np.lib.format.read_magic(fh)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    return read(fh)
+
+
 def _mappable(path, what, dtype, shape, fortran, available):
     """Refuse to memory-map an array whose dtype holds objects or whose bytes are fewer than its
     header says (a truncated member would read the next one's bytes as features)."""
@@ -638,10 +645,7 @@ def _npz_member(path, key, mmap):
                                            int.from_bytes(local[28:30], "little"))
                     start = info.header_offset + 30 + name_len + extra_len
                     fh.seek(start)
-                    version = np.lib.format.read_magic(fh)
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
-                    shape, fortran, dtype = read(fh)
+                    shape, fortran, dtype = _npy_header(fh)
                     offset = fh.tell()
                 _mappable(path, f"{key}.npy", dtype, shape, fortran,
                           info.file_size - (offset - start))
@@ -657,10 +661,7 @@ def _load(path, mmap):
     try:
         if mmap:  # check the header against the file's size before mapping it
             with open(path, "rb") as fh:
-                version = np.lib.format.read_magic(fh)
-                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read(fh)
+                shape, fortran, dtype = _npy_header(fh)
                 header = fh.tell()
             _mappable(path, "the array", dtype, shape, fortran, os.path.getsize(path) - header)
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
