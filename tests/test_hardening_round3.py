@@ -187,11 +187,26 @@ def test_extra_keys_that_are_not_2d_are_not_layers(tmp_path):
     assert list(doc["layers"]) == ["h"]
 
 
-def test_huge_d_is_refused_with_an_estimate_before_allocating(tmp_path):
+def test_huge_d_with_few_classes_is_measured_without_a_d_by_d_array(tmp_path):
+    """Σ_W is gathered in the span of the class means: d = 400,000 with K = 4 needs [3, 3], not
+    the 1.3 TB of a d×d scatter (which the estimate once refused)."""
     X = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32,
-                                  shape=(4, 400000))
+                                  shape=(8, 400000))
+    X[:] = np.random.default_rng(0).normal(size=(8, 400000))
     del X
-    np.save(tmp_path / "l.npy", np.arange(4))
+    np.save(tmp_path / "l.npy", np.arange(8) % 4)
+    doc = measure.measure_file(str(tmp_path / "x.npy"), labels=str(tmp_path / "l.npy"),
+                               stream=True, quiet=True)
+    assert np.isfinite(doc["layers"]["features"]["nc1"])
+
+
+def test_huge_k_and_d_are_refused_with_an_estimate_before_allocating(tmp_path):
+    """K = 100,000 classes of d = 400,000 (a sparse memory-mapped file: nothing is written):
+    the class means alone are 300 GB, refused before any of them is allocated."""
+    X = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32,
+                                  shape=(100000, 400000))
+    del X
+    np.save(tmp_path / "l.npy", np.arange(100000))
     with pytest.raises(ValueError, match=r"needs about [0-9,.]+ GiB .* host memory"):
         measure.measure_file(str(tmp_path / "x.npy"), labels=str(tmp_path / "l.npy"),
                              stream=True, quiet=True)

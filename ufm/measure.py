@@ -171,6 +171,23 @@ def _rows(X, start, stop, name):
     return block
 
 
+def span_basis(means):
+    """Orthonormal rows [r, d] spanning the centred class means (r = min(K, d)), or None when
+    r = d (the standard basis). The span of μ_k − g is the same for every global mean g that is
+    an average of the class means (the mean of the means, or the sample mean): the span of the
+    differences μ_k − μ_j. NC1 needs Σ_W only in that span (docs/theory.md §4)."""
+    K, d = means.shape
+    if K >= d:
+        return None
+    return np.linalg.svd(means - means.mean(axis=0), full_matrices=False)[2]
+
+
+def _scatter(D, basis):
+    """DᵀD in the basis' coordinates [r, r] (DᵀD itself [d, d] for the standard basis)."""
+    P = D if basis is None else D @ basis.T
+    return P.T @ P
+
+
 def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", progress=None,
                budget_bytes=None):
     """The sufficient statistics of one layer, in two passes over row chunks (float64).
@@ -179,10 +196,12 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
     large common offset (1e12 × their spread) lose nothing to cancellation: sums, scatter,
     distances and nearest-centre decisions are computed from x − offset (they do not depend on
     it), and only the raw means add it back.
+    Σ_W is gathered in the span of the centred class means (`span_basis`): [r, r] with
+    r = min(K, d), never [d, d] when K < d, and r/d of the work.
     Returns a dict: counts [K], offset [d], sums_o [K, d] and means_o [K, d] (of x − offset),
-    means [K, d] (raw), sigma_w [d, d] (Σ_W, divided by N), within [K] (mean ‖x − μ_k‖² per
-    class), and with W: mismatches with and without b against the nearest class centre, and
-    correct classifier decisions.
+    means [K, d] (raw), basis ([r, d] or None), sigma_w [r, r] (Σ_W in the basis, divided by
+    N), trace_w (tr Σ_W), within [K] (mean ‖x − μ_k‖² per class), and with W: mismatches with
+    and without b against the nearest class centre, and correct classifier decisions.
     """
     N, d = X.shape
     chunks = _chunks(N, chunk_rows or rows_per_chunk(d, K, budget_bytes))
@@ -194,7 +213,8 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
         if progress:
             progress(stop)
     means = sums / counts[:, None]
-    scatter = np.zeros((d, d))
+    basis = span_basis(means)
+    scatter = 0.0
     within = np.zeros(K)
     decisions = dict(mismatch=0, mismatch_nobias=0, correct=0, ncc_correct=0, ncc_ties=0,
                      ties=0, ties_nobias=0)
@@ -203,33 +223,33 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
         raw, y = _rows(X, start, stop, name), codes[start:stop]
         block = raw - offset
         D = block - means[y]
-        scatter += D.T @ D
-        within += np.bincount(y, weights=np.sum(D * D, axis=1), minlength=K)
+        scatter = scatter + _scatter(D, basis)
+        within += np.bincount(y, weights=np.einsum("ij,ij->i", D, D), minlength=K)
         _decide(decisions, raw, block, y, means, sq_means, W, b)
         if progress:
             progress(N + stop)
     return dict(N=N, d=d, counts=counts, offset=offset, sums_o=sums, means_o=means,
-                means=means + offset, sigma_w=scatter / N, within=within / counts,
-                decisions=decisions)
+                means=means + offset, basis=basis, sigma_w=scatter / N,
+                trace_w=float(within.sum() / N), within=within / counts, decisions=decisions)
 
 
 def against(X, codes, K, ref, W=None, b=None, chunk_rows=None, name="features",
             budget_bytes=None):
     """One pass over features measured against a reference's statistics `ref` (`accumulate` of
-    the training features): Σ_W around the reference class means, the features' own class sums
-    (relative to the reference offset), and the nearest-reference-centre and classifier
-    decisions. `codes` index the reference's classes."""
+    the training features): Σ_W around the reference class means (in the reference's basis),
+    the features' own class sums (relative to the reference offset), and the
+    nearest-reference-centre and classifier decisions. `codes` index the reference's classes."""
     N, d = X.shape
     offset, means = ref["offset"], ref["means_o"]
     sq_means = np.sum(means * means, axis=1)
-    scatter, sums = np.zeros((d, d)), np.zeros((K, d))
+    scatter, sums = 0.0, np.zeros((K, d))
     dec = dict(mismatch=0, mismatch_nobias=0, correct=0, ncc_correct=0, ncc_ties=0, ties=0,
                ties_nobias=0)
     for start, stop in _chunks(N, chunk_rows or rows_per_chunk(d, K, budget_bytes)):
         raw, y = _rows(X, start, stop, name), codes[start:stop]
         block = raw - offset
         D = block - means[y]
-        scatter += D.T @ D
+        scatter = scatter + _scatter(D, ref["basis"])
         sums += _class_sums(block, y, K)
         _decide(dec, raw, block, y, means, sq_means, W, b)
     return dict(N=N, sigma_w=scatter / N, sums_o=sums,
@@ -247,7 +267,7 @@ def reference_suite(ref, acc, global_mean="classes", pinv_rtol=None):
     g_ref = mu_ref.mean(axis=0) if global_mean == "classes" else ref["sums_o"].sum(0) / ref["N"]
     M = mu_ref - g_ref
     out, undefined = {}, {}
-    out["nc1_reference"] = _nc1(M, acc["sigma_w"], pinv_rtol)[0]
+    out["nc1_reference"] = _nc1(M, acc["sigma_w"], ref["basis"], pinv_rtol)[0]
     if math.isnan(out["nc1_reference"]):
         undefined["nc1_reference"] = "all reference class means coincide (Σ_B = 0)"
     present = acc["counts"] > 0
@@ -294,49 +314,37 @@ def _decide(counts, raw, block, y, means, sq_means, W=None, b=None):
     """Add one chunk's decisions to `counts`: nearest class centre (argmin_k ‖μ_k‖² − 2x·μ_k, all
     relative to the offset: the decision does not depend on it, the cancellation does) against
     the labels, and with W the classifier's (with and without b) against both, with ties."""
-    distance = sq_means[None, :] - 2.0 * block @ means.T
+    distance = block @ means.T
+    distance *= -2.0
+    distance += sq_means[None, :]
     ncc = np.argmin(distance, axis=1)
-    counts["ncc_correct"] += int(np.sum(ncc == y))
+    counts["ncc_correct"] += int(np.count_nonzero(ncc == y))
     counts["ncc_ties"] += _ties(distance, ncc)
     if W is None:
         return
+    del distance
     logits = raw @ W.T
     plain = np.argmax(logits, axis=1)
     counts["ties_nobias"] += _ties(logits, plain)
     if b is None:
         full = plain
     else:
-        logits = logits + b[None, :]
+        logits += b[None, :]
         full = np.argmax(logits, axis=1)
     counts["ties"] += _ties(logits, full)
-    counts["mismatch"] += int(np.sum(full != ncc))
-    counts["mismatch_nobias"] += int(np.sum(plain != ncc))
-    counts["correct"] += int(np.sum(full == y))
+    counts["mismatch"] += int(np.count_nonzero(full != ncc))
+    counts["mismatch_nobias"] += int(np.count_nonzero(plain != ncc))
+    counts["correct"] += int(np.count_nonzero(full == y))
 
 
 def _ties(scores, chosen):
     """Rows whose chosen score is attained by another class too (an argmax/argmin tie: W = 0,
     coincident class means), where a decision is arbitrary."""
-    best = np.take_along_axis(scores, chosen[:, None], axis=1)
-    return int(np.sum(np.sum(scores == best, axis=1) > 1))
+    best = scores[np.arange(len(chosen)), chosen]
+    return int(np.count_nonzero(np.count_nonzero(scores == best[:, None], axis=1) > 1))
 
 
 # --- the suite from the accumulators ----------------------------------------------------------
-
-def _unit_rows(A):
-    norms = np.linalg.norm(A, axis=1, keepdims=True)
-    return np.divide(A, norms, out=np.full_like(A, np.nan), where=norms > 0)
-
-
-def _frame_distance(G, ideal):
-    """‖G/‖G‖ − ideal‖ (NaN for G = 0)."""
-    norm = np.linalg.norm(G)
-    return float(np.linalg.norm(G / norm - ideal)) if norm > 0 else math.nan
-
-
-def _etf(K):
-    return (np.eye(K) - np.ones((K, K)) / K) / math.sqrt(K - 1)
-
 
 def _std(x, convention):
     return float(np.std(x, ddof=1 if convention == "unbiased" else 0))
@@ -346,97 +354,293 @@ def _ratio(num, den):
     return num / den if den > 0 and math.isfinite(num) else math.nan
 
 
-def _off_diagonal_cosines(A):
-    U = _unit_rows(A)
-    C = U @ U.T
-    return C[~np.eye(len(A), dtype=bool)]
-
-
-def _pairs(K):
-    return np.triu_indices(K, 1)
-
-
-def numerical_rank(A, rtol=RANK_TOL):
-    s = np.linalg.svd(A, compute_uv=False)
+def numerical_rank(s, rtol=RANK_TOL):
+    """The number of singular values `s` (descending) above rtol × the largest."""
     return int(np.sum(s > rtol * s[0])) if s.size and s[0] > 0 else 0
 
 
-def _nc1(M, Sw, pinv_rtol=None):
+def _svd(A):
+    """(s, Vt) of A [K, d] (thin): the singular values and right singular vectors."""
+    _, s, Vt = np.linalg.svd(A, full_matrices=False)
+    return s, Vt
+
+
+def _nc1(M, Sw, basis, pinv_rtol=None, svd=None):
     """(tr(Σ_W Σ_B^†)/K, the eigenvalues of Σ_B, which of them the pseudo-inverse keeps) with
-    Σ_B = MᵀM/K = V diag(s²/K) Vᵀ from the SVD of the centred means M [K, d]; eigenvalues below
-    pinv_rtol (default d·eps(float64)) × the largest are dropped; NaN when Σ_B = 0."""
+    Σ_B = MᵀM/K = V diag(s²/K) Vᵀ from the SVD of the centred means M [K, d] and Σ_W given in
+    the coordinates of `basis` (rows spanning M's rows; None: the standard basis); eigenvalues
+    below pinv_rtol (default d·eps(float64)) × the largest are dropped; NaN when Σ_B = 0."""
     K, d = M.shape
-    _, s, Vt = np.linalg.svd(M, full_matrices=False)
+    s, Vt = _svd(M) if svd is None else svd
     eig = s ** 2 / K
     rtol = d * np.finfo(np.float64).eps if pinv_rtol is None else pinv_rtol
     keep = eig > rtol * eig[0] if eig[0] > 0 else np.zeros_like(eig, bool)
     if not keep.any():
         return math.nan, eig, keep
-    proj = np.einsum("jd,de,je->j", Vt[keep], Sw, Vt[keep])  # v_jᵀ Σ_W v_j
+    V = Vt[keep] if basis is None else Vt[keep] @ basis.T  # v_j in Σ_W's coordinates
+    proj = np.einsum("jr,rs,js->j", V, Sw, V)  # v_jᵀ Σ_W v_j
     return float(np.sum(proj / eig[keep]) / K), eig, keep
 
 
-def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_rtol=None):
-    """Every measurement of docs/theory.md §4 from `accumulate`'s statistics: a dict of floats
-    (NaN where undefined) plus `undefined` {name: reason}."""
-    K, d, N = len(stats["counts"]), stats["d"], stats["N"]
-    mu = stats["means"]  # [K, d], raw (for the measures of un-centred means)
-    mu_o = stats["means_o"]  # relative to the offset: differences without cancellation
-    g_o = (mu_o.mean(axis=0) if global_mean == "classes" else stats["sums_o"].sum(axis=0) / N)
-    g = g_o + stats["offset"]
-    M = mu_o - g_o  # centred means [K, d]
-    Sw = stats["sigma_w"]
-    out, undefined = {}, {}
+def tile_rows(K, budget_bytes=None):
+    """Rows of a [rows, K] tile of class pairs whose float64 temporaries (about ten) fit in the
+    budget: nothing K×K is ever held."""
+    budget = BUDGET_BYTES if budget_bytes is None else budget_bytes
+    return max(1, min(K, int(budget // (80 * K))))
 
-    # NC1 variants: Σ_B = MᵀM/K = V diag(s²/K) Vᵀ from the SVD of M
-    out["nc1"], eig, keep = _nc1(M, Sw, pinv_rtol)
-    if math.isnan(out["nc1"]):
-        undefined["nc1"] = "all class means coincide (Σ_B = 0)"
-    out["nc1_unnormalised"] = K * out["nc1"]
-    out["nc1_quotient"] = _ratio(float(np.trace(Sw)), float(np.sum(eig)))
-    if math.isnan(out["nc1_quotient"]):
-        undefined["nc1_quotient"] = "tr Σ_B = 0"
-    i, j = _pairs(K)
-    dist2 = np.sum((mu_o[i] - mu_o[j]) ** 2, axis=1)
-    var = stats["within"]
-    if np.all(dist2 > 0):
-        out["nc1_cdnv"] = float(np.mean((var[i] + var[j]) / (2 * dist2)))
-    else:
-        out["nc1_cdnv"] = math.nan
-        undefined["nc1_cdnv"] = "two class means coincide"
-    out["pinv_directions"] = int(np.sum(keep))
 
-    # NC2 of the features, and the Papyan et al. shape measures
-    G_centred, G_raw = M @ M.T, mu @ mu.T
-    out["nc2_etf_H"] = _frame_distance(G_centred, _etf(K))
-    out["nc2_of_H"] = _frame_distance(G_raw, np.eye(K) / math.sqrt(K))
+class Moments:
+    """Count, mean and sum of squared deviations of values seen a part at a time, merged by
+    Chan, Golub & LeVeque's rule: stable when the spread is tiny next to the mean (E[x²] − E[x]²
+    would cancel, e.g. the cosines of collapsed means)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, values):
+        n = values.size
+        if n == 0:
+            return
+        mean = float(np.mean(values))
+        centred = (values - mean).ravel()
+        m2 = float(np.dot(centred, centred))
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.n * n / total
+        self.n = total
+
+    def var(self, ddof=0, repeat=1):
+        """The variance, each value counted `repeat` times (pairs as ordered pairs: 2)."""
+        return repeat * self.m2 / (repeat * self.n - ddof)
+
+
+def _sum_squares(a):
+    flat = a.ravel()
+    return float(np.dot(flat, flat))
+
+
+def _parts(tile, i0):
+    """The strictly upper pairs (i < j) of a tile of rows i0..i0+T against columns i0..K, as
+    (values, i, j): the square's strict upper triangle (flat, with index arrays) and the
+    rectangle right of it (2-D, with broadcastable index columns/rows): the class vectors
+    a[i], a[j] broadcast against the values in both."""
+    T, width = tile.shape
+    r, c = np.triu_indices(T, 1)
+    yield tile[r, c], i0 + r, i0 + c
+    if width > T:
+        yield (tile[:, T:], np.arange(i0, i0 + T)[:, None],
+               np.arange(i0 + T, i0 + width)[None, :])
+
+
+def _explicit_sq_distances(A, rows, cols, budget_bytes):
+    """‖A_i − A_j‖² of the given pairs by subtraction (exact where the Gram expansion
+    ‖a‖² + ‖b‖² − 2a·b cancels), a budget's worth of pairs at a time."""
+    step = max(1, int((BUDGET_BYTES if budget_bytes is None else budget_bytes)
+                      // (16 * A.shape[1])))
+    out = np.empty(len(rows))
+    for s in range(0, len(rows), step):
+        diff = A[rows[s:s + step]] - A[cols[s:s + step]]
+        out[s:s + step] = np.einsum("ij,ij->i", diff, diff)
+    return out
+
+
+CLOSE = 1e-2  # a Gram-expanded ‖a − b‖² below CLOSE·(‖a‖² + ‖b‖²) is recomputed by subtraction
+
+
+def _sq_distances(A, sq, gram, i, j, budget_bytes):
+    """‖A_i − A_j‖² for a part of a Gram tile (`_parts`) by ‖a_i‖² + ‖a_j‖² − 2 a_i·a_j, the
+    pairs close enough for that to cancel recomputed by subtraction."""
+    both = sq[i] + sq[j]
+    dist2 = gram * -2.0
+    dist2 += both
+    close = dist2 < CLOSE * both
+    if close.any():
+        rows, cols = np.broadcast_to(i, dist2.shape)[close], np.broadcast_to(j, dist2.shape)[close]
+        dist2[close] = _explicit_sq_distances(A, rows, cols, budget_bytes)
+    return dist2
+
+
+def _norm_of_product(A, s, Vt):
+    """‖A Bᵀ‖_F for B = U diag(s) Vt (thin SVD): ‖A Vtᵀ diag(s)‖_F — no [K, K] product."""
+    return float(np.linalg.norm((A @ Vt.T) * s[None, :]))
+
+
+def _frame_ideal(K, kind):
+    """(diagonal, off-diagonal) of the unit-norm ideal: the simplex ETF (I − 11ᵀ/K)/√(K−1) or
+    the orthogonal frame I/√K."""
+    if kind == "etf":
+        return (1.0 - 1.0 / K) / math.sqrt(K - 1), -1.0 / (K * math.sqrt(K - 1))
+    return 1.0 / math.sqrt(K), 0.0
+
+
+class _Frame:
+    """‖G/‖G‖ − ideal‖_F accumulated over tiles of G, its norm known in advance (from singular
+    values): one pass, each term (G_ij/‖G‖ − ideal_ij)² computed as a difference — no
+    2 − 2⟨G, ideal⟩/‖G‖ cancellation near the ideal."""
+
+    def __init__(self, K, kind, norm):
+        self.diag, self.off = _frame_ideal(K, kind)
+        self.norm, self.total = norm, 0.0
+
+    def add_symmetric(self, tile, i0):
+        """A tile of rows i0.. against columns i0.. of a symmetric G: its diagonal, and twice
+        its strictly upper part (which stands for the lower one)."""
+        if self.norm > 0:
+            T = tile.shape[0]
+            self.total += _sum_squares(np.diagonal(tile[:, :T]) / self.norm - self.diag)
+            for values, _, _ in _parts(tile, i0):
+                self.total += 2 * _sum_squares(values / self.norm - self.off)
+
+    def add(self, tile, i0):
+        """A tile of rows i0.. against every column."""
+        if self.norm > 0:
+            R = tile / self.norm
+            R -= self.off
+            T = tile.shape[0]
+            R[np.arange(T), i0 + np.arange(T)] += self.off - self.diag
+            self.total += _sum_squares(R)
+
+    def value(self):
+        return math.sqrt(self.total) if self.norm > 0 else math.nan
+
+
+def _cosine_stats(gram, i, j, inverse_norms, K, moments):
+    """Add a part's cosines to `moments`; return Σ|cos + 1/(K−1)| and the cosines."""
+    cos = gram * inverse_norms[i]
+    cos *= inverse_norms[j]
+    moments.add(cos)
+    return float(np.sum(np.abs(cos + 1.0 / (K - 1)))), cos
+
+
+def pair_measures(M, g, W=None, std="population", budget_bytes=None, svd_M=None, svd_mu=None,
+                  within=None):
+    """The measures over pairs of classes and the frame distances (docs/theory.md §4), from
+    tiles of rows of the K×K Grams: nothing [K, K] (or [K·(K−1)/2, d]) is held, and the tiles
+    fit in the budget. M [K, d] centred means, g [d] the global mean (raw means μ = M + g),
+    W [K, d] the classifier, `within` [K] the classes' mean squared distances to their means.
+    Returns (values, undefined)."""
+    K, d = M.shape
+    s_M, Vt_M = svd_M if svd_M is not None else _svd(M)
+    s_mu, Vt_mu = svd_mu if svd_mu is not None else _svd(M + g)
     norms = np.linalg.norm(M, axis=1)
-    zero_mean = norms == 0
-    out["equinorm_H"] = _ratio(_std(norms, std), float(np.mean(norms)))
-    if zero_mean.any():
+    sq = norms ** 2
+    inverse = 1.0 / np.where(norms > 0, norms, 1.0)
+    Mg, gg = M @ g, float(g @ g)
+    frames = {"nc2_etf_H": _Frame(K, "etf", float(np.sqrt(np.sum(s_M ** 4)))),
+              "nc2_of_H": _Frame(K, "of", float(np.sqrt(np.sum(s_mu ** 4))))}
+    has_direction = bool(np.all(norms > 0))
+    cos_H, hyper, hyper_log = Moments(), Moments(), Moments()
+    angle_H, cdnv, coincide, same_direction = 0.0, 0.0, False, False
+    if W is not None:
+        s_W = _svd(W)[0]
+        frames.update({
+            "nc2_etf_W": _Frame(K, "etf", float(np.sqrt(np.sum(s_W ** 4)))),
+            "nc2_of_W": _Frame(K, "of", float(np.sqrt(np.sum(s_W ** 4)))),
+            "nc3_etf": _Frame(K, "etf", _norm_of_product(W, s_M, Vt_M)),
+            "nc3_of": _Frame(K, "of", _norm_of_product(W, s_mu, Vt_mu))})
+        w_norms = np.linalg.norm(W, axis=1)
+        w_inverse = 1.0 / np.where(w_norms > 0, w_norms, 1.0)
+        Wg = W @ g
+        cos_W, angle_W = Moments(), 0.0
+    unit = M * inverse[:, None]
+    ones = np.ones(K)
+    T = tile_rows(K, budget_bytes)
+    for i0 in range(0, K, T):
+        i1 = min(K, i0 + T)
+        C = M[i0:i1] @ M[i0:].T  # centred Gram, rows i0:i1, columns i0..
+        frames["nc2_etf_H"].add_symmetric(C, i0)
+        frames["nc2_of_H"].add_symmetric(C + Mg[i0:i1, None] + Mg[None, i0:] + gg, i0)
+        for gram, i, j in _parts(C, i0):
+            dist2 = _sq_distances(M, sq, gram, i, j, budget_bytes)
+            coincide = coincide or not np.all(dist2 > 0)
+            if not coincide:
+                cdnv += float(np.sum((within[i] + within[j]) / (2.0 * dist2)))
+            if has_direction:
+                angle, cos = _cosine_stats(gram, i, j, inverse, K, cos_H)
+                angle_H += angle
+                dist = np.sqrt(_sq_distances(unit, ones, cos, i, j, budget_bytes))
+                hyper.add(dist)
+                if np.all(dist > 0):
+                    hyper_log.add(np.log(dist))  # the variance of log(1/dist)
+                else:
+                    same_direction = True
+        if W is not None:
+            WW = W[i0:i1] @ W[i0:].T
+            frames["nc2_etf_W"].add_symmetric(WW, i0)
+            frames["nc2_of_W"].add_symmetric(WW, i0)
+            WM = W[i0:i1] @ M.T  # every column: W Mᵀ is not symmetric
+            frames["nc3_etf"].add(WM, i0)
+            WM += Wg[i0:i1, None]  # W μᵀ
+            frames["nc3_of"].add(WM, i0)
+            if np.all(w_norms > 0):
+                for gram, i, j in _parts(WW, i0):
+                    angle_W += _cosine_stats(gram, i, j, w_inverse, K, cos_W)[0]
+    pairs = K * (K - 1) // 2
+    ddof = 1 if std == "unbiased" else 0
+    out = {name: frame.value() for name, frame in frames.items()}
+    undefined = {}
+    out["nc1_cdnv"] = math.nan if coincide else cdnv / pairs
+    if coincide:
+        undefined["nc1_cdnv"] = "two class means coincide"
+    if has_direction:
+        out["equiangularity_H"] = math.sqrt(cos_H.var(ddof, repeat=2))
+        out["max_angle_H"] = angle_H / pairs
+        out["hyperspherical_distance"] = hyper.var()
+        out["hyperspherical_log"] = math.nan if same_direction else hyper_log.var()
+        if same_direction:
+            undefined["hyperspherical_log"] = ("two centred class means point the same way "
+                                               "(a distance of 0 has no logarithm)")
+    else:
         for key in ("equiangularity_H", "max_angle_H", "hyperspherical_distance",
                     "hyperspherical_log"):
             out[key] = math.nan
             undefined[key] = "a centred class mean is zero (no direction)"
-    else:
-        cos = _off_diagonal_cosines(M)
-        out["equiangularity_H"] = _std(cos, std)
-        out["max_angle_H"] = float(np.mean(np.abs(cos + 1.0 / (K - 1))))
-        U = M / norms[:, None]
-        pair_dist = np.linalg.norm(U[i] - U[j], axis=1)
-        out["hyperspherical_distance"] = float(np.var(pair_dist))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out["hyperspherical_log"] = float(np.var(np.log(1.0 / pair_dist)))
-        if not math.isfinite(out["hyperspherical_log"]):
-            out["hyperspherical_log"] = math.nan
-            undefined["hyperspherical_log"] = ("two centred class means point the same way "
-                                               "(a distance of 0 has no logarithm)")
+    if W is not None:
+        if np.all(w_norms > 0):
+            out["equiangularity_W"] = math.sqrt(cos_W.var(ddof, repeat=2))
+            out["max_angle_W"] = angle_W / pairs
+        else:
+            out["equiangularity_W"] = out["max_angle_W"] = math.nan
+            undefined["equiangularity_W"] = undefined["max_angle_W"] = "a classifier row is zero"
+    return out, undefined
+
+
+def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_rtol=None,
+          budget_bytes=None):
+    """Every measurement of docs/theory.md §4 from `accumulate`'s statistics: a dict of floats
+    (NaN where undefined) plus `undefined` {name: reason}. The measures over class pairs come
+    from tiles of rows (`pair_measures`) that fit in `budget_bytes`."""
+    K, d, N = len(stats["counts"]), stats["d"], stats["N"]
+    mu_o = stats["means_o"]  # relative to the offset: differences without cancellation
+    g_o = (mu_o.mean(axis=0) if global_mean == "classes" else stats["sums_o"].sum(axis=0) / N)
+    g = g_o + stats["offset"]
+    M = mu_o - g_o  # centred means [K, d]; the raw means are M + g
+    out, undefined = {}, {}
+
+    # NC1 variants: Σ_B = MᵀM/K = V diag(s²/K) Vᵀ from the SVD of M
+    svd_M, svd_mu = _svd(M), _svd(stats["means"])
+    out["nc1"], eig, keep = _nc1(M, stats["sigma_w"], stats["basis"], pinv_rtol, svd_M)
+    if math.isnan(out["nc1"]):
+        undefined["nc1"] = "all class means coincide (Σ_B = 0)"
+    out["nc1_unnormalised"] = K * out["nc1"]
+    out["nc1_quotient"] = _ratio(stats["trace_w"], float(np.sum(eig)))
+    if math.isnan(out["nc1_quotient"]):
+        undefined["nc1_quotient"] = "tr Σ_B = 0"
+    out["pinv_directions"] = int(np.sum(keep))
+
+    # NC2 of the features, the pair measures and Papyan et al.'s shape measures
+    pairs, why = pair_measures(M, g, W, std, budget_bytes, svd_M, svd_mu, stats["within"])
+    out.update(pairs)
+    undefined.update(why)
+    norms = np.linalg.norm(M, axis=1)
+    out["equinorm_H"] = _ratio(_std(norms, std), float(np.mean(norms)))
     if math.isnan(out["nc2_etf_H"]):
         undefined["nc2_etf_H"] = "every centred class mean is zero"
     if math.isnan(out["equinorm_H"]):
         undefined["equinorm_H"] = "every centred class mean is zero"
-    out["rank_means"] = numerical_rank(mu)
-    out["rank_centred_means"] = numerical_rank(M)
+    out["rank_means"] = numerical_rank(svd_mu[0])
+    out["rank_centred_means"] = numerical_rank(svd_M[0])
     dec = stats["decisions"]
     out["ncc_accuracy"] = dec["ncc_correct"] / N
     tied = {"ncc": dec["ncc_ties"], "W": dec["ties"], "W_nobias": dec["ties_nobias"]}
@@ -446,24 +650,12 @@ def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_r
                                      f"(coincident means?): the decision is arbitrary")
 
     if W is not None:
-        WW = W @ W.T
-        out["nc2_etf_W"] = _frame_distance(WW, _etf(K))
-        out["nc2_of_W"] = _frame_distance(WW, np.eye(K) / math.sqrt(K))
-        out["nc3_etf"] = _frame_distance(W @ M.T, _etf(K))
-        out["nc3_of"] = _frame_distance(W @ mu.T, np.eye(K) / math.sqrt(K))
         nW, nM = np.linalg.norm(W), np.linalg.norm(M)
         out["self_duality"] = (float(np.sum((W / nW - M / nM) ** 2)) if nW > 0 and nM > 0
                                else math.nan)
         out["uniform_duality"] = float(np.var(np.sum(W * M, axis=1), ddof=1))
         w_norms = np.linalg.norm(W, axis=1)
         out["equinorm_W"] = _ratio(_std(w_norms, std), float(np.mean(w_norms)))
-        if np.any(w_norms == 0):
-            out["equiangularity_W"] = out["max_angle_W"] = math.nan
-            undefined["equiangularity_W"] = undefined["max_angle_W"] = "a classifier row is zero"
-        else:
-            cos_w = _off_diagonal_cosines(W)
-            out["equiangularity_W"] = _std(cos_w, std)
-            out["max_angle_W"] = float(np.mean(np.abs(cos_w + 1.0 / (K - 1))))
         out["nc4_mismatch"] = dec["mismatch"] / N
         out["nc4_mismatch_nobias"] = dec["mismatch_nobias"] / N
         out["accuracy"] = dec["correct"] / N
@@ -519,7 +711,7 @@ def measure_layers(layers, labels, W=None, b=None, classifier_layer=None, global
     W, b = _check_classifier(W, b, K, layers[classifier_layer].shape[1], classifier_layer)
     for name, X in layers.items():
         check_memory(N, X.shape[1], K, chunk_rows or rows_per_chunk(X.shape[1], K, budget_bytes),
-                     name)
+                     name, budget_bytes)
     from ufm.progress import progress_bar
 
     result = {}
@@ -531,7 +723,7 @@ def measure_layers(layers, labels, W=None, b=None, classifier_layer=None, global
         close()
         result[name] = dict(d=stats["d"], **suite(stats, W if uses_W else None,
                                                   b if uses_W else None, global_mean, std,
-                                                  pinv_rtol))
+                                                  pinv_rtol, budget_bytes))
         if reference is not None:
             _measure_against(result[name], reference, name, X, classes[codes], uses_W, W, b,
                              global_mean, pinv_rtol, chunk_rows, budget_bytes)
@@ -580,25 +772,25 @@ def _measure_against(out, reference, name, X, labels, uses_W, W, b, global_mean,
 MEMORY_FRACTION = 0.8  # refuse what needs more than this fraction of the host's memory
 
 
-def working_bytes(N, d, K, chunk_rows):
+def working_bytes(N, d, K, chunk_rows, budget_bytes=None):
     """Estimated peak bytes of measuring one layer (float64), beyond the features themselves:
-    the d×d scatter and its products, the K×d means and classifier products, the K×K Gram
-    matrices, the K(K−1)/2 class pairs (each a d-vector of differences), and one chunk of rows
-    with its K decisions (four copies)."""
-    rows = min(N, chunk_rows)
-    pairs = K * (K - 1) // 2
-    return 8 * (3 * d * d + 8 * K * d + 6 * K * K + pairs * (d + 4) + 4 * rows * (d + K))
+    the K×d means, their copies and classifier products, the thin SVDs of the means ([K, r],
+    [r, d], r = min(K, d)), Σ_W in the means' span [r, r], one chunk of rows with its K
+    decisions (four copies), and one tile of class pairs (`tile_rows`)."""
+    rows, r = min(N, chunk_rows), min(K, d)
+    tile = 80 * tile_rows(K, budget_bytes) * K
+    return 8 * (8 * K * d + 4 * K * r + 3 * r * d + 2 * r * r + 4 * rows * (d + K)) + tile
 
 
-def check_memory(N, d, K, chunk_rows, name="features"):
+def check_memory(N, d, K, chunk_rows, name="features", budget_bytes=None):
     """ValueError, before anything is allocated, when measuring a layer needs more than
     MEMORY_FRACTION of this machine's memory (the estimate and the memory named)."""
-    need = working_bytes(N, d, K, chunk_rows)
+    need = working_bytes(N, d, K, chunk_rows, budget_bytes)
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > MEMORY_FRACTION * have:
         raise ValueError(f"measuring layer {name!r} (N={N:,}, d={d:,}, K={K:,}) needs about "
-                         f"{need / 2 ** 30:,.1f} GiB (d×d scatter, K×K and class-pair arrays, a "
-                         f"chunk of {min(N, chunk_rows):,} rows) but the machine "
+                         f"{need / 2 ** 30:,.1f} GiB (the class means and their SVDs, a chunk of "
+                         f"{min(N, chunk_rows):,} rows, a tile of class pairs) but the machine "
                          f"has {have / 2 ** 30:,.1f} GiB of host memory: lower --budget or "
                          f"--chunk-rows, or measure fewer dimensions or classes")
 
