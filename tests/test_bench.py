@@ -54,3 +54,17 @@ def test_time_to_gap_and_its_bounds():
         "sizes": dict(bench.SOLVER_SIZES._asdict()), "gap": bench.GAP, "cap": 200, "rows": [row],
         "grid": {"points": 4, "lbfgs": cell, "gd": cell}}))
     assert "≥" in text and "?" in text and ">" in text
+
+
+def test_bench_measure_section_times_ufm_in_a_fresh_process(monkeypatch):
+    """The measure section on a small array: ufm's time, its peak memory beyond the loaded
+    features (resident peak reset after loading), and its NC1; without the peer installed the
+    report says so instead of a ratio."""
+    from ufm import bench
+
+    monkeypatch.setattr(bench, "_peer_installed", lambda: False)
+    res = bench.measure_times(shape=(3000, 16, 5))
+    row = res["rows"]["ufm"]
+    assert row["seconds"] > 0 and row["peak_bytes"] >= 0 and row["nc1"] > 0
+    assert row["features_bytes"] == 3000 * 16 * 4 and not res["peer_installed"]
+    assert "not installed" in "\n".join(bench.measure_report(res))

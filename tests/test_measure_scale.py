@@ -254,3 +254,35 @@ def test_twenty_thousand_classes_within_the_budget():
         full = ours[key] ** 2 if key == "equiangularity_H" else ours[key]
         error = values.std() / np.sqrt(len(values))
         assert abs(values.mean() - full) < 5 * error, (key, values.mean(), full, error)
+
+
+def test_float32_screened_decisions_equal_float64_decisions_at_near_ties():
+    """Decisions are screened in float32 with an error bound, and the rows it cannot vouch
+    for are decided again in float64. Rows placed within 1e-9 of the bisector of two class
+    means (and of two classifier rows), at an offset of 1e4, with exact ties among them: the
+    counts equal deciding every row in float64."""
+    rng = np.random.default_rng(7)
+    K, d = 6, 40
+    means = rng.normal(size=(K, d))
+    W, b = rng.normal(size=(K, d)), rng.normal(size=K)
+    i, j = rng.integers(0, K, 3000), rng.integers(0, K, 3000)
+    t = 0.5 + rng.choice([0.0, 1e-12, 1e-9, 1e-6, 0.1], 3000) * rng.choice([-1, 1], 3000)
+    block = means[i] * t[:, None] + means[j] * (1 - t)[:, None] + 1e-9 * rng.normal(size=(3000, d))
+    block[:50] = means[0]  # on a mean, and W = its rows below: exact decisions with margins
+    y = rng.integers(0, K, 3000)
+    offset = 1e4 * rng.normal(size=d)
+    decide = measure.Decisions(means, W, b, offset)
+    screened, exact = measure._no_decisions(), measure._no_decisions()
+    spread = np.linalg.norm(block - means[y], axis=1)
+    decide(screened, block, y, spread)
+    decide.exact(exact, block, y)
+    assert screened == exact
+    tied = block.copy()
+    tied[:, :] = means[0]  # every row equally scored by two equal classifier rows
+    W2 = W.copy()
+    W2[0] = W2[1] = 10 * means[0]  # the two largest logits, equal
+    decide = measure.Decisions(means, W2, None, np.zeros(d))
+    screened, exact = measure._no_decisions(), measure._no_decisions()
+    decide(screened, tied, y, np.linalg.norm(tied - means[y], axis=1))
+    decide.exact(exact, tied, y)
+    assert screened == exact and exact["ties_nobias"] > 0

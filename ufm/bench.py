@@ -13,6 +13,10 @@ global (float64): time to a certified global optimum (convex solver, L-BFGS, GD,
 latency: wall time of whole CLI commands in fresh processes, run twice against an empty
 compilation cache (first: compiles and fills it; second: loads from it), beside
 `python -c "import jax"` — the time to first result a researcher sees.
+measure: `ufm measure`'s suite on 200,000 × 512 float32 features, K = 100, beside
+rhubarbwu/neural-collapse's float32 accumulators and metrics on the same array (when that
+library and torch happen to be installed; neither is a dependency): wall time and peak memory
+beyond the loaded features, each in a fresh process.
 """
 import functools
 import os
@@ -28,7 +32,7 @@ from ufm.config import hyper_for
 from ufm.models import MODELS, Sizes
 
 SIZES = (Sizes(4, 50, 20), Sizes(10, 100, 64))
-SECTIONS = ("throughput", "deep", "solvers", "global", "latency")
+SECTIONS = ("throughput", "deep", "solvers", "global", "latency", "measure")
 BATCHES = (1, 64, 1024, 4096)
 LAM, LR = 5e-3, 0.1
 
@@ -441,6 +445,139 @@ def latency_report(lat):
     return lines
 
 
+# --- measure: ufm measure beside rhubarbwu/neural-collapse ------------------------------------
+
+MEASURE_SHAPE = (200_000, 512, 100)  # N, d, K
+PEER_BATCHES = (8192, 65536)
+
+_MEASURE_CHILD = r"""
+import json, sys, time
+import numpy as np
+
+def rss(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+
+folder, who, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+X = np.load(folder + "/features.npy")
+y = np.load(folder + "/labels.npy")
+W, b = np.load(folder + "/W.npy"), np.load(folder + "/b.npy")
+if who == "ufm":
+    from ufm import measure
+    run = lambda: measure.measure_arrays(X, y, W, b)["layers"]["features"]
+else:
+    import torch as pt
+    from neural_collapse.accumulate import (CovarAccumulator, DecAccumulator, MeanAccumulator,
+                                            VarNormAccumulator)
+    from neural_collapse.kernels import kernel_grid, log_kernel
+    from neural_collapse.measure import (clf_ncc_agreement, covariance_ratio, mean_norms,
+                                         self_duality_error, simplex_etf_error,
+                                         variability_cdnv, interference_grid)
+    from neural_collapse.util import symm_reduce
+
+    def run():
+        K, d = W.shape
+        Wt = pt.from_numpy(W).float()
+        batches = [(pt.from_numpy(X[s:s + batch]), pt.from_numpy(y[s:s + batch]))
+                   for s in range(0, len(y), batch)]  # views: no copy
+        means_acc = MeanAccumulator(K, d, "cpu")
+        for Xb, yb in batches:
+            means_acc.accumulate(Xb, yb)
+        M, mG = means_acc.compute()
+        var_acc, cov_acc = VarNormAccumulator(K, d, "cpu", M=M), CovarAccumulator(K, d, "cpu", M=M)
+        dec_acc = DecAccumulator(K, d, "cpu", M=M, W=Wt)
+        for Xb, yb in batches:
+            var_acc.accumulate(Xb, yb, M)
+            cov_acc.accumulate(Xb, yb, M)
+            dec_acc.accumulate(Xb, yb, Wt, M)
+        V_norms, _ = var_acc.compute()
+        Sigma_W = cov_acc.compute()
+        grid = interference_grid(M, mG)
+        return {"nc1": covariance_ratio(Sigma_W, M, mG),
+                "nc1_cdnv": variability_cdnv(V_norms, M, tile_size=K),
+                "equinorm_H": float(mean_norms(M, mG).std() / mean_norms(M, mG).mean()),
+                "interference": float(symm_reduce(grid, pt.var)),
+                "nc2_etf_H": simplex_etf_error(M, mG),
+                "nc3_etf": self_duality_error(Wt, M, mG),
+                "hyperspherical_log": float(symm_reduce(kernel_grid(M, mG, log_kernel), pt.var)),
+                "nc4_agreement": clf_ncc_agreement(dec_acc)}
+
+base = rss("VmRSS")
+try:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the peak to now
+except OSError:
+    pass
+t0 = time.perf_counter()
+values = run()
+seconds = time.perf_counter() - t0
+peak = rss("VmHWM")
+print(json.dumps({"seconds": seconds, "peak_bytes": peak - base, "features_bytes": X.nbytes,
+                  "nc1": float(values["nc1"]), "nc2_etf_H": float(values["nc2_etf_H"])}))
+"""
+
+
+def _peer_installed():
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "neural_collapse"))
+
+
+def measure_times(quick=False, shape=MEASURE_SHAPE):
+    """Wall seconds and peak bytes (beyond the loaded features) of measuring one float32
+    feature array: `ufm measure`'s whole suite (float64 accumulators, default budget), and
+    rhubarbwu/neural-collapse's float32 accumulators and metrics at two batch sizes when it is
+    installed. Each in a fresh process (peak resident memory reset after loading)."""
+    import json
+    import subprocess
+    import tempfile
+
+    N, d, K = shape
+    if quick:
+        N //= 10
+    rng = np.random.default_rng(0)
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        labels = rng.integers(0, K, N)
+        centres = rng.normal(size=(K, d)).astype(np.float32)
+        X = centres[labels]
+        for start in range(0, N, 65536):  # noise a slice at a time: the parent stays small
+            X[start:start + 65536] += rng.normal(size=(min(65536, N - start), d)).astype(np.float32)
+        np.save(os.path.join(folder, "features.npy"), X)
+        np.save(os.path.join(folder, "labels.npy"), labels)
+        np.save(os.path.join(folder, "W.npy"), centres.astype(np.float64))
+        np.save(os.path.join(folder, "b.npy"), np.zeros(K))
+        del X
+        runs = [("ufm", 0)]
+        if _peer_installed():
+            runs += [("neural_collapse", batch) for batch in PEER_BATCHES]
+        for who, batch in runs:
+            proc = subprocess.run([sys.executable, "-c", _MEASURE_CHILD, folder, who, str(batch)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"measuring with {who} failed:\n{proc.stderr[-2000:]}")
+            rows[f"{who}" + (f" (batch {batch:,})" if batch else "")] = json.loads(
+                proc.stdout.strip().splitlines()[-1])
+    return {"N": N, "d": d, "K": K, "rows": rows, "peer_installed": len(rows) > 1}
+
+
+def measure_report(m):
+    lines = [f"\nmeasuring {m['N']:,} × {m['d']} float32 features, K = {m['K']} (fresh process "
+             f"each; peak memory beyond the loaded {m['rows']['ufm']['features_bytes'] / 2 ** 20:,.0f} "
+             f"MB of features):"]
+    ufm = m["rows"]["ufm"]
+    for name, r in m["rows"].items():
+        ratio = "" if name == "ufm" else (f"   ufm: {ufm['seconds'] / r['seconds']:.2f}× the time, "
+                                          f"{ufm['peak_bytes'] / r['peak_bytes']:.2f}× the memory")
+        lines.append(f"  {name:34s} {r['seconds']:7.2f} s  {r['peak_bytes'] / 2 ** 20:8,.0f} MB  "
+                     f"nc1 {r['nc1']:.6e}{ratio}")
+    if not m["peer_installed"]:
+        lines.append("  rhubarbwu/neural-collapse not installed (with torch): no side-by-side run")
+    return lines
+
+
 def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
     """All measurements of the chosen sections as a JSON-ready dict."""
     out = {"device": f"{jax.local_device_count()} × {jax.devices()[0].device_kind}",
@@ -454,6 +591,8 @@ def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
         out["global"] = global_times(quick) if out["dtype"] == "float64" else None
     if "latency" in sections:
         out["latency"] = latency_times()
+    if "measure" in sections:
+        out["measure"] = measure_times(quick)
     if "throughput" not in sections:
         return out
     for sz in sizes:
@@ -498,6 +637,8 @@ def report(res):
         lines += global_report(res["global"])
     if res.get("latency"):
         lines += latency_report(res["latency"])
+    if res.get("measure"):
+        lines += measure_report(res["measure"])
     if not res["sizes"]:
         return "\n".join(lines)
     lines.append(f"\nbias-free UFM, GD step {LR}:")

@@ -161,8 +161,8 @@ def _add_measure_parser(sub):
     m.add_argument("--pool", action="store_true",
                    help="measure the files as shards of one data set (their rows together)")
     m.add_argument("--budget", type=float, default=None, metavar="MB",
-                   help="working memory per chunk of rows in MB (default 256): peak memory is "
-                        "set by it, not by N")
+                   help="working memory in MB (default 64): the chunks of rows in flight and a "
+                        "tile of class pairs fit in it; peak memory is set by it, not by N or K")
     m.add_argument("--labels", default=None, help="labels.npy, with a features .npy file")
     m.add_argument("--layer", action="append", default=None,
                    help="an array of FILE.npz to measure as a layer (repeatable; default: "

@@ -30,7 +30,7 @@ from ufm.conventions import RANK_TOL
 
 GLOBAL_MEANS = ("classes", "samples")
 STDS = ("population", "unbiased")
-BUDGET_BYTES = 256 * 2 ** 20  # working set of one chunk of rows (float64 copies and decisions)
+BUDGET_BYTES = 64 * 2 ** 20  # working set of the chunks of rows in flight, and of a tile of class pairs
 RESERVED = ("labels", "W", "b")  # npz keys that are not layers
 
 
@@ -152,22 +152,39 @@ class Shards:
         return np.concatenate(out) if len(out) != 1 else out[0]
 
 
-def _class_sums(block, y, K):
-    """Σ of the rows of each class  [K, d], by sorting the chunk's rows into class segments (an
-    order of magnitude faster than np.add.at)."""
+def _class_sums(rows, y, K, offset=None):
+    """Σ of the rows of each class  [K, d] in float64 (minus `offset` first when given; `rows`
+    may be float32: each class's rows are converted as they are summed). The chunk's rows are
+    sorted into class segments: a sum per class present when the segments are long, one
+    np.add.reduceat when they are short (both far faster than np.add.at). A class's sum
+    depends only on its own rows, in order: classes with the same rows get the same mean, bit
+    for bit (a one-hot matrix product would not: BLAS sums by position), so ties between
+    coincident means stay exact."""
     order = np.argsort(y, kind="stable")
     ys = y[order]
     starts = np.flatnonzero(np.concatenate([[True], ys[1:] != ys[:-1]]))
-    sums = np.zeros((K, block.shape[1]))
-    sums[ys[starts]] = np.add.reduceat(block[order], starts, axis=0)
+    sums = np.zeros((K, rows.shape[1]))
+    convert = ((lambda a: a.astype(np.float64)) if offset is None
+               else (lambda a: np.subtract(a, offset, dtype=np.float64)))
+    if 8 * len(starts) > len(y):  # short segments: one call beats a call per class
+        sums[ys[starts]] = np.add.reduceat(convert(rows[order]), starts, axis=0)
+        return sums
+    for start, stop in zip(starts, np.append(starts[1:], len(y))):
+        sums[ys[start]] = convert(rows[order[start:stop]]).sum(axis=0)
     return sums
 
 
-def _rows(X, start, stop, name):
-    block = np.asarray(X[start:stop], dtype=np.float64)
-    if not np.all(np.isfinite(block)):
-        bad = start + int(np.flatnonzero(~np.all(np.isfinite(block), axis=1))[0])
-        raise ValueError(f"features {name!r} are not finite (row {bad})")
+def _rows(X, start, stop, name, offset=None):
+    """Rows start:stop as float64, minus `offset` (one pass: conversion and subtraction
+    fused); a ValueError naming the first row that is not finite."""
+    rows = np.asarray(X[start:stop])
+    block = (rows.astype(np.float64) if offset is None
+             else np.subtract(rows, offset, dtype=np.float64))
+    if not math.isfinite(float(np.sum(block))):  # a sum of finite rows may overflow: look
+        finite = np.all(np.isfinite(block), axis=1)
+        if not finite.all():
+            bad = start + int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"features {name!r} are not finite (row {bad})")
     return block
 
 
@@ -204,33 +221,81 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
     and without b against the nearest class centre, and correct classifier decisions.
     """
     N, d = X.shape
-    chunks = _chunks(N, chunk_rows or rows_per_chunk(d, K, budget_bytes))
+    chunks = _chunks(N, chunk_rows or rows_per_chunk(d, K, _per_worker(budget_bytes)))
     counts = np.bincount(codes, minlength=K).astype(np.int64)
     offset = _rows(X, *chunks[0], name).mean(axis=0)
     sums = np.zeros((K, d))
-    for start, stop in chunks:
-        sums += _class_sums(_rows(X, start, stop, name) - offset, codes[start:stop], K)
+
+    def first(start, stop):
+        rows = np.asarray(X[start:stop])
+        sums = _class_sums(rows, codes[start:stop], K, offset)
+        if not np.all(np.isfinite(sums)):
+            _rows(X, start, stop, name)  # names the first row that is not finite
+        return sums
+
+    for (start, stop), part in zip(chunks, _in_order(first, chunks)):
+        sums += part
         if progress:
             progress(stop)
     means = sums / counts[:, None]
     basis = span_basis(means)
     scatter = 0.0
     within = np.zeros(K)
-    decisions = dict(mismatch=0, mismatch_nobias=0, correct=0, ncc_correct=0, ncc_ties=0,
-                     ties=0, ties_nobias=0)
-    sq_means = np.sum(means * means, axis=1)
-    for start, stop in chunks:
-        raw, y = _rows(X, start, stop, name), codes[start:stop]
-        block = raw - offset
+    decisions = _no_decisions()
+    decide = Decisions(means, W, b, offset)
+
+    def second(start, stop):
+        block, y = _rows(X, start, stop, name, offset), codes[start:stop]
         D = block - means[y]
-        scatter = scatter + _scatter(D, basis)
-        within += np.bincount(y, weights=np.einsum("ij,ij->i", D, D), minlength=K)
-        _decide(decisions, raw, block, y, means, sq_means, W, b)
+        spread = np.einsum("ij,ij->i", D, D)
+        part = _scatter(D, basis)
+        del D
+        counts = _no_decisions()
+        decide(counts, block, y, np.sqrt(spread))
+        return part, np.bincount(y, weights=spread, minlength=K), counts
+
+    for (start, stop), (part, spread, counts_) in zip(chunks, _in_order(second, chunks)):
+        scatter = scatter + part  # in chunk order: the same sums as one thread
+        within += spread
+        for key, value in counts_.items():
+            decisions[key] += value
         if progress:
             progress(N + stop)
     return dict(N=N, d=d, counts=counts, offset=offset, sums_o=sums, means_o=means,
                 means=means + offset, basis=basis, sigma_w=scatter / N,
                 trace_w=float(within.sum() / N), within=within / counts, decisions=decisions)
+
+
+WORKERS = max(1, min(4, os.cpu_count() or 1))  # chunks in flight, each on one core
+
+
+def _per_worker(budget_bytes):
+    return (BUDGET_BYTES if budget_bytes is None else budget_bytes) / WORKERS
+
+
+def _no_decisions():
+    return dict(mismatch=0, mismatch_nobias=0, correct=0, ncc_correct=0, ncc_ties=0, ties=0,
+                ties_nobias=0)
+
+
+def _in_order(fn, chunks):
+    """fn(start, stop) of each chunk, WORKERS at a time in threads (numpy releases the GIL),
+    yielded in chunk order; at most 2·WORKERS results wait, so memory stays bounded. BLAS is
+    held to one thread meanwhile: a chunk per core beats every product on every core
+    (numpy's element-wise work is single-threaded; measured 2× on 2 cores, docs/performance.md)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with ThreadPoolExecutor(WORKERS) as pool, threadpool_limits(1, user_api="blas"):
+        pending = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(fn, *chunk))
+            if len(pending) >= 2 * WORKERS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def against(X, codes, K, ref, W=None, b=None, chunk_rows=None, name="features",
@@ -241,17 +306,16 @@ def against(X, codes, K, ref, W=None, b=None, chunk_rows=None, name="features",
     nearest-reference-centre and classifier decisions. `codes` index the reference's classes."""
     N, d = X.shape
     offset, means = ref["offset"], ref["means_o"]
-    sq_means = np.sum(means * means, axis=1)
+    decide = Decisions(means, W, b, offset)
     scatter, sums = 0.0, np.zeros((K, d))
     dec = dict(mismatch=0, mismatch_nobias=0, correct=0, ncc_correct=0, ncc_ties=0, ties=0,
                ties_nobias=0)
     for start, stop in _chunks(N, chunk_rows or rows_per_chunk(d, K, budget_bytes)):
-        raw, y = _rows(X, start, stop, name), codes[start:stop]
-        block = raw - offset
+        block, y = _rows(X, start, stop, name, offset), codes[start:stop]
         D = block - means[y]
         scatter = scatter + _scatter(D, ref["basis"])
         sums += _class_sums(block, y, K)
-        _decide(dec, raw, block, y, means, sq_means, W, b)
+        decide(dec, block, y, np.sqrt(np.einsum("ij,ij->i", D, D)))
     return dict(N=N, sigma_w=scatter / N, sums_o=sums,
                 counts=np.bincount(codes, minlength=K), decisions=dec)
 
@@ -310,31 +374,108 @@ def reference_statistics(path, layers=None, stream=False, chunk_rows=None, budge
     return {"file": os.path.abspath(path), "classes": classes, "layers": stats, "W": W, "b": b}
 
 
-def _decide(counts, raw, block, y, means, sq_means, W=None, b=None):
-    """Add one chunk's decisions to `counts`: nearest class centre (argmin_k ‖μ_k‖² − 2x·μ_k, all
-    relative to the offset: the decision does not depend on it, the cancellation does) against
-    the labels, and with W the classifier's (with and without b) against both, with ties."""
-    distance = block @ means.T
-    distance *= -2.0
-    distance += sq_means[None, :]
-    ncc = np.argmin(distance, axis=1)
-    counts["ncc_correct"] += int(np.count_nonzero(ncc == y))
-    counts["ncc_ties"] += _ties(distance, ncc)
-    if W is None:
-        return
-    del distance
-    logits = raw @ W.T
-    plain = np.argmax(logits, axis=1)
-    counts["ties_nobias"] += _ties(logits, plain)
-    if b is None:
-        full = plain
-    else:
-        logits += b[None, :]
-        full = np.argmax(logits, axis=1)
-    counts["ties"] += _ties(logits, full)
-    counts["mismatch"] += int(np.count_nonzero(full != ncc))
-    counts["mismatch_nobias"] += int(np.count_nonzero(plain != ncc))
-    counts["correct"] += int(np.count_nonzero(full == y))
+def _screen(scores, bound, lowest):
+    """(winner per row, rows whose winner is certain): the winning class by `lowest` (argmin)
+    or argmax, certain where its lead over the runner-up exceeds three times the rows' error
+    `bound` (two for the two scores, one to spare for float64's own rounding)
+    (scores are overwritten)."""
+    n = np.arange(len(scores))
+    win = np.argmin(scores, axis=1) if lowest else np.argmax(scores, axis=1)
+    best = scores[n, win].copy()
+    scores[n, win] = np.inf if lowest else -np.inf
+    runner_up = scores.min(axis=1) if lowest else scores.max(axis=1)
+    return win, np.abs(runner_up - best) > 3.0 * bound
+
+
+class Decisions:
+    """The nearest-class-centre and classifier decisions of chunks of offset rows, added to a
+    dict of counts: nearest class centre (argmin_k ‖μ_k‖² − 2x·μ_k, relative to the offset: the
+    decision does not depend on it, the cancellation does) against the labels, and with W the
+    classifier's (with and without b; logits W(x − offset) + W·offset + b) against both, with
+    ties.
+
+    The scores are computed in float32 first, with a rigorous bound on their error (a dot
+    product of length d of float32-rounded vectors: ≤ 2(d + 2)·eps₃₂·‖x‖‖v‖, Higham's γ_d plus
+    the roundings; the constant terms add eps₃₂ of their size); a row whose winner leads by
+    more than three times the bound has the float64 decision, and every other row is decided again
+    in float64, ties counted there — the counts are those of float64 throughout."""
+
+    def __init__(self, means, W=None, b=None, offset=None):
+        eps = float(np.finfo(np.float32).eps)
+        d = means.shape[1]
+        self.means, self.W, self.b = means, W, b
+        self.sq_means = np.sum(means * means, axis=1)
+        self.mean_norms = np.sqrt(self.sq_means)
+        self.means32 = means.astype(np.float32)
+        self.sq32 = self.sq_means.astype(np.float32)
+        self.gamma = 2.0 * (d + 2) * eps
+        self.ncc_scale = float(np.sqrt(self.sq_means.max()))
+        self.ncc_const = 2.0 * eps * float(self.sq_means.max())
+        if W is not None:
+            self.shift = W @ offset if offset is not None else np.zeros(len(W))
+            self.W32, self.shift32 = W.astype(np.float32), self.shift.astype(np.float32)
+            self.w_scale = float(np.linalg.norm(W, axis=1).max())
+            self.w_const = 2.0 * eps * float(np.abs(self.shift).max() + (
+                0.0 if b is None else np.abs(b).max()))
+            self.b32 = None if b is None else b.astype(np.float32)
+
+    def __call__(self, counts, block, y, spread):
+        """Add the decisions of rows `block` (offset) with labels y; `spread` [rows] ‖x − μ_y‖
+        (with the labels' mean norms, a bound on ‖x‖ for the error bounds)."""
+        block32 = block.astype(np.float32)
+        norms = (spread + self.mean_norms[y]) * (1.0 + 1e-6)
+        scores = block32 @ self.means32.T
+        scores *= -2.0
+        scores += self.sq32[None, :]
+        ncc, sure = _screen(scores, self.gamma * 2 * norms * self.ncc_scale + self.ncc_const,
+                            True)
+        del scores
+        if self.W is not None:
+            logits = block32 @ self.W32.T
+            logits += self.shift32[None, :]
+            bound = self.gamma * norms * self.w_scale + self.w_const
+            if self.b32 is not None:
+                with_b = logits + self.b32[None, :]
+            plain, sure_plain = _screen(logits, bound, False)
+            sure &= sure_plain
+            if self.b32 is None:
+                full = plain
+            else:
+                full, sure_full = _screen(with_b, bound, False)
+                sure &= sure_full
+                del with_b
+            del logits
+            counts["mismatch"] += int(np.count_nonzero((full != ncc) & sure))
+            counts["mismatch_nobias"] += int(np.count_nonzero((plain != ncc) & sure))
+            counts["correct"] += int(np.count_nonzero((full == y) & sure))
+        counts["ncc_correct"] += int(np.count_nonzero((ncc == y) & sure))
+        unsure = np.flatnonzero(~sure)
+        if unsure.size:
+            self.exact(counts, block[unsure], y[unsure])
+
+    def exact(self, counts, block, y):
+        """The float64 decisions of rows (and their ties)."""
+        distance = block @ self.means.T
+        distance *= -2.0
+        distance += self.sq_means[None, :]
+        ncc = np.argmin(distance, axis=1)
+        counts["ncc_correct"] += int(np.count_nonzero(ncc == y))
+        counts["ncc_ties"] += _ties(distance, ncc)
+        if self.W is None:
+            return
+        logits = block @ self.W.T
+        logits += self.shift[None, :]
+        plain = np.argmax(logits, axis=1)
+        counts["ties_nobias"] += _ties(logits, plain)
+        if self.b is None:
+            full = plain
+        else:
+            logits += self.b[None, :]
+            full = np.argmax(logits, axis=1)
+        counts["ties"] += _ties(logits, full)
+        counts["mismatch"] += int(np.count_nonzero(full != ncc))
+        counts["mismatch_nobias"] += int(np.count_nonzero(plain != ncc))
+        counts["correct"] += int(np.count_nonzero(full == y))
 
 
 def _ties(scores, chosen):
