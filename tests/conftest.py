@@ -32,6 +32,9 @@ def _configure():
         os.environ["UFM_CACHE_DIR"] = cache_dir() + "-tests"
     os.environ.setdefault("UFM_COMPILATION_CACHE", "1")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # exported programs (the CLI's second cache) cost a cold run its export; CI is always cold,
+    # and CLI tests run in-process: off here, on in the tests of the program cache itself
+    os.environ.setdefault("UFM_PROGRAM_CACHE", "0")
 
 
 _configure()

@@ -10,8 +10,8 @@ and a PyTorch loop when torch is installed.
 solvers (float64): time to a 1e-10 relative gap to the closed form for GD, momentum, Adam and
 L-BFGS, as ratios against GD, and a 32×32 λ grid solved by L-BFGS and by GD.
 global (float64): time to a certified global optimum (convex solver, L-BFGS, GD, cvxpy).
-latency: wall time of whole CLI commands in fresh processes, run twice against an empty
-compilation cache (first: compiles and fills it; second: loads from it), beside
+latency: wall time of whole CLI commands in fresh processes, run three times against an empty
+compilation cache (first: compiles and fills it; then: loads from it), beside
 `python -c "import jax"` — the time to first result a researcher sees.
 measure: `ufm measure`'s suite on 200,000 × 512 float32 features, K = 100, beside
 rhubarbwu/neural-collapse's float32 accumulators and metrics on the same array (when that
@@ -437,7 +437,7 @@ def latency_times(repeat=2):
 
 def latency_report(lat):
     lines = [f"\ntime to first result: wall seconds in a fresh process ({lat['cpus']} CPUs), "
-             f"first run (empty compilation cache) and second run (cached):"]
+             f"first run (empty compilation cache), then runs with the cache:"]
     for r in lat["rows"]:
         first, *rest = r["seconds"]
         lines.append(f"  {r['command']:38s} {first:7.2f} s   " +
@@ -590,7 +590,7 @@ def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
     if "global" in sections:
         out["global"] = global_times(quick) if out["dtype"] == "float64" else None
     if "latency" in sections:
-        out["latency"] = latency_times()
+        out["latency"] = latency_times(repeat=3)
     if "measure" in sections:
         out["measure"] = measure_times(quick)
     if "throughput" not in sections:

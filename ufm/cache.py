@@ -12,11 +12,20 @@ second run of the same command loads them instead.
   simulator modules — the library never changes JAX's configuration behind the caller's back.
 - Where: `UFM_CACHE_DIR`, else `$XDG_CACHE_HOME/ufm/jax`, else `~/.cache/ufm/jax`. Its size is
   not capped (JAX's cap needs the `filelock` package, not a dependency): `ufm cache` shows it.
-- `ufm cache` shows it; `ufm cache --clear` removes it.
+- `ufm cache` shows it; `ufm cache --clear` removes it (exported programs included).
 
 JAX's own settings win: if the caller already set `jax_compilation_cache_dir` (or the
 JAX_COMPILATION_CACHE_DIR environment variable) that folder is used.
+
+Programs, too (`program`): JAX computes its cache key from the *lowered* program, so even a cached
+run traces and lowers it first (about 1 s of a second `ufm train`). For the CLI (`enable_programs`;
+UFM_PROGRAM_CACHE=0 turns it off) a run's program is also kept exported (`jax.export`: traced and lowered once, serialized) under
+`programs/` in the same folder, keyed by everything that decides it: what is run and at which
+static sizes, the argument shapes and dtypes, the hash of ufm's own source, and the jax, jaxlib
+and optax versions. A later run deserializes it and goes straight to compiling (a hit in JAX's
+cache). Any failure to export, store or load falls back to the plain jitted function.
 """
+import hashlib
 import os
 import shutil
 
@@ -60,6 +69,90 @@ def enable_compilation_cache(path=None, min_compile_seconds=MIN_COMPILE_SECONDS)
     return folder
 
 
+PROGRAMS_ENV = "UFM_PROGRAM_CACHE"
+_PROGRAMS = None  # the folder exported programs are kept in, once `enable_programs` ran
+_SOURCE = None
+
+
+def enable_programs():
+    """Keep exported programs (`program`) beside JAX's compilation cache — the CLI's default,
+    off with UFM_PROGRAM_CACHE=0 (or with the compilation cache off). Exporting costs a cold run
+    a little, so the library and the tests leave it off. Returns the folder, or None."""
+    import jax
+
+    global _PROGRAMS
+    folder = jax.config.jax_compilation_cache_dir
+    if not folder or os.environ.get(PROGRAMS_ENV, "").strip().lower() in OFF:
+        return None
+    _PROGRAMS = os.path.join(folder, "programs")
+    return _PROGRAMS
+
+
+def _source_hash():
+    """sha256 of ufm's own source files: a program exported by other code is never loaded."""
+    global _SOURCE
+    if _SOURCE is None:
+        digest = hashlib.sha256()
+        root = os.path.dirname(os.path.abspath(__file__))
+        for folder, dirs, names in sorted(os.walk(root)):
+            dirs.sort()
+            for name in sorted(n for n in names if n.endswith(".py")):
+                digest.update(name.encode())
+                with open(os.path.join(folder, name), "rb") as fh:
+                    digest.update(fh.read())
+        _SOURCE = digest.hexdigest()
+    return _SOURCE
+
+
+def program_key(args, what):
+    """The file name of the exported program of `what` (a repr-stable description of the
+    function and its static arguments) called with `args`."""
+    import jax
+    import jaxlib
+    import optax
+
+    leaves, tree = jax.tree.flatten(args)
+    signature = [(tuple(getattr(v, "shape", ())), str(getattr(v, "dtype", type(v).__name__)))
+                 for v in leaves]
+    parts = (what, str(tree), signature, _source_hash(), jax.__version__, jaxlib.__version__,
+             optax.__version__, jax.default_backend(), bool(jax.config.jax_enable_x64))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:40] + ".jaxexport"
+
+
+def program(fn, args, what):
+    """`fn` (a jitted function) for these `args`, loaded as an exported program from the cache
+    when it holds one, else exported, stored atomically, and called — so a second run skips
+    tracing and lowering. `fn` itself when the cache is off, when jax.export cannot serialize
+    here (it needs the `flatbuffers` package), or when anything goes wrong."""
+    if _PROGRAMS is None:
+        return fn
+    try:
+        from jax import export
+
+        from ufm import optimise
+        from ufm.files import atomic_write
+
+        try:
+            export.register_namedtuple_serialization(optimise.Trajectory,
+                                                     serialized_name="ufm.Trajectory")
+        except ValueError:
+            pass  # already registered
+        path = os.path.join(_PROGRAMS, program_key(args, what))
+        if os.path.isfile(path):
+            try:
+                with open(path, "rb") as fh:
+                    return export.deserialize(bytearray(fh.read())).call
+            except Exception:  # noqa: BLE001 - an unreadable file is exported again
+                os.remove(path)
+        exported = export.export(fn)(*args)
+        data = exported.serialize()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, lambda fh: fh.write(data))
+        return exported.call
+    except Exception:  # noqa: BLE001 - the cache must never cost a run
+        return fn
+
+
 def size(path=None):
     """(files, bytes) held in the cache folder."""
     folder = path or cache_dir()
@@ -82,4 +175,5 @@ def clear(path=None):
     return held
 
 
-__all__ = ["cache_dir", "clear", "enable_compilation_cache", "size", "wanted"]
+__all__ = ["cache_dir", "clear", "enable_compilation_cache", "enable_programs", "program",
+           "program_key", "size", "wanted"]

@@ -816,8 +816,9 @@ def cmd_cache(args):
         return 0
     files, size = cache.size(folder)
     state = "on" if cache.wanted(True) else f"off ({cache.ENV}={os.environ.get(cache.ENV)})"
-    print(f"compilation cache: {folder} ({files} files, {size / 1e6:.1f} MB); for the CLI: "
-          f"{state}\n{cache.ENV}=0 turns it off, {cache.DIR_ENV}=PATH moves it, "
+    print(f"compilation cache: {folder} ({files} files, {size / 1e6:.1f} MB, exported programs "
+          f"under programs/); for the CLI: {state}\n{cache.ENV}=0 turns it off "
+          f"({cache.PROGRAMS_ENV}=0 only the exported programs), {cache.DIR_ENV}=PATH moves it, "
           f"`ufm cache --clear` removes it")
     return 0
 
@@ -957,6 +958,7 @@ def main(argv=None):
 
         if cache.wanted(True):  # the CLI's default; UFM_COMPILATION_CACHE=0 turns it off
             cache.enable_compilation_cache()
+            cache.enable_programs()  # exported programs beside it (UFM_PROGRAM_CACHE=0: off)
     if args.command == "sweep":
         return cmd_sweep(args, argv)
     return {"train": cmd_train, "figures": cmd_figures, "bench": cmd_bench,

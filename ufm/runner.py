@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import certificate as cert_mod
-from ufm import config, limits, metrics, optimise
+from ufm import cache, config, limits, metrics, optimise
 from ufm import theory as theory_mod
 from ufm.config import DEFAULTS
 from ufm.files import json_ready, write_json, write_npz
@@ -86,8 +86,10 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
         traj = optimise.simulate(spec, sizes, keys, hyp, steps, log_every, opt, stop,
                                  callback=progress, batched=restarts > 1)
     else:
-        traj = optimise.compiled_simulation(spec, sizes, steps, log_every, opt, restarts,
-                                            stop)(key, jhyper)
+        run = optimise.compiled_simulation(spec, sizes, steps, log_every, opt, restarts, stop)
+        what = ("simulate", spec.name, spec.options, tuple(sizes), steps, log_every, opt.name,
+                restarts, stop)
+        traj = cache.program(run, (key, jhyper), what)(key, jhyper)
     traj = jax.tree.map(np.asarray, traj)  # to the host once: the rest is numpy
     restart_global = None
     if restarts > 1 and groups is None:
