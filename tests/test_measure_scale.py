@@ -286,3 +286,24 @@ def test_float32_screened_decisions_equal_float64_decisions_at_near_ties():
     decide(screened, tied, y, np.linalg.norm(tied - means[y], axis=1))
     decide.exact(exact, tied, y)
     assert screened == exact and exact["ties_nobias"] > 0
+
+
+def test_features_beyond_float32_range_are_decided_in_float64_without_warnings():
+    """Float64 features of size 1e39 (float32 overflows): the screen gives inf/NaN, every row is
+    decided in float64, no numpy warning escapes, and the decisions are the direct ones."""
+    import warnings
+
+    rng = np.random.default_rng(8)
+    K, d = 5, 8
+    mu = rng.normal(size=(K, d)) * 1e39
+    y = np.repeat(np.arange(K), 20)
+    X = mu[y] + 1e38 * rng.normal(size=(len(y), d))
+    W = rng.normal(size=(K, d)) * 1e-30
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = measure.measure_arrays(X, y, W, quiet=True)["layers"]["features"]
+    means = np.stack([X[y == k].mean(0) for k in range(K)])
+    ncc = np.argmin(((X[:, None] - means[None]) ** 2).sum(-1), 1)
+    clf = np.argmax(X @ W.T, 1)
+    assert got["ncc_accuracy"] == np.mean(ncc == y)
+    assert got["accuracy"] == np.mean(clf == y) and got["nc4_mismatch"] == np.mean(clf != ncc)

@@ -406,14 +406,16 @@ class Decisions:
         self.means, self.W, self.b = means, W, b
         self.sq_means = np.sum(means * means, axis=1)
         self.mean_norms = np.sqrt(self.sq_means)
-        self.means32 = means.astype(np.float32)
-        self.sq32 = self.sq_means.astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: inf, and every row is redone
+            self.means32 = means.astype(np.float32)
+            self.sq32 = self.sq_means.astype(np.float32)
         self.gamma = 2.0 * (d + 2) * eps
         self.ncc_scale = float(np.sqrt(self.sq_means.max()))
         self.ncc_const = 2.0 * eps * float(self.sq_means.max())
         if W is not None:
             self.shift = W @ offset if offset is not None else np.zeros(len(W))
-            self.W32, self.shift32 = W.astype(np.float32), self.shift.astype(np.float32)
+            with np.errstate(over="ignore"):
+                self.W32, self.shift32 = W.astype(np.float32), self.shift.astype(np.float32)
             self.w_scale = float(np.linalg.norm(W, axis=1).max())
             self.w_const = 2.0 * eps * float(np.abs(self.shift).max() + (
                 0.0 if b is None else np.abs(b).max()))
@@ -421,7 +423,15 @@ class Decisions:
 
     def __call__(self, counts, block, y, spread):
         """Add the decisions of rows `block` (offset) with labels y; `spread` [rows] ‖x − μ_y‖
-        (with the labels' mean norms, a bound on ‖x‖ for the error bounds)."""
+        (with the labels' mean norms, a bound on ‖x‖ for the error bounds). Values beyond
+        float32's range screen as inf or NaN: those rows are simply decided in float64."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            unsure = self._screened(counts, block, y, spread)
+        if unsure.size:
+            self.exact(counts, block[unsure], y[unsure])
+
+    def _screened(self, counts, block, y, spread):
+        """Count the rows the float32 screen vouches for; return the indices of the others."""
         block32 = block.astype(np.float32)
         norms = (spread + self.mean_norms[y]) * (1.0 + 1e-6)
         scores = block32 @ self.means32.T
@@ -449,9 +459,7 @@ class Decisions:
             counts["mismatch_nobias"] += int(np.count_nonzero((plain != ncc) & sure))
             counts["correct"] += int(np.count_nonzero((full == y) & sure))
         counts["ncc_correct"] += int(np.count_nonzero((ncc == y) & sure))
-        unsure = np.flatnonzero(~sure)
-        if unsure.size:
-            self.exact(counts, block[unsure], y[unsure])
+        return np.flatnonzero(~sure)
 
     def exact(self, counts, block, y):
         """The float64 decisions of rows (and their ties)."""
