@@ -257,35 +257,45 @@ def test_twenty_thousand_classes_within_the_budget():
 
 
 def test_float32_screened_decisions_equal_float64_decisions_at_near_ties():
-    """Decisions are screened in float32 with an error bound, and the rows it cannot vouch
-    for are decided again in float64. Rows placed within 1e-9 of the bisector of two class
-    means (and of two classifier rows), at an offset of 1e4, with exact ties among them: the
-    counts equal deciding every row in float64."""
+    """Logits are screened in float32 with an error bound (the rows it cannot vouch for decided
+    again in float64) and the nearest centre is taken in the span of the means. Rows placed
+    within 1e-12..1e-6 of the bisector of two class means (and of two classifier rows), at an
+    offset of 1e4, and rows with exact ties: the counts equal the plain float64 rules on every
+    row in all d coordinates."""
     rng = np.random.default_rng(7)
     K, d = 6, 40
     means = rng.normal(size=(K, d))
-    W, b = rng.normal(size=(K, d)), rng.normal(size=K)
+    basis = measure.span_basis(means)
+    assert basis.shape == (K, d)
+    offset = 1e4 * rng.normal(size=d)
+    # the classifier of the nearest-centre rule: logits 2μ_k·x − ‖μ_k‖² (x relative to the
+    # offset), so rows near a bisector are near-ties of the logits too
+    W, b = 2 * means, -np.sum(means ** 2, axis=1) - 2 * means @ offset
     i, j = rng.integers(0, K, 3000), rng.integers(0, K, 3000)
     t = 0.5 + rng.choice([0.0, 1e-12, 1e-9, 1e-6, 0.1], 3000) * rng.choice([-1, 1], 3000)
     block = means[i] * t[:, None] + means[j] * (1 - t)[:, None] + 1e-9 * rng.normal(size=(3000, d))
-    block[:50] = means[0]  # on a mean, and W = its rows below: exact decisions with margins
-    y = rng.integers(0, K, 3000)
-    offset = 1e4 * rng.normal(size=d)
-    decide = measure.Decisions(means, W, b, offset)
-    screened, exact = measure._no_decisions(), measure._no_decisions()
-    spread = np.linalg.norm(block - means[y], axis=1)
-    decide(screened, block, y, spread)
-    decide.exact(exact, block, y)
-    assert screened == exact
-    tied = block.copy()
-    tied[:, :] = means[0]  # every row equally scored by two equal classifier rows
+    for rows, bias in ((block, b), (block[:, ::-1] @ np.diag(rng.normal(size=d)), None)):
+        y = rng.integers(0, K, 3000)
+        decide = measure.Decisions(means, basis, W, bias, offset)
+        screened, exact = measure._no_decisions(), measure._no_decisions()
+        D = rows - means[y]
+        decide(screened, rows, y, np.linalg.norm(D, axis=1), D @ basis.T)
+        decide.exact(exact, rows, y)
+        assert screened == exact
+    tied = np.tile(means[0], (50, 1))  # equally scored by two equal classifier rows
     W2 = W.copy()
     W2[0] = W2[1] = 10 * means[0]  # the two largest logits, equal
-    decide = measure.Decisions(means, W2, None, np.zeros(d))
+    means2 = means.copy()
+    means2[3] = means2[2]  # and two coincident class means
+    tied[:25] = means2[2] + 1e-3
+    y = rng.integers(0, K, 50)
+    basis2 = measure.span_basis(means2)
+    decide = measure.Decisions(means2, basis2, W2, None, np.zeros(d))
     screened, exact = measure._no_decisions(), measure._no_decisions()
-    decide(screened, tied, y, np.linalg.norm(tied - means[y], axis=1))
+    D = tied - means2[y]
+    decide(screened, tied, y, np.linalg.norm(D, axis=1), D @ basis2.T)
     decide.exact(exact, tied, y)
-    assert screened == exact and exact["ties_nobias"] > 0
+    assert screened == exact and exact["ties_nobias"] > 0 and exact["ncc_ties"] > 0
 
 
 def test_features_beyond_float32_range_are_decided_in_float64_without_warnings():

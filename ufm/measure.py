@@ -199,10 +199,9 @@ def span_basis(means):
     return np.linalg.svd(means - means.mean(axis=0), full_matrices=False)[2]
 
 
-def _scatter(D, basis):
-    """DᵀD in the basis' coordinates [r, r] (DᵀD itself [d, d] for the standard basis)."""
-    P = D if basis is None else D @ basis.T
-    return P.T @ P
+def _project(D, basis):
+    """The rows D in the basis' coordinates [rows, r] (D itself for the standard basis)."""
+    return D if basis is None else D @ basis.T
 
 
 def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", progress=None,
@@ -242,17 +241,17 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
     scatter = 0.0
     within = np.zeros(K)
     decisions = _no_decisions()
-    decide = Decisions(means, W, b, offset)
+    decide = Decisions(means, basis, W, b, offset)
 
     def second(start, stop):
         block, y = _rows(X, start, stop, name, offset), codes[start:stop]
         D = block - means[y]
         spread = np.einsum("ij,ij->i", D, D)
-        part = _scatter(D, basis)
+        P = _project(D, basis)
         del D
         counts = _no_decisions()
-        decide(counts, block, y, np.sqrt(spread))
-        return part, np.bincount(y, weights=spread, minlength=K), counts
+        decide(counts, block, y, np.sqrt(spread), P)
+        return P.T @ P, np.bincount(y, weights=spread, minlength=K), counts
 
     for (start, stop), (part, spread, counts_) in zip(chunks, _in_order(second, chunks)):
         scatter = scatter + part  # in chunk order: the same sums as one thread
@@ -306,16 +305,17 @@ def against(X, codes, K, ref, W=None, b=None, chunk_rows=None, name="features",
     nearest-reference-centre and classifier decisions. `codes` index the reference's classes."""
     N, d = X.shape
     offset, means = ref["offset"], ref["means_o"]
-    decide = Decisions(means, W, b, offset)
+    decide = Decisions(means, ref["basis"], W, b, offset)
     scatter, sums = 0.0, np.zeros((K, d))
     dec = dict(mismatch=0, mismatch_nobias=0, correct=0, ncc_correct=0, ncc_ties=0, ties=0,
                ties_nobias=0)
     for start, stop in _chunks(N, chunk_rows or rows_per_chunk(d, K, budget_bytes)):
         block, y = _rows(X, start, stop, name, offset), codes[start:stop]
         D = block - means[y]
-        scatter = scatter + _scatter(D, ref["basis"])
+        P = _project(D, ref["basis"])
+        scatter = scatter + P.T @ P
         sums += _class_sums(block, y, K)
-        decide(dec, block, y, np.sqrt(np.einsum("ij,ij->i", D, D)))
+        decide(dec, block, y, np.sqrt(np.einsum("ij,ij->i", D, D)), P)
     return dict(N=N, sigma_w=scatter / N, sums_o=sums,
                 counts=np.bincount(codes, minlength=K), decisions=dec)
 
@@ -389,88 +389,77 @@ def _screen(scores, bound, lowest):
 
 class Decisions:
     """The nearest-class-centre and classifier decisions of chunks of offset rows, added to a
-    dict of counts: nearest class centre (argmin_k ‖μ_k‖² − 2x·μ_k, relative to the offset: the
-    decision does not depend on it, the cancellation does) against the labels, and with W the
-    classifier's (with and without b; logits W(x − offset) + W·offset + b) against both, with
-    ties.
+    dict of counts: nearest class centre against the labels, and with W the classifier's (with
+    and without b; logits W(x − offset) + W·offset + b) against both, with ties.
 
-    The scores are computed in float32 first, with a rigorous bound on their error (a dot
-    product of length d of float32-rounded vectors: ≤ 2(d + 2)·eps₃₂·‖x‖‖v‖, Higham's γ_d plus
-    the roundings; the constant terms add eps₃₂ of their size); a row whose winner leads by
-    more than three times the bound has the float64 decision, and every other row is decided again
+    Nearest centre, in float64 and in the span of the means: with V an orthonormal basis of
+    the centred means (`span_basis`), ‖x − μ_k‖² = ‖(x − ḡ)⊥‖² + ‖Vx − Vμ_k‖², the first term the
+    same for every class; Vx = V(x − μ_y) + Vμ_y comes from the projection Σ_W is gathered
+    from, so the rule costs [rows, r] × [r, K] instead of [rows, d] × [d, K] (all relative to the
+    offset: the decision does not depend on it, the cancellation does).
+
+    Logits are computed in float32 first, with a rigorous bound on their error (a dot product
+    of length d of float32-rounded vectors: ≤ 2(d + 2)·eps₃₂·‖x‖‖w‖, Higham's γ_d plus the
+    roundings; the constant terms add eps₃₂ of their size); a row whose winner leads by more
+    than three times the bound has the float64 decision, and every other row is decided again
     in float64, ties counted there — the counts are those of float64 throughout."""
 
-    def __init__(self, means, W=None, b=None, offset=None):
+    def __init__(self, means, basis=None, W=None, b=None, offset=None):
         eps = float(np.finfo(np.float32).eps)
-        d = means.shape[1]
-        self.means, self.W, self.b = means, W, b
-        self.sq_means = np.sum(means * means, axis=1)
-        self.mean_norms = np.sqrt(self.sq_means)
-        with np.errstate(over="ignore"):  # beyond float32: inf, and every row is redone
-            self.means32 = means.astype(np.float32)
-            self.sq32 = self.sq_means.astype(np.float32)
-        self.gamma = 2.0 * (d + 2) * eps
-        self.ncc_scale = float(np.sqrt(self.sq_means.max()))
-        self.ncc_const = 2.0 * eps * float(self.sq_means.max())
+        self.means, self.basis, self.W, self.b = means, basis, W, b
+        self.centres = means if basis is None else means @ basis.T  # Vμ_k  [K, r]
+        self.sq_centres = np.sum(self.centres * self.centres, axis=1)
+        self.mean_norms = np.sqrt(np.sum(means * means, axis=1))
+        self.gamma = 2.0 * (means.shape[1] + 2) * eps
         if W is not None:
             self.shift = W @ offset if offset is not None else np.zeros(len(W))
-            with np.errstate(over="ignore"):
+            with np.errstate(over="ignore"):  # beyond float32: inf, and those rows are redone
                 self.W32, self.shift32 = W.astype(np.float32), self.shift.astype(np.float32)
+                self.b32 = None if b is None else b.astype(np.float32)
             self.w_scale = float(np.linalg.norm(W, axis=1).max())
             self.w_const = 2.0 * eps * float(np.abs(self.shift).max() + (
                 0.0 if b is None else np.abs(b).max()))
-            self.b32 = None if b is None else b.astype(np.float32)
 
-    def __call__(self, counts, block, y, spread):
+    def __call__(self, counts, block, y, spread, projected=None):
         """Add the decisions of rows `block` (offset) with labels y; `spread` [rows] ‖x − μ_y‖
-        (with the labels' mean norms, a bound on ‖x‖ for the error bounds). Values beyond
-        float32's range screen as inf or NaN: those rows are simply decided in float64."""
+        (with the labels' mean norms, a bound on ‖x‖ for the error bounds); `projected`
+        [rows, r] the rows' V(x − μ_y) (needed with a basis). Values beyond float32's range
+        screen as inf or NaN: those rows are simply decided in float64."""
+        q = block if self.basis is None else projected + self.centres[y]
+        ncc = self.nearest(counts, q, y)
+        if self.W is None:
+            return
         with np.errstate(over="ignore", invalid="ignore"):
-            unsure = self._screened(counts, block, y, spread)
+            plain, full, sure = self._screened(block, spread + self.mean_norms[y])
+        unsure = np.flatnonzero(~sure)
         if unsure.size:
-            self.exact(counts, block[unsure], y[unsure])
+            plain[unsure], full[unsure] = self.logits(counts, block[unsure])
+        self._count(counts, plain, full, ncc, y)
 
-    def _screened(self, counts, block, y, spread):
-        """Count the rows the float32 screen vouches for; return the indices of the others."""
-        block32 = block.astype(np.float32)
-        norms = (spread + self.mean_norms[y]) * (1.0 + 1e-6)
-        scores = block32 @ self.means32.T
-        scores *= -2.0
-        scores += self.sq32[None, :]
-        ncc, sure = _screen(scores, self.gamma * 2 * norms * self.ncc_scale + self.ncc_const,
-                            True)
-        del scores
-        if self.W is not None:
-            logits = block32 @ self.W32.T
-            logits += self.shift32[None, :]
-            bound = self.gamma * norms * self.w_scale + self.w_const
-            if self.b32 is not None:
-                with_b = logits + self.b32[None, :]
-            plain, sure_plain = _screen(logits, bound, False)
-            sure &= sure_plain
-            if self.b32 is None:
-                full = plain
-            else:
-                full, sure_full = _screen(with_b, bound, False)
-                sure &= sure_full
-                del with_b
-            del logits
-            counts["mismatch"] += int(np.count_nonzero((full != ncc) & sure))
-            counts["mismatch_nobias"] += int(np.count_nonzero((plain != ncc) & sure))
-            counts["correct"] += int(np.count_nonzero((full == y) & sure))
-        counts["ncc_correct"] += int(np.count_nonzero((ncc == y) & sure))
-        return np.flatnonzero(~sure)
-
-    def exact(self, counts, block, y):
-        """The float64 decisions of rows (and their ties)."""
-        distance = block @ self.means.T
+    def nearest(self, counts, q, y):
+        """The nearest centre of rows `q` (in the centres' coordinates), counted, with ties."""
+        distance = q @ self.centres.T
         distance *= -2.0
-        distance += self.sq_means[None, :]
+        distance += self.sq_centres[None, :]
         ncc = np.argmin(distance, axis=1)
         counts["ncc_correct"] += int(np.count_nonzero(ncc == y))
         counts["ncc_ties"] += _ties(distance, ncc)
-        if self.W is None:
-            return
+        return ncc
+
+    def _screened(self, block, norms):
+        """(argmax without b, with b, which rows the float32 bound vouches for)."""
+        logits = block.astype(np.float32) @ self.W32.T
+        logits += self.shift32[None, :]
+        bound = self.gamma * norms * (1.0 + 1e-6) * self.w_scale + self.w_const
+        with_b = None if self.b32 is None else logits + self.b32[None, :]
+        plain, sure = _screen(logits, bound, False)
+        if with_b is None:
+            return plain, plain, sure
+        full, sure_full = _screen(with_b, bound, False)
+        return plain, full, sure & sure_full
+
+    def logits(self, counts, block):
+        """(argmax without b, with b) of rows in float64, their ties counted."""
         logits = block @ self.W.T
         logits += self.shift[None, :]
         plain = np.argmax(logits, axis=1)
@@ -481,9 +470,21 @@ class Decisions:
             logits += self.b[None, :]
             full = np.argmax(logits, axis=1)
         counts["ties"] += _ties(logits, full)
+        return plain, full
+
+    @staticmethod
+    def _count(counts, plain, full, ncc, y):
         counts["mismatch"] += int(np.count_nonzero(full != ncc))
         counts["mismatch_nobias"] += int(np.count_nonzero(plain != ncc))
         counts["correct"] += int(np.count_nonzero(full == y))
+
+    def exact(self, counts, block, y):
+        """Every decision of rows in float64 by the plain rules (the nearest centre in all d
+        coordinates): what the screened and projected decisions must equal."""
+        ncc = Decisions(self.means, None).nearest(counts, block, y)
+        if self.W is not None:
+            plain, full = self.logits(counts, block)
+            self._count(counts, plain, full, ncc, y)
 
 
 def _ties(scores, chosen):
