@@ -67,4 +67,6 @@ def test_bench_measure_section_times_ufm_in_a_fresh_process(monkeypatch):
     row = res["rows"]["ufm"]
     assert row["seconds"] > 0 and row["peak_bytes"] >= 0 and row["nc1"] > 0
     assert row["features_bytes"] == 3000 * 16 * 4 and not res["peer_installed"]
+    (jax_row,) = [r for name, r in res["rows"].items() if name.startswith("ufm --engine jax")]
+    assert jax_row["nc1"] == pytest.approx(row["nc1"], rel=1e-12)
     assert "not installed" in "\n".join(bench.measure_report(res))

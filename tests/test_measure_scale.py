@@ -317,3 +317,37 @@ def test_features_beyond_float32_range_are_decided_in_float64_without_warnings()
     clf = np.argmax(X @ W.T, 1)
     assert got["ncc_accuracy"] == np.mean(ncc == y)
     assert got["accuracy"] == np.mean(clf == y) and got["nc4_mismatch"] == np.mean(clf != ncc)
+
+
+@pytest.mark.parametrize("K, d, with_W", [(7, 30, True), (40, 12, True), (5, 9, False)])
+def test_the_jax_engine_gives_the_numpy_engines_numbers(K, d, with_W):
+    """`--engine jax` (the passes on JAX's default device, float64 inside a scoped switch):
+    every measurement equals the numpy engine's to 1e-12 (sums in another order), every count
+    exactly, with K < d (Σ_W in the means' span) and K ≥ d, a padded last chunk, float32 rows
+    offset by 100; the caller's x64 setting is left as it was."""
+    import jax
+
+    rng = np.random.default_rng(K)
+    mu = rng.normal(size=(K, d)) * 3
+    y = rng.integers(0, K, 2003)
+    X = (mu[y] + rng.normal(size=(2003, d)) + 100).astype(np.float32)
+    W, b = (rng.normal(size=(K, d)), rng.normal(size=K)) if with_W else (None, None)
+    ours = measure.measure_arrays(X, y, W, b, chunk_rows=300)
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)  # a float32 caller (the tests run in float64)
+    try:
+        theirs = measure.measure_arrays(X, y, W, b, chunk_rows=300, engine="jax")
+        assert jax.config.jax_enable_x64 is False
+    finally:
+        jax.config.update("jax_enable_x64", before)
+    assert theirs["conventions"]["engine"] == "jax"
+    _close(ours["layers"]["features"], theirs["layers"]["features"], rel=1e-12)
+
+
+def test_the_jax_engine_names_a_row_that_is_not_finite_and_bad_engines_are_refused():
+    X, labels = _problem(9, [30, 30, 30], d=4)
+    X[47, 2] = np.inf
+    with pytest.raises(ValueError, match=r"not finite \(row 47\)"):
+        measure.measure_arrays(X, labels, chunk_rows=20, engine="jax")
+    with pytest.raises(ValueError, match=r"engine \(--engine\) must be one of"):
+        measure.measure_arrays(X, labels, engine="torch")

@@ -464,9 +464,12 @@ folder, who, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 X = np.load(folder + "/features.npy")
 y = np.load(folder + "/labels.npy")
 W, b = np.load(folder + "/W.npy"), np.load(folder + "/b.npy")
-if who == "ufm":
+if who in ("ufm", "ufm-jax"):
     from ufm import measure
-    run = lambda: measure.measure_arrays(X, y, W, b)["layers"]["features"]
+    engine = "jax" if who == "ufm-jax" else "numpy"
+    if engine == "jax":
+        import jax  # imported before the peak is reset, as the peer's torch is
+    run = lambda: measure.measure_arrays(X, y, W, b, engine=engine)["layers"]["features"]
 else:
     import torch as pt
     from neural_collapse.accumulate import (CovarAccumulator, DecAccumulator, MeanAccumulator,
@@ -527,7 +530,8 @@ def _peer_installed():
 
 def measure_times(quick=False, shape=MEASURE_SHAPE):
     """Wall seconds and peak bytes (beyond the loaded features) of measuring one float32
-    feature array: `ufm measure`'s whole suite (float64 accumulators, default budget), and
+    feature array: `ufm measure`'s whole suite (float64 accumulators, default budget) with the
+    numpy engine and with the JAX engine (on JAX's default device), and
     rhubarbwu/neural-collapse's float32 accumulators and metrics at two batch sizes when it is
     installed. Each in a fresh process (peak resident memory reset after loading)."""
     import json
@@ -550,7 +554,7 @@ def measure_times(quick=False, shape=MEASURE_SHAPE):
         np.save(os.path.join(folder, "W.npy"), centres.astype(np.float64))
         np.save(os.path.join(folder, "b.npy"), np.zeros(K))
         del X
-        runs = [("ufm", 0)]
+        runs = [("ufm", 0), ("ufm-jax", 0)]
         if _peer_installed():
             runs += [("neural_collapse", batch) for batch in PEER_BATCHES]
         for who, batch in runs:
@@ -558,9 +562,10 @@ def measure_times(quick=False, shape=MEASURE_SHAPE):
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"measuring with {who} failed:\n{proc.stderr[-2000:]}")
-            rows[f"{who}" + (f" (batch {batch:,})" if batch else "")] = json.loads(
-                proc.stdout.strip().splitlines()[-1])
-    return {"N": N, "d": d, "K": K, "rows": rows, "peer_installed": len(rows) > 1}
+            label = {"ufm": "ufm", "ufm-jax": f"ufm --engine jax ({jax.default_backend()})"}.get(
+                who, f"{who} (batch {batch:,})")
+            rows[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"N": N, "d": d, "K": K, "rows": rows, "peer_installed": len(rows) > 2}
 
 
 def measure_report(m):
@@ -569,8 +574,9 @@ def measure_report(m):
              f"MB of features):"]
     ufm = m["rows"]["ufm"]
     for name, r in m["rows"].items():
-        ratio = "" if name == "ufm" else (f"   ufm: {ufm['seconds'] / r['seconds']:.2f}× the time, "
-                                          f"{ufm['peak_bytes'] / r['peak_bytes']:.2f}× the memory")
+        ratio = "" if name.startswith("ufm") else (
+            f"   ufm: {ufm['seconds'] / r['seconds']:.2f}× the time, "
+            f"{ufm['peak_bytes'] / r['peak_bytes']:.2f}× the memory")
         lines.append(f"  {name:34s} {r['seconds']:7.2f} s  {r['peak_bytes'] / 2 ** 20:8,.0f} MB  "
                      f"nc1 {r['nc1']:.6e}{ratio}")
     if not m["peer_installed"]:

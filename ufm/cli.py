@@ -163,6 +163,9 @@ def _add_measure_parser(sub):
     m.add_argument("--budget", type=float, default=None, metavar="MB",
                    help="working memory in MB (default 64): the chunks of rows in flight and a "
                         "tile of class pairs fit in it; peak memory is set by it, not by N or K")
+    m.add_argument("--engine", choices=("numpy", "jax"), default="numpy",
+                   help="numpy (default; no JAX is imported), or jax: the passes over rows on "
+                        "JAX's default device (a GPU or TPU when present), float64 there too")
     m.add_argument("--labels", default=None, help="labels.npy, with a features .npy file")
     m.add_argument("--layer", action="append", default=None,
                    help="an array of FILE.npz to measure as a layer (repeatable; default: "
@@ -837,7 +840,7 @@ def cmd_measure(args):
         if args.pool and len(files) < 2:
             raise UsageError("pool (--pool) needs two files or more")
         options = dict(global_mean=args.global_mean, std=args.std, pinv_rtol=args.pinv_rtol,
-                       chunk_rows=args.chunk_rows, quiet=args.quiet,
+                       chunk_rows=args.chunk_rows, quiet=args.quiet, engine=args.engine,
                        budget_bytes=None if args.budget is None else args.budget * 2 ** 20)
         if args.reference is not None:
             options["reference"] = measure.reference_statistics(

@@ -29,6 +29,7 @@ from ufm.files import atomic_write, write_json
 from ufm.conventions import RANK_TOL
 
 GLOBAL_MEANS = ("classes", "samples")
+ENGINES = ("numpy", "jax")
 STDS = ("population", "unbiased")
 BUDGET_BYTES = 64 * 2 ** 20  # working set of the chunks of rows in flight, and of a tile of class pairs
 RESERVED = ("labels", "W", "b")  # npz keys that are not layers
@@ -205,7 +206,7 @@ def _project(D, basis):
 
 
 def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", progress=None,
-               budget_bytes=None):
+               budget_bytes=None, engine="numpy"):
     """The sufficient statistics of one layer, in two passes over row chunks (float64).
 
     Every row is first moved by `offset` (the mean of the first chunk), so that features with a
@@ -218,11 +219,17 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
     means [K, d] (raw), basis ([r, d] or None), sigma_w [r, r] (Σ_W in the basis, divided by
     N), trace_w (tr Σ_W), within [K] (mean ‖x − μ_k‖² per class), and with W: mismatches with
     and without b against the nearest class centre, and correct classifier decisions.
+    engine="jax" runs the passes with JAX on its default device (ufm/measure_jax.py).
     """
     N, d = X.shape
-    chunks = _chunks(N, chunk_rows or rows_per_chunk(d, K, _per_worker(budget_bytes)))
+    share = budget_bytes if engine == "jax" else _per_worker(budget_bytes)  # chunks in flight
+    chunks = _chunks(N, chunk_rows or rows_per_chunk(d, K, share))
     counts = np.bincount(codes, minlength=K).astype(np.int64)
     offset = _rows(X, *chunks[0], name).mean(axis=0)
+    if engine == "jax":  # the same passes on JAX's default device (ufm/measure_jax.py)
+        from ufm import measure_jax
+
+        return measure_jax.accumulate(X, codes, K, W, b, chunks, name, progress, offset)
     sums = np.zeros((K, d))
 
     def first(start, stop):
@@ -834,13 +841,17 @@ def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_r
 
 def measure_layers(layers, labels, W=None, b=None, classifier_layer=None, global_mean="classes",
                    std="population", pinv_rtol=None, chunk_rows=None, quiet=True,
-                   budget_bytes=None, reference=None):
+                   budget_bytes=None, reference=None, engine="numpy"):
     """Measure each layer of {name: features [N, d]} (numpy/JAX arrays or memory maps) against
     the same labels; W [K, d] and b [K] read `classifier_layer` (default: the last layer).
+    `engine` "numpy" (default), or "jax" for the passes over rows on JAX's default device (a GPU
+    or TPU when present; float64 there too).
 
     Returns {"conventions": {...}, "classes": [...], "counts": [...], "layers": {name: suite}}.
     """
     _check_options(global_mean, std, pinv_rtol, chunk_rows)
+    if engine not in ENGINES:
+        raise ValueError(f"engine (--engine) must be one of {ENGINES}, got {engine!r}")
     if budget_bytes is not None and not (isinstance(budget_bytes, (int, float)) and
                                          not isinstance(budget_bytes, bool) and
                                          math.isfinite(budget_bytes) and budget_bytes >= 2 ** 20):
@@ -869,7 +880,7 @@ def measure_layers(layers, labels, W=None, b=None, classifier_layer=None, global
         uses_W = W is not None and name == classifier_layer
         update, close = progress_bar(2 * N, quiet=quiet, desc=f"measure {name}", unit="row")
         stats = accumulate(X, codes, K, W if uses_W else None, b if uses_W else None,
-                           chunk_rows, name, update, budget_bytes)
+                           chunk_rows, name, update, budget_bytes, engine)
         close()
         result[name] = dict(d=stats["d"], **suite(stats, W if uses_W else None,
                                                   b if uses_W else None, global_mean, std,
@@ -882,7 +893,7 @@ def measure_layers(layers, labels, W=None, b=None, classifier_layer=None, global
     return {**extra, "conventions": {"global_mean": global_mean, "std": std,
                             "pinv_rtol": rtol if rtol is not None else "d*eps(float64)",
                             "rank_rtol": RANK_TOL, "dtype": "float64",
-                            "chunk_rows": chunk_rows or "budget",
+                            "chunk_rows": chunk_rows or "budget", "engine": engine,
                             "budget_bytes": BUDGET_BYTES if budget_bytes is None
                             else budget_bytes},
             "N": N, "K": K, "classes": classes.tolist(),
