@@ -177,9 +177,10 @@ def _dense(X, y, W):
 
 def test_tiles_equal_the_dense_definitions_at_many_classes():
     """K = 1,500 classes in d = 6 (many nearly parallel pairs: the Gram expansion's close pairs
-    are recomputed by subtraction) with a 1 MB budget: 8-row tiles, ~190 of them. Every pair
-    measure and frame distance equals the dense float64 definition to 1e-11 (sums of 10⁶ terms
-    in another order: a few hundred eps), and equals the one-tile run."""
+    are recomputed by subtraction) with a 1 MB budget: tiles of 8 rows per MB shared by the tiles
+    in flight (one per core), hundreds of them, merged in order. Every pair measure and frame
+    distance equals the dense float64 definition to 1e-11 (sums of 10⁶ terms in another order: a
+    few hundred eps), and equals the one-tile run."""
     K, d = 1500, 6
     X, labels = _problem(3, [2] * K, d=d)
     W = np.random.default_rng(4).normal(size=(K, d))

@@ -560,7 +560,12 @@ class Moments:
             return
         mean = float(np.mean(values))
         centred = (values - mean).ravel()
-        m2 = float(np.dot(centred, centred))
+        self.merge(n, mean, float(np.dot(centred, centred)))
+
+    def merge(self, n, mean, m2):
+        """Merge the moments (count, mean, centred sum of squares) of more values."""
+        if n == 0:
+            return
         total = self.n + n
         delta = mean - self.mean
         self.mean += delta * n / total
@@ -618,6 +623,19 @@ def _sq_distances(A, sq, gram, i, j, budget_bytes):
     return dist2
 
 
+def _unit_sq_distances(U, cos, i, j, budget_bytes):
+    """‖u_i − u_j‖² = 2 − 2cos of unit rows from their cosines (`_sq_distances` with ‖u‖ = 1:
+    pairs with cos > 1 − CLOSE recomputed by subtraction); `cos` is overwritten."""
+    close = cos > 1.0 - CLOSE
+    dist2 = cos
+    dist2 *= -2.0
+    dist2 += 2.0
+    if close.any():
+        rows, cols = np.broadcast_to(i, dist2.shape)[close], np.broadcast_to(j, dist2.shape)[close]
+        dist2[close] = _explicit_sq_distances(U, rows, cols, budget_bytes)
+    return dist2
+
+
 def _norm_of_product(A, s, Vt):
     """‖A Bᵀ‖_F for B = U diag(s) Vt (thin SVD): ‖A Vtᵀ diag(s)‖_F — no [K, K] product."""
     return float(np.linalg.norm((A @ Vt.T) * s[None, :]))
@@ -636,8 +654,8 @@ class _Frame:
     values): one pass, each term (G_ij/‖G‖ − ideal_ij)² computed as a difference — no
     2 − 2⟨G, ideal⟩/‖G‖ cancellation near the ideal."""
 
-    def __init__(self, K, kind, norm):
-        self.diag, self.off = _frame_ideal(K, kind)
+    def __init__(self, K, kind, norm, diag=None, off=None):
+        self.diag, self.off = (diag, off) if kind == "" else _frame_ideal(K, kind)
         self.norm, self.total = norm, 0.0
 
     def add_symmetric(self, tile, i0):
@@ -687,8 +705,6 @@ def pair_measures(M, g, W=None, std="population", budget_bytes=None, svd_M=None,
     frames = {"nc2_etf_H": _Frame(K, "etf", float(np.sqrt(np.sum(s_M ** 4)))),
               "nc2_of_H": _Frame(K, "of", float(np.sqrt(np.sum(s_mu ** 4))))}
     has_direction = bool(np.all(norms > 0))
-    cos_H, hyper, hyper_log = Moments(), Moments(), Moments()
-    angle_H, cdnv, coincide, same_direction = 0.0, 0.0, False, False
     if W is not None:
         s_W = _svd(W)[0]
         frames.update({
@@ -699,40 +715,61 @@ def pair_measures(M, g, W=None, std="population", budget_bytes=None, svd_M=None,
         w_norms = np.linalg.norm(W, axis=1)
         w_inverse = 1.0 / np.where(w_norms > 0, w_norms, 1.0)
         Wg = W @ g
-        cos_W, angle_W = Moments(), 0.0
     unit = M * inverse[:, None]
-    ones = np.ones(K)
-    T = tile_rows(K, budget_bytes)
-    for i0 in range(0, K, T):
-        i1 = min(K, i0 + T)
+    share = _per_worker(budget_bytes)  # tiles in flight, one per core
+
+    def tile(i0, i1):
+        """One tile's partial sums: fresh frames, moments and sums, merged below in order."""
+        part = {name: _Frame(K, "", frame.norm, frame.diag, frame.off)
+                for name, frame in frames.items()}
+        moments = {key: Moments() for key in ("cos_H", "hyper", "hyper_log", "cos_W")}
+        sums = dict(angle_H=0.0, angle_W=0.0, cdnv=0.0, coincide=False, same_direction=False)
         C = M[i0:i1] @ M[i0:].T  # centred Gram, rows i0:i1, columns i0..
-        frames["nc2_etf_H"].add_symmetric(C, i0)
-        frames["nc2_of_H"].add_symmetric(C + Mg[i0:i1, None] + Mg[None, i0:] + gg, i0)
+        part["nc2_etf_H"].add_symmetric(C, i0)
+        part["nc2_of_H"].add_symmetric(C + Mg[i0:i1, None] + Mg[None, i0:] + gg, i0)
         for gram, i, j in _parts(C, i0):
-            dist2 = _sq_distances(M, sq, gram, i, j, budget_bytes)
-            coincide = coincide or not np.all(dist2 > 0)
-            if not coincide:
-                cdnv += float(np.sum((within[i] + within[j]) / (2.0 * dist2)))
+            dist2 = _sq_distances(M, sq, gram, i, j, share)
+            sums["coincide"] = sums["coincide"] or not np.all(dist2 > 0)
+            if not sums["coincide"]:
+                sums["cdnv"] += float(np.sum((within[i] + within[j]) / (2.0 * dist2)))
             if has_direction:
-                angle, cos = _cosine_stats(gram, i, j, inverse, K, cos_H)
-                angle_H += angle
-                dist = np.sqrt(_sq_distances(unit, ones, cos, i, j, budget_bytes))
-                hyper.add(dist)
+                angle, cos = _cosine_stats(gram, i, j, inverse, K, moments["cos_H"])
+                sums["angle_H"] += angle
+                dist = np.sqrt(_unit_sq_distances(unit, cos, i, j, share))
+                moments["hyper"].add(dist)
                 if np.all(dist > 0):
-                    hyper_log.add(np.log(dist))  # the variance of log(1/dist)
+                    moments["hyper_log"].add(np.log(dist))  # the variance of log(1/dist)
                 else:
-                    same_direction = True
+                    sums["same_direction"] = True
         if W is not None:
             WW = W[i0:i1] @ W[i0:].T
-            frames["nc2_etf_W"].add_symmetric(WW, i0)
-            frames["nc2_of_W"].add_symmetric(WW, i0)
+            part["nc2_etf_W"].add_symmetric(WW, i0)
+            part["nc2_of_W"].add_symmetric(WW, i0)
             WM = W[i0:i1] @ M.T  # every column: W Mᵀ is not symmetric
-            frames["nc3_etf"].add(WM, i0)
+            part["nc3_etf"].add(WM, i0)
             WM += Wg[i0:i1, None]  # W μᵀ
-            frames["nc3_of"].add(WM, i0)
+            part["nc3_of"].add(WM, i0)
             if np.all(w_norms > 0):
                 for gram, i, j in _parts(WW, i0):
-                    angle_W += _cosine_stats(gram, i, j, w_inverse, K, cos_W)[0]
+                    sums["angle_W"] += _cosine_stats(gram, i, j, w_inverse, K,
+                                                     moments["cos_W"])[0]
+        return part, moments, sums
+
+    T = tile_rows(K, share)
+    tiles = [(i0, min(K, i0 + T)) for i0 in range(0, K, T)]
+    cos_H, hyper, hyper_log, cos_W = Moments(), Moments(), Moments(), Moments()
+    angle_H = angle_W = cdnv = 0.0
+    coincide = same_direction = False
+    for part, moments, sums in _in_order(tile, tiles):  # in tile order: deterministic
+        for name, frame in part.items():
+            frames[name].total += frame.total
+        for mine, theirs in ((cos_H, "cos_H"), (hyper, "hyper"), (hyper_log, "hyper_log"),
+                             (cos_W, "cos_W")):
+            mine.merge(moments[theirs].n, moments[theirs].mean, moments[theirs].m2)
+        angle_H, angle_W = angle_H + sums["angle_H"], angle_W + sums["angle_W"]
+        coincide = coincide or sums["coincide"]
+        same_direction = same_direction or sums["same_direction"]
+        cdnv += sums["cdnv"]
     pairs = K * (K - 1) // 2
     ddof = 1 if std == "unbiased" else 0
     out = {name: frame.value() for name, frame in frames.items()}
