@@ -272,7 +272,7 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
                 trace_w=float(within.sum() / N), within=within / counts, decisions=decisions)
 
 
-WORKERS = max(1, min(4, os.cpu_count() or 1))  # chunks in flight, each on one core
+WORKERS = max(1, min(4, os.cpu_count() or 1))  # chunks (or tiles) in flight at once
 
 
 def _per_worker(budget_bytes):
@@ -286,15 +286,17 @@ def _no_decisions():
 
 def _in_order(fn, chunks):
     """fn(start, stop) of each chunk, WORKERS at a time in threads (numpy releases the GIL),
-    yielded in chunk order; at most 2·WORKERS results wait, so memory stays bounded. BLAS is
-    held to one thread meanwhile: a chunk per core beats every product on every core
-    (numpy's element-wise work is single-threaded; measured 2× on 2 cores, docs/performance.md)."""
+    yielded in chunk order; at most 2·WORKERS results wait, so memory stays bounded. BLAS gets
+    the cores divided among the workers meanwhile (one each on up to four cores): a chunk per
+    core beats every product on every core, as numpy's element-wise work is single-threaded
+    (measured 2× on 2 cores, docs/performance.md)."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
 
-    with ThreadPoolExecutor(WORKERS) as pool, threadpool_limits(1, user_api="blas"):
+    blas = max(1, (os.cpu_count() or 1) // WORKERS)
+    with ThreadPoolExecutor(WORKERS) as pool, threadpool_limits(blas, user_api="blas"):
         pending = deque()
         for chunk in chunks:
             pending.append(pool.submit(fn, *chunk))
