@@ -63,10 +63,9 @@ def test_bench_measure_section_times_ufm_in_a_fresh_process(monkeypatch):
     from ufm import bench
 
     monkeypatch.setattr(bench, "_peer_installed", lambda: False)
-    res = bench.measure_times(shape=(3000, 16, 5))
+    res = bench.measure_times(shape=(3000, 16, 5), engines=("numpy",))  # jax: test_measure_scale
     row = res["rows"]["ufm"]
     assert row["seconds"] > 0 and row["peak_bytes"] >= 0 and row["nc1"] > 0
     assert row["features_bytes"] == 3000 * 16 * 4 and not res["peer_installed"]
-    (jax_row,) = [r for name, r in res["rows"].items() if name.startswith("ufm --engine jax")]
-    assert jax_row["nc1"] == pytest.approx(row["nc1"], rel=1e-12)
+    assert list(res["rows"]) == ["ufm"]
     assert "not installed" in "\n".join(bench.measure_report(res))

@@ -528,7 +528,7 @@ def _peer_installed():
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "neural_collapse"))
 
 
-def measure_times(quick=False, shape=MEASURE_SHAPE):
+def measure_times(quick=False, shape=MEASURE_SHAPE, engines=("numpy", "jax")):
     """Wall seconds and peak bytes (beyond the loaded features) of measuring one float32
     feature array: `ufm measure`'s whole suite (float64 accumulators, default budget) with the
     numpy engine and with the JAX engine (on JAX's default device), and
@@ -554,7 +554,7 @@ def measure_times(quick=False, shape=MEASURE_SHAPE):
         np.save(os.path.join(folder, "W.npy"), centres.astype(np.float64))
         np.save(os.path.join(folder, "b.npy"), np.zeros(K))
         del X
-        runs = [("ufm", 0), ("ufm-jax", 0)]
+        runs = [{"numpy": ("ufm", 0), "jax": ("ufm-jax", 0)}[e] for e in engines]
         if _peer_installed():
             runs += [("neural_collapse", batch) for batch in PEER_BATCHES]
         for who, batch in runs:
@@ -565,7 +565,8 @@ def measure_times(quick=False, shape=MEASURE_SHAPE):
             label = {"ufm": "ufm", "ufm-jax": f"ufm --engine jax ({jax.default_backend()})"}.get(
                 who, f"{who} (batch {batch:,})")
             rows[label] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"N": N, "d": d, "K": K, "rows": rows, "peer_installed": len(rows) > 2}
+    return {"N": N, "d": d, "K": K, "rows": rows,
+            "peer_installed": any(not name.startswith("ufm") for name in rows)}
 
 
 def measure_report(m):

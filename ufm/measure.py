@@ -662,21 +662,22 @@ class _Frame:
 
     def add_symmetric(self, tile, i0):
         """A tile of rows i0.. against columns i0.. of a symmetric G: its diagonal, and twice
-        its strictly upper part (which stands for the lower one)."""
+        its strictly upper part (which stands for the lower one). Each term as
+        (G_ij − ideal_ij·‖G‖)²/‖G‖²: one subtraction pass and one dot product."""
         if self.norm > 0:
             T = tile.shape[0]
-            self.total += _sum_squares(np.diagonal(tile[:, :T]) / self.norm - self.diag)
+            scale = self.norm ** 2
+            self.total += _sum_squares(np.diagonal(tile[:, :T]) - self.diag * self.norm) / scale
             for values, _, _ in _parts(tile, i0):
-                self.total += 2 * _sum_squares(values / self.norm - self.off)
+                self.total += 2 * _sum_squares(values - self.off * self.norm) / scale
 
     def add(self, tile, i0):
         """A tile of rows i0.. against every column."""
         if self.norm > 0:
-            R = tile / self.norm
-            R -= self.off
+            R = tile - self.off * self.norm
             T = tile.shape[0]
-            R[np.arange(T), i0 + np.arange(T)] += self.off - self.diag
-            self.total += _sum_squares(R)
+            R[np.arange(T), i0 + np.arange(T)] += (self.off - self.diag) * self.norm
+            self.total += _sum_squares(R) / self.norm ** 2
 
     def value(self):
         return math.sqrt(self.total) if self.norm > 0 else math.nan
