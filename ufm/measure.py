@@ -245,12 +245,22 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
             progress(stop)
     means = sums / counts[:, None]
     basis = span_basis(means)
-    scatter = 0.0
-    within = np.zeros(K)
-    decisions = _no_decisions()
     decide = Decisions(means, basis, W, b, offset)
+    scatter, within, decisions, _ = _second_pass(X, codes, K, chunks, name, offset, means,
+                                                 basis, decide, N, progress)
+    return dict(N=N, d=d, counts=counts, offset=offset, sums_o=sums, means_o=means,
+                means=means + offset, basis=basis, sigma_w=scatter / N,
+                trace_w=float(within.sum() / N), within=within / counts, decisions=decisions)
 
-    def second(start, stop):
+
+def _second_pass(X, codes, K, chunks, name, offset, means, basis, decide, N, progress=None,
+                 class_sums=False):
+    """The pass over chunks of rows given the class means (relative to `offset`): Σ_W·N in
+    `basis` coordinates, the classes' summed squared distances [K], the decisions, and with
+    `class_sums` the rows' own class sums (relative to the offset; else None). Chunks in
+    flight one per core, summed in chunk order (the same sums as one thread)."""
+
+    def one(start, stop):
         block, y = _rows(X, start, stop, name, offset), codes[start:stop]
         D = block - means[y]
         spread = np.einsum("ij,ij->i", D, D)
@@ -258,18 +268,21 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
         del D
         counts = _no_decisions()
         decide(counts, block, y, np.sqrt(spread), P)
-        return P.T @ P, np.bincount(y, weights=spread, minlength=K), counts
+        return (P.T @ P, np.bincount(y, weights=spread, minlength=K), counts,
+                _class_sums(block, y, K) if class_sums else None)
 
-    for (start, stop), (part, spread, counts_) in zip(chunks, _in_order(second, chunks)):
-        scatter = scatter + part  # in chunk order: the same sums as one thread
+    scatter, within, decisions = 0.0, np.zeros(K), _no_decisions()
+    sums = np.zeros((K, X.shape[1])) if class_sums else None
+    for (start, stop), (part, spread, counts, own) in zip(chunks, _in_order(one, chunks)):
+        scatter = scatter + part
         within += spread
-        for key, value in counts_.items():
+        for key, value in counts.items():
             decisions[key] += value
+        if class_sums:
+            sums += own
         if progress:
             progress(N + stop)
-    return dict(N=N, d=d, counts=counts, offset=offset, sums_o=sums, means_o=means,
-                means=means + offset, basis=basis, sigma_w=scatter / N,
-                trace_w=float(within.sum() / N), within=within / counts, decisions=decisions)
+    return scatter, within, decisions, sums
 
 
 WORKERS = max(1, min(4, os.cpu_count() or 1))  # chunks (or tiles) in flight at once
@@ -315,16 +328,9 @@ def against(X, codes, K, ref, W=None, b=None, chunk_rows=None, name="features",
     N, d = X.shape
     offset, means = ref["offset"], ref["means_o"]
     decide = Decisions(means, ref["basis"], W, b, offset)
-    scatter, sums = 0.0, np.zeros((K, d))
-    dec = dict(mismatch=0, mismatch_nobias=0, correct=0, ncc_correct=0, ncc_ties=0, ties=0,
-               ties_nobias=0)
-    for start, stop in _chunks(N, chunk_rows or rows_per_chunk(d, K, budget_bytes)):
-        block, y = _rows(X, start, stop, name, offset), codes[start:stop]
-        D = block - means[y]
-        P = _project(D, ref["basis"])
-        scatter = scatter + P.T @ P
-        sums += _class_sums(block, y, K)
-        decide(dec, block, y, np.sqrt(np.einsum("ij,ij->i", D, D)), P)
+    chunks = _chunks(N, chunk_rows or rows_per_chunk(d, K, _per_worker(budget_bytes)))
+    scatter, _, dec, sums = _second_pass(X, codes, K, chunks, name, offset, means, ref["basis"],
+                                         decide, N, class_sums=True)
     return dict(N=N, sigma_w=scatter / N, sums_o=sums,
                 counts=np.bincount(codes, minlength=K), decisions=dec)
 
