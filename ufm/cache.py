@@ -18,9 +18,9 @@ JAX's own settings win: if the caller already set `jax_compilation_cache_dir` (o
 JAX_COMPILATION_CACHE_DIR environment variable) that folder is used.
 
 Programs, too (`program`): JAX computes its cache key from the *lowered* program, so even a cached
-run traces and lowers it first (about 1 s of a second `ufm train`). For the CLI (`enable_programs`;
-UFM_PROGRAM_CACHE=0 turns it off) a run's program is also kept exported (`jax.export`: traced and lowered once, serialized) under
-`programs/` in the same folder, keyed by everything that decides it: what is run and at which
+run traces and lowers it first (about 1 s of a second `ufm train`). For the CLI
+(`enable_programs`; UFM_PROGRAM_CACHE=0 turns it off) a run's program is also kept exported
+(`jax.export`: traced and lowered once, serialized) under `programs/` in the same folder, keyed by everything that decides it: what is run and at which
 static sizes, the argument shapes and dtypes, the hash of ufm's own source, and the jax, jaxlib
 and optax versions. A later run deserializes it and goes straight to compiling (a hit in JAX's
 cache). Any failure to export, store or load falls back to the plain jitted function.
@@ -146,8 +146,7 @@ def program(fn, args, what):
                 os.remove(path)
         exported = export.export(fn)(*args)
         data = exported.serialize()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write(path, lambda fh: fh.write(data))
+        atomic_write(path, lambda fh: fh.write(data))  # makes the folder
         return exported.call
     except Exception:  # noqa: BLE001 - the cache must never cost a run
         return fn

@@ -248,6 +248,15 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
     decide = Decisions(means, basis, W, b, offset)
     scatter, within, decisions, _ = _second_pass(X, codes, K, chunks, name, offset, means,
                                                  basis, decide, N, progress)
+    return statistics(counts, offset, sums, basis, scatter, within, decisions)
+
+
+def statistics(counts, offset, sums, basis, scatter, within, decisions):
+    """`accumulate`'s dict from what the two passes gathered (either engine): class counts,
+    the offset, class sums relative to it, the span basis, Σ_W·N in it, the classes' summed
+    squared distances and the decision counts."""
+    N, d = int(counts.sum()), sums.shape[1]
+    means = sums / counts[:, None]
     return dict(N=N, d=d, counts=counts, offset=offset, sums_o=sums, means_o=means,
                 means=means + offset, basis=basis, sigma_w=scatter / N,
                 trace_w=float(within.sum() / N), within=within / counts, decisions=decisions)

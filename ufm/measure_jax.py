@@ -27,15 +27,12 @@ DECISIONS = ("mismatch", "mismatch_nobias", "correct", "ncc_correct", "ncc_ties"
 
 def _x64():
     """JAX's scoped float64 switch (a context manager), whichever this JAX version offers."""
-    scoped = getattr(jax, "enable_x64", None)
-    if scoped is not None and hasattr(scoped, "__call__"):
-        try:
-            return scoped(True)
-        except TypeError:
-            pass
-    from jax.experimental import enable_x64
+    try:
+        return jax.enable_x64(True)
+    except (AttributeError, TypeError):
+        from jax.experimental import enable_x64
 
-    return enable_x64()
+        return enable_x64()
 
 
 @functools.partial(jax.jit, static_argnums=3)
@@ -90,7 +87,7 @@ def _padded(X, codes, start, stop, rows):
 
 def accumulate(X, codes, K, W, b, chunks, name, progress, offset):
     """`ufm.measure.accumulate`'s statistics with JAX: the same dict, in float64."""
-    from ufm.measure import _rows, span_basis
+    from ufm.measure import _rows, span_basis, statistics
 
     N, d = X.shape
     rows = chunks[0][1] - chunks[0][0]
@@ -120,8 +117,6 @@ def accumulate(X, codes, K, W, b, chunks, name, progress, offset):
             scatter, within, decided = scatter + part, within + spread, decided + tally
             if progress:
                 progress(N + stop)
-        scatter, within = np.asarray(scatter), np.asarray(within)
         decisions = dict(zip(DECISIONS, (int(v) for v in np.asarray(decided))))
-    return dict(N=N, d=d, counts=counts, offset=offset, sums_o=np.asarray(sums), means_o=means,
-                means=means + offset, basis=basis, sigma_w=scatter / N,
-                trace_w=float(within.sum() / N), within=within / counts, decisions=decisions)
+        return statistics(counts, offset, np.asarray(sums), basis, np.asarray(scatter),
+                          np.asarray(within), decisions)
