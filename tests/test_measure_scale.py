@@ -261,8 +261,9 @@ def test_float32_screened_decisions_equal_float64_decisions_at_near_ties():
     """Logits are screened in float32 with an error bound (the rows it cannot vouch for decided
     again in float64) and the nearest centre is taken in the span of the means. Rows placed
     within 1e-12..1e-6 of the bisector of two class means (and of two classifier rows), at an
-    offset of 1e4, and rows with exact ties: the counts equal the plain float64 rules on every
-    row in all d coordinates."""
+    offset of 1e4 (in float64, and as float32 rows, which are screened without conversion), and
+    rows with exact ties: the counts equal the plain float64 rules on every row in all d
+    coordinates."""
     rng = np.random.default_rng(7)
     K, d = 6, 40
     means = rng.normal(size=(K, d))
@@ -275,14 +276,34 @@ def test_float32_screened_decisions_equal_float64_decisions_at_near_ties():
     i, j = rng.integers(0, K, 3000), rng.integers(0, K, 3000)
     t = 0.5 + rng.choice([0.0, 1e-12, 1e-9, 1e-6, 0.1], 3000) * rng.choice([-1, 1], 3000)
     block = means[i] * t[:, None] + means[j] * (1 - t)[:, None] + 1e-9 * rng.normal(size=(3000, d))
-    for rows, bias in ((block, b), (block[:, ::-1] @ np.diag(rng.normal(size=d)), None)):
+    other = block[:, ::-1] @ np.diag(rng.normal(size=d))
+    for raw, bias in ((block + offset, b), (other + offset, None),
+                      ((block + offset).astype(np.float32), b)):  # float32 rows, screened as given
         y = rng.integers(0, K, 3000)
         decide = measure.Decisions(means, basis, W, bias, offset)
         screened, exact = measure._no_decisions(), measure._no_decisions()
-        D = rows - means[y]
-        decide(screened, rows, y, np.linalg.norm(D, axis=1), D @ basis.T)
-        decide.exact(exact, rows, y)
+        D = decide.relative(raw) - means[y]
+        decide(screened, raw, y, np.linalg.norm(D, axis=1), D @ basis.T)
+        decide.exact(exact, raw, y)
         assert screened == exact
+    # float32 rows at the offset, near ties of a classifier blind to the offset: rounding the
+    # rows to float32 moves every logit by ~eps₃₂·‖x‖‖w‖, set by the offset, not by x − offset
+    W3 = rng.normal(size=(K, d))
+    W3 -= np.outer(W3 @ offset, offset) / (offset @ offset)  # rows orthogonal to the offset
+    i = rng.integers(0, K, 2000)
+    j = (i + rng.integers(1, K, 2000)) % K  # i ≠ j: the two leaders
+    lead = rng.choice([0.0, 1e-6, 1e-4, 1e-2, 1.0], 2000) * rng.choice([-1, 1], 2000)
+    s = 10 * (W3[i] + W3[j]) + rng.normal(size=(2000, d))
+    gap = W3[i] - W3[j]
+    s -= (np.einsum("ij,ij->i", s, gap) - lead)[:, None] * gap / np.sum(gap ** 2, 1)[:, None]
+    raw = (s + offset).astype(np.float32)
+    y = rng.integers(0, K, 2000)
+    decide = measure.Decisions(means, basis, W3, None, offset)
+    screened, exact = measure._no_decisions(), measure._no_decisions()
+    D = decide.relative(raw) - means[y]
+    decide(screened, raw, y, np.linalg.norm(D, axis=1), D @ basis.T)
+    decide.exact(exact, raw, y)
+    assert screened == exact
     tied = np.tile(means[0], (50, 1))  # equally scored by two equal classifier rows
     W2 = W.copy()
     W2[0] = W2[1] = 10 * means[0]  # the two largest logits, equal

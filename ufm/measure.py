@@ -21,6 +21,7 @@ Undefined values (a ratio of vanishing quantities) are NaN and named under `unde
 import io
 import math
 import os
+import threading
 import zipfile
 
 import numpy as np
@@ -268,20 +269,31 @@ def _second_pass(X, codes, K, chunks, name, offset, means, basis, decide, N, pro
     `basis` coordinates, the classes' summed squared distances [K], the decisions, and with
     `class_sums` the rows' own class sums (relative to the offset; else None). Chunks in
     flight one per core, summed in chunk order (the same sums as one thread)."""
+    d = X.shape[1]
+    local = threading.local()
 
     def one(start, stop):
-        block, y = _rows(X, start, stop, name, offset), codes[start:stop]
-        D = block - means[y]
+        rows, y = np.asarray(X[start:stop]), codes[start:stop]
+        if getattr(local, "rows", 0) < len(y):  # a worker's buffers, reused chunk after chunk
+            local.rows, local.D, local.G = len(y), np.empty((len(y), d)), np.empty((len(y), d))
+        D, G = local.D[:len(y)], local.G[:len(y)]
+        np.copyto(D, rows)
+        D -= offset
+        if class_sums:
+            own = _class_sums(D, y, K)
+        D -= np.take(means, y, axis=0, out=G, mode="clip")
         spread = np.einsum("ij,ij->i", D, D)
+        if not math.isfinite(float(spread.sum())):  # a row that is not finite, or overflow
+            _rows(X, start, stop, name)  # names the first row that is not finite
         P = _project(D, basis)
         del D
         counts = _no_decisions()
-        decide(counts, block, y, np.sqrt(spread), P)
+        decide(counts, rows, y, np.sqrt(spread), P)
         return (P.T @ P, np.bincount(y, weights=spread, minlength=K), counts,
-                _class_sums(block, y, K) if class_sums else None)
+                own if class_sums else None)
 
     scatter, within, decisions = 0.0, np.zeros(K), _no_decisions()
-    sums = np.zeros((K, X.shape[1])) if class_sums else None
+    sums = np.zeros((K, d)) if class_sums else None
     for (start, stop), (part, spread, counts, own) in zip(chunks, _in_order(one, chunks)):
         scatter = scatter + part
         within += spread
@@ -412,8 +424,8 @@ def _screen(scores, bound, lowest):
 
 
 class Decisions:
-    """The nearest-class-centre and classifier decisions of chunks of offset rows, added to a
-    dict of counts: nearest class centre against the labels, and with W the classifier's (with
+    """The nearest-class-centre and classifier decisions of chunks of rows, added to a dict of
+    counts: nearest class centre against the labels, and with W the classifier's (with
     and without b; logits W(x − offset) + W·offset + b) against both, with ties.
 
     Nearest centre, in float64 and in the span of the means: with V an orthonormal basis of
@@ -422,42 +434,49 @@ class Decisions:
     from, so the rule costs [rows, r] × [r, K] instead of [rows, d] × [d, K] (all relative to the
     offset: the decision does not depend on it, the cancellation does).
 
-    Logits are computed in float32 first, with a rigorous bound on their error (a dot product
-    of length d of float32-rounded vectors: ≤ 2(d + 2)·eps₃₂·‖x‖‖w‖, Higham's γ_d plus the
-    roundings; the constant terms add eps₃₂ of their size); a row whose winner leads by more
+    Logits are computed in float32 first, from the rows as given (float32 features are not
+    converted for it), with a rigorous bound on their error (a dot product of length d of
+    float32-rounded vectors: ≤ 2(d + 2)·eps₃₂·‖x‖‖w‖, Higham's γ_d plus the roundings, with
+    ‖x‖ ≤ ‖x − μ_y‖ + ‖μ_y − offset‖ + ‖offset‖; the bias adds eps₃₂ of its size); a row whose winner leads by more
     than three times the bound has the float64 decision, and every other row is decided again
     in float64, ties counted there — the counts are those of float64 throughout."""
 
     def __init__(self, means, basis=None, W=None, b=None, offset=None):
         eps = float(np.finfo(np.float32).eps)
         self.means, self.basis, self.W, self.b = means, basis, W, b
+        self.offset = np.zeros(means.shape[1]) if offset is None else offset
         self.centres = means if basis is None else means @ basis.T  # Vμ_k  [K, r]
         self.sq_centres = np.sum(self.centres * self.centres, axis=1)
         self.mean_norms = np.sqrt(np.sum(means * means, axis=1))
         self.gamma = 2.0 * (means.shape[1] + 2) * eps
         if W is not None:
-            self.shift = W @ offset if offset is not None else np.zeros(len(W))
+            self.shift = W @ self.offset
             with np.errstate(over="ignore"):  # beyond float32: inf, and those rows are redone
-                self.W32, self.shift32 = W.astype(np.float32), self.shift.astype(np.float32)
+                self.W32 = W.astype(np.float32)
                 self.b32 = None if b is None else b.astype(np.float32)
             self.w_scale = float(np.linalg.norm(W, axis=1).max())
-            self.w_const = 2.0 * eps * float(np.abs(self.shift).max() + (
-                0.0 if b is None else np.abs(b).max()))
+            self.w_const = 0.0 if b is None else 2.0 * eps * float(np.abs(b).max())
+            self.offset_norm = float(np.linalg.norm(self.offset))
 
-    def __call__(self, counts, block, y, spread, projected=None):
-        """Add the decisions of rows `block` (offset) with labels y; `spread` [rows] ‖x − μ_y‖
-        (with the labels' mean norms, a bound on ‖x‖ for the error bounds); `projected`
-        [rows, r] the rows' V(x − μ_y) (needed with a basis). Values beyond float32's range
-        screen as inf or NaN: those rows are simply decided in float64."""
-        q = block if self.basis is None else projected + self.centres[y]
+    def relative(self, rows):
+        """Rows minus the offset, in float64."""
+        return np.subtract(rows, self.offset, dtype=np.float64)
+
+    def __call__(self, counts, rows, y, spread, projected=None):
+        """Add the decisions of `rows` (as given, float32 or float64) with labels y; `spread`
+        [rows] ‖x − μ_y‖ (with the labels' mean norms, a bound on ‖x‖ for the error bounds);
+        `projected` [rows, r] the rows' V(x − μ_y) (needed with a basis). Values beyond float32's
+        range screen as inf or NaN: those rows are simply decided in float64."""
+        q = self.relative(rows) if self.basis is None else projected + self.centres[y]
         ncc = self.nearest(counts, q, y)
         if self.W is None:
             return
         with np.errstate(over="ignore", invalid="ignore"):
-            plain, full, sure = self._screened(block, spread + self.mean_norms[y])
+            plain, full, sure = self._screened(
+                rows, spread + self.mean_norms[y] + self.offset_norm)
         unsure = np.flatnonzero(~sure)
         if unsure.size:
-            plain[unsure], full[unsure] = self.logits(counts, block[unsure])
+            plain[unsure], full[unsure] = self.logits(counts, self.relative(rows[unsure]))
         self._count(counts, plain, full, ncc, y)
 
     def nearest(self, counts, q, y):
@@ -470,10 +489,9 @@ class Decisions:
         counts["ncc_ties"] += _ties(distance, ncc)
         return ncc
 
-    def _screened(self, block, norms):
+    def _screened(self, rows, norms):
         """(argmax without b, with b, which rows the float32 bound vouches for)."""
-        logits = block.astype(np.float32) @ self.W32.T
-        logits += self.shift32[None, :]
+        logits = rows.astype(np.float32, copy=False) @ self.W32.T
         bound = self.gamma * norms * (1.0 + 1e-6) * self.w_scale + self.w_const
         with_b = None if self.b32 is None else logits + self.b32[None, :]
         plain, sure = _screen(logits, bound, False)
@@ -483,7 +501,8 @@ class Decisions:
         return plain, full, sure & sure_full
 
     def logits(self, counts, block):
-        """(argmax without b, with b) of rows in float64, their ties counted."""
+        """(argmax without b, with b) of rows minus the offset (`block`) in float64: logits
+        W(x − offset) + W·offset + b, their ties counted."""
         logits = block @ self.W.T
         logits += self.shift[None, :]
         plain = np.argmax(logits, axis=1)
@@ -502,9 +521,10 @@ class Decisions:
         counts["mismatch_nobias"] += int(np.count_nonzero(plain != ncc))
         counts["correct"] += int(np.count_nonzero(full == y))
 
-    def exact(self, counts, block, y):
+    def exact(self, counts, rows, y):
         """Every decision of rows in float64 by the plain rules (the nearest centre in all d
         coordinates): what the screened and projected decisions must equal."""
+        block = self.relative(rows)
         ncc = Decisions(self.means, None).nearest(counts, block, y)
         if self.W is not None:
             plain, full = self.logits(counts, block)
@@ -515,7 +535,10 @@ def _ties(scores, chosen):
     """Rows whose chosen score is attained by another class too (an argmax/argmin tie: W = 0,
     coincident class means), where a decision is arbitrary."""
     best = scores[np.arange(len(chosen)), chosen]
-    return int(np.count_nonzero(np.count_nonzero(scores == best[:, None], axis=1) > 1))
+    equal = scores == best[:, None]
+    if np.count_nonzero(equal) == len(chosen):  # no ties (the common case): one count
+        return 0
+    return int(np.count_nonzero(np.count_nonzero(equal, axis=1) > 1))
 
 
 # --- the suite from the accumulators ----------------------------------------------------------
