@@ -59,13 +59,30 @@ def test_extended_params_and_theory_null_for_small_d(tmp_path):
     (["train", "linear-extended", "--lam-H", "0.1"], "(--lam-H) does not apply"),
     (["train", "bias-free", "--steps", "ten"], "invalid int value: 'ten'"),
 ])
-def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle, capsys):
+    """In this process (`main` as the console script calls it; argparse's own errors exit 2);
+    the next test checks the same through a real process."""
     out = tmp_path / "never"
-    proc = ufm_cmd(*args, "--out", str(out))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+    try:
+        rc = main([*args, "--out", str(out)])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
     assert not out.exists()
+
+
+def test_bad_input_exits_2_from_a_real_process(tmp_path):
+    out = tmp_path / "never"
+    for args, needle in ((["train", "nope"], "unknown model 'nope'"),
+                         (["train", "bias-free", "--steps", "ten"], "invalid int value: 'ten'")):
+        proc = ufm_cmd(*args, "--out", str(out))
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+        assert not out.exists()
 
 
 def test_divergence_writes_files_and_exits_nonzero(tmp_path):
