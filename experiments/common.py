@@ -73,8 +73,9 @@ def save_figure(fig, out, name):
     from ufm.files import atomic_write
 
     path = os.path.join(out, f"{name}.png")
+    smoke = _dpi[0] == DPI["smoke"]  # a smoke run: no second layout pass for a tight box
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=_dpi[0],
-                                                         bbox_inches="tight"))
+                                              bbox_inches=None if smoke else "tight"))
     plt.close(fig)
     return path
 

@@ -117,9 +117,10 @@ def _check_options(global_mean, std, pinv_rtol, chunk_rows):
 # --- the two passes ---------------------------------------------------------------------------
 
 def rows_per_chunk(d, K, budget_bytes=None):
-    """Rows whose float64 working copies (the block, its offset and centred versions, the
-    nearest-centre distances and logits [rows, K]) fit in `budget_bytes` (default BUDGET_BYTES):
-    peak memory is set by the budget, not by N."""
+    """Rows whose working copies (the rows as read, their centred float64 version and the
+    gathered class means, the projection, the nearest-centre distances and the logits
+    [rows, K]) fit in `budget_bytes` (default BUDGET_BYTES): peak memory is set by the budget,
+    not by N."""
     budget = BUDGET_BYTES if budget_bytes is None else budget_bytes
     return max(1, int(budget // (8 * (4 * d + 3 * K))))
 
