@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -67,9 +68,39 @@ def test_bench_measure_section_times_ufm_in_a_fresh_process(monkeypatch):
     from ufm import bench
 
     monkeypatch.setattr(bench, "_peer_installed", lambda: False)
-    res = bench.measure_times(shape=(3000, 16, 5), engines=("numpy",))  # jax: test_measure_scale
+    res = bench.measure_times(shape=(3000, 16, 5), engines=("numpy",), repeat=2)  # jax: elsewhere
     row = res["rows"]["ufm"]
     assert row["seconds"] > 0 and row["peak_bytes"] >= 0 and row["nc1"] > 0
+    assert len(row["runs_seconds"]) == 2 and row["seconds"] == np.median(row["runs_seconds"])
     assert row["features_bytes"] == 3000 * 16 * 4 and not res["peer_installed"]
     assert list(res["rows"]) == ["ufm"]
     assert "not installed" in "\n".join(bench.measure_report(res))
+
+
+def test_bench_measure_ratios_are_taken_round_by_round(monkeypatch):
+    """With a peer: each round's ufm run is set against the faster peer configuration of that
+    round (time) and the leaner one (memory); the rows give medians. A stand-in child reports
+    fixed numbers per run."""
+    from ufm import bench
+
+    child = """
+import json, os, sys
+key = sys.argv[2] + (sys.argv[3] if sys.argv[3] != "0" else "")
+times = {"ufm": [1.0, 3.0, 2.0], "neural_collapse8192": [2.0, 4.0, 8.0],
+         "neural_collapse65536": [4.0, 5.0, 5.0]}[key]
+mem = {"ufm": 50, "neural_collapse8192": 100, "neural_collapse65536": 400}[key]
+path = sys.argv[1] + "/runs-" + key  # the round: how many runs came before
+k = len(open(path).read()) if os.path.exists(path) else 0
+open(path, "a").write("x")
+print(json.dumps({"seconds": times[k], "peak_bytes": mem * (k + 1), "features_bytes": 8, "nc1": 1.0,
+                  "nc2_etf_H": 1.0}))
+"""
+    monkeypatch.setattr(bench, "_peer_installed", lambda: True)
+    monkeypatch.setattr(bench, "_MEASURE_CHILD", child)
+    res = bench.measure_times(shape=(64, 4, 3), engines=("numpy",), repeat=3)
+    assert res["time_ratios"] == [0.5, 0.75, 2.0 / 5.0]
+    assert res["memory_ratios"] == [0.5, 0.5, 0.5]
+    assert res["rows"]["ufm"]["seconds"] == 2.0
+    assert res["rows"]["neural_collapse (batch 8,192)"]["seconds"] == 4.0
+    text = "\n".join(bench.measure_report(res))
+    assert "0.50, 0.75, 0.40× the time" in text and "median of 3 rounds" in text

@@ -528,12 +528,14 @@ def _peer_installed():
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "neural_collapse"))
 
 
-def measure_times(quick=False, shape=MEASURE_SHAPE, engines=("numpy", "jax")):
+def measure_times(quick=False, shape=MEASURE_SHAPE, engines=("numpy", "jax"), repeat=None):
     """Wall seconds and peak bytes (beyond the loaded features) of measuring one float32
     feature array: `ufm measure`'s whole suite (float64 accumulators, default budget) with the
     numpy engine and with the JAX engine (on JAX's default device), and
     rhubarbwu/neural-collapse's float32 accumulators and metrics at two batch sizes when it is
-    installed. Each in a fresh process (peak resident memory reset after loading)."""
+    installed. Each in a fresh process (peak resident memory reset after loading), `repeat`
+    rounds (default 3; 1 with `quick`) with the runs of a round one after another, so that each
+    round compares runs made under the same load: a row gives the median and every run."""
     import json
     import subprocess
     import tempfile
@@ -541,8 +543,9 @@ def measure_times(quick=False, shape=MEASURE_SHAPE, engines=("numpy", "jax")):
     N, d, K = shape
     if quick:
         N //= 10
+    repeat = repeat or (1 if quick else 3)
     rng = np.random.default_rng(0)
-    rows = {}
+    runs = {}
     with tempfile.TemporaryDirectory() as folder:
         labels = rng.integers(0, K, N)
         centres = rng.normal(size=(K, d)).astype(np.float32)
@@ -554,25 +557,37 @@ def measure_times(quick=False, shape=MEASURE_SHAPE, engines=("numpy", "jax")):
         np.save(os.path.join(folder, "W.npy"), centres.astype(np.float64))
         np.save(os.path.join(folder, "b.npy"), np.zeros(K))
         del X
-        runs = [{"numpy": ("ufm", 0), "jax": ("ufm-jax", 0)}[e] for e in engines]
+        who = [{"numpy": ("ufm", 0), "jax": ("ufm-jax", 0)}[e] for e in engines]
         if _peer_installed():
-            runs += [("neural_collapse", batch) for batch in PEER_BATCHES]
-        for who, batch in runs:
-            proc = subprocess.run([sys.executable, "-c", _MEASURE_CHILD, folder, who, str(batch)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"measuring with {who} failed:\n{proc.stderr[-2000:]}")
-            label = {"ufm": "ufm", "ufm-jax": f"ufm --engine jax ({jax.default_backend()})"}.get(
-                who, f"{who} (batch {batch:,})")
-            rows[label] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"N": N, "d": d, "K": K, "rows": rows,
-            "peer_installed": any(not name.startswith("ufm") for name in rows)}
+            who += [("neural_collapse", batch) for batch in PEER_BATCHES]
+        for _ in range(repeat):
+            for name, batch in who:
+                proc = subprocess.run([sys.executable, "-c", _MEASURE_CHILD, folder, name,
+                                       str(batch)], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"measuring with {name} failed:\n{proc.stderr[-2000:]}")
+                label = {"ufm": "ufm", "ufm-jax": f"ufm --engine jax ({jax.default_backend()})"
+                         }.get(name, f"{name} (batch {batch:,})")
+                runs.setdefault(label, []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rows = {label: dict(r[0], seconds=float(np.median([x["seconds"] for x in r])),
+                        peak_bytes=int(np.median([x["peak_bytes"] for x in r])),
+                        runs_seconds=[x["seconds"] for x in r],
+                        runs_peak_bytes=[x["peak_bytes"] for x in r])
+            for label, r in runs.items()}
+    peers = [label for label in rows if not label.startswith("ufm")]
+    out = {"N": N, "d": d, "K": K, "repeat": repeat, "rows": rows, "peer_installed": bool(peers)}
+    if peers:  # per round: ufm against the faster peer configuration of that round
+        fastest = np.min([rows[p]["runs_seconds"] for p in peers], axis=0)
+        least = np.min([rows[p]["runs_peak_bytes"] for p in peers], axis=0)
+        out["time_ratios"] = list(np.asarray(rows["ufm"]["runs_seconds"]) / fastest)
+        out["memory_ratios"] = list(np.asarray(rows["ufm"]["runs_peak_bytes"]) / least)
+    return out
 
 
 def measure_report(m):
     lines = [f"\nmeasuring {m['N']:,} × {m['d']} float32 features, K = {m['K']} (fresh process "
-             f"each; peak memory beyond the loaded {m['rows']['ufm']['features_bytes'] / 2 ** 20:,.0f} "
-             f"MB of features):"]
+             f"each, median of {m['repeat']} round{'s' * (m['repeat'] > 1)}; peak memory beyond "
+             f"the loaded {m['rows']['ufm']['features_bytes'] / 2 ** 20:,.0f} MB of features):"]
     ufm = m["rows"]["ufm"]
     for name, r in m["rows"].items():
         ratio = "" if name.startswith("ufm") else (
@@ -582,6 +597,11 @@ def measure_report(m):
                      f"nc1 {r['nc1']:.6e}{ratio}")
     if not m["peer_installed"]:
         lines.append("  rhubarbwu/neural-collapse not installed (with torch): no side-by-side run")
+    else:
+        t, mem = m["time_ratios"], m["memory_ratios"]
+        lines.append(f"  round by round, ufm against the faster peer run of the round: "
+                     f"{', '.join(f'{x:.2f}' for x in t)}× the time, "
+                     f"{', '.join(f'{x:.2f}' for x in mem)}× the memory of the leaner one")
     return lines
 
 
