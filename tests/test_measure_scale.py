@@ -257,6 +257,16 @@ def test_twenty_thousand_classes_within_the_budget():
         assert abs(values.mean() - full) < 5 * error, (key, values.mean(), full, error)
 
 
+def _screened_and_exact(means, basis, W, bias, offset, raw, y):
+    """The counts of `Decisions` on rows `raw` (as given) and of its plain float64 rules."""
+    decide = measure.Decisions(means, basis, W, bias, offset)
+    screened, exact = measure._no_decisions(), measure._no_decisions()
+    D = decide.relative(raw) - means[y]
+    decide(screened, raw, y, np.linalg.norm(D, axis=1), D @ basis.T)
+    decide.exact(exact, raw, y)
+    return screened, exact
+
+
 def test_float32_screened_decisions_equal_float64_decisions_at_near_ties():
     """Logits are screened in float32 with an error bound (the rows it cannot vouch for decided
     again in float64) and the nearest centre is taken in the span of the means. Rows placed
@@ -279,12 +289,8 @@ def test_float32_screened_decisions_equal_float64_decisions_at_near_ties():
     other = block[:, ::-1] @ np.diag(rng.normal(size=d))
     for raw, bias in ((block + offset, b), (other + offset, None),
                       ((block + offset).astype(np.float32), b)):  # float32 rows, screened as given
-        y = rng.integers(0, K, 3000)
-        decide = measure.Decisions(means, basis, W, bias, offset)
-        screened, exact = measure._no_decisions(), measure._no_decisions()
-        D = decide.relative(raw) - means[y]
-        decide(screened, raw, y, np.linalg.norm(D, axis=1), D @ basis.T)
-        decide.exact(exact, raw, y)
+        screened, exact = _screened_and_exact(means, basis, W, bias, offset, raw,
+                                              rng.integers(0, K, 3000))
         assert screened == exact
     # float32 rows at the offset, near ties of a classifier blind to the offset: rounding the
     # rows to float32 moves every logit by ~eps₃₂·‖x‖‖w‖, set by the offset, not by x − offset
@@ -296,13 +302,8 @@ def test_float32_screened_decisions_equal_float64_decisions_at_near_ties():
     s = 10 * (W3[i] + W3[j]) + rng.normal(size=(2000, d))
     gap = W3[i] - W3[j]
     s -= (np.einsum("ij,ij->i", s, gap) - lead)[:, None] * gap / np.sum(gap ** 2, 1)[:, None]
-    raw = (s + offset).astype(np.float32)
-    y = rng.integers(0, K, 2000)
-    decide = measure.Decisions(means, basis, W3, None, offset)
-    screened, exact = measure._no_decisions(), measure._no_decisions()
-    D = decide.relative(raw) - means[y]
-    decide(screened, raw, y, np.linalg.norm(D, axis=1), D @ basis.T)
-    decide.exact(exact, raw, y)
+    screened, exact = _screened_and_exact(means, basis, W3, None, offset,
+                                          (s + offset).astype(np.float32), rng.integers(0, K, 2000))
     assert screened == exact
     tied = np.tile(means[0], (50, 1))  # equally scored by two equal classifier rows
     W2 = W.copy()
@@ -310,13 +311,8 @@ def test_float32_screened_decisions_equal_float64_decisions_at_near_ties():
     means2 = means.copy()
     means2[3] = means2[2]  # and two coincident class means
     tied[:25] = means2[2] + 1e-3
-    y = rng.integers(0, K, 50)
-    basis2 = measure.span_basis(means2)
-    decide = measure.Decisions(means2, basis2, W2, None, np.zeros(d))
-    screened, exact = measure._no_decisions(), measure._no_decisions()
-    D = tied - means2[y]
-    decide(screened, tied, y, np.linalg.norm(D, axis=1), D @ basis2.T)
-    decide.exact(exact, tied, y)
+    screened, exact = _screened_and_exact(means2, measure.span_basis(means2), W2, None,
+                                          np.zeros(d), tied, rng.integers(0, K, 50))
     assert screened == exact and exact["ties_nobias"] > 0 and exact["ncc_ties"] > 0
 
 
