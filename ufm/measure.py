@@ -449,9 +449,10 @@ class Decisions:
     Logits are computed in float32 first, from the rows as given (float32 features are not
     converted for it), with a rigorous bound on their error (a dot product of length d of
     float32-rounded vectors: ≤ 2(d + 2)·eps₃₂·‖x‖‖w‖, Higham's γ_d plus the roundings, with
-    ‖x‖ ≤ ‖x − μ_y‖ + ‖μ_y − offset‖ + ‖offset‖; the bias adds eps₃₂ of its size); a row whose winner leads by more
-    than three times the bound has the float64 decision, and every other row is decided again
-    in float64, ties counted there — the counts are those of float64 throughout."""
+    ‖x‖ ≤ ‖x − μ_y‖ + ‖μ_y − offset‖ + ‖offset‖; the bias adds eps₃₂ of its size); a row whose
+    winner leads by more than three times the bound has the float64 decision, and every other
+    row is decided again in float64, ties counted there — the counts are those of float64
+    throughout."""
 
     def __init__(self, means, basis=None, W=None, b=None, offset=None):
         eps = float(np.finfo(np.float32).eps)
