@@ -28,7 +28,7 @@ def plot(out):
                     transform=row[0].transAxes, rotation=90, va="center", fontsize=7)
     fig.suptitle("Appendix G: Theorems 3.1, 3.2, 4.1, 4.2 at a second setting (rows: bias-free, "
                  "unregularized bias, linear extended, ReLU extended)  [our setting]", fontsize=13)
-    fig.tight_layout(rect=(0.01, 0, 1, 0.97))
+    common.tight_layout(fig, rect=(0.01, 0, 1, 0.97))
     return common.save_figure(fig, out, NAME)
 
 

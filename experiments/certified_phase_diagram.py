@@ -59,7 +59,7 @@ def plot(out):
                  f"certified by its dual bound (all {int(a['solver_global'].sum())} of "
                  f"{a['solver_global'].size}); L-BFGS from std {cfg['init_scale']:g}  "
                  f"[our setting]", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.92))
     return common.save_figure(fig, out, NAME)
 
 

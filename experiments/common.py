@@ -66,6 +66,13 @@ def progress(total, quiet, desc):
     return progress_bar(total, quiet, desc)
 
 
+def tight_layout(fig, rect=(0, 0, 1, 1)):
+    """fig.tight_layout(rect=rect) — except in a smoke run, which checks that a figure draws,
+    not how it looks (the layout solver measures every tick label: half a smoke figure's time)."""
+    if _dpi[0] != DPI["smoke"]:
+        fig.tight_layout(rect=rect)
+
+
 def save_figure(fig, out, name):
     """Save OUT/NAME.png atomically and close the figure."""
     import matplotlib.pyplot as plt

@@ -92,7 +92,7 @@ def plot(out):
                  f"{cfg['lam']:g}, L-BFGS from init std {cfg['init_scale']:g}, "
                  f"{cfg['seeds']} seeds per (K, L), rank cut-off {cfg['rank_tol']:g}·σ_max  "
                  f"[our setting; Garrod & Keating 2025]", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.95))
     return common.save_figure(fig, out, NAME)
 
 

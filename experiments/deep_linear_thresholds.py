@@ -146,7 +146,7 @@ def plot(out):
     fig.suptitle(f"Deep linear UFM: the jump to zero at β_c(M) for L = 1 … {max(depths)}; K={K}, "
                  f"d={d}, n={n}, plain GD {cfg['steps']} steps from {inits}; imbalanced counts "
                  f"{', '.join(map(str, counts))}  [our setting]", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.95))
     return common.save_figure(fig, out, NAME)
 
 

@@ -110,7 +110,7 @@ def plot(out):
                  f"seeds per cell; any run below f_DNC proves DNC is not optimal there; rank "
                  f"cut-off {cfg['rank_tol']:g}·σ_max  [our setting; Súkeník et al. 2023, 2024]",
                  fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.96))
     return common.save_figure(fig, out, NAME)
 
 

@@ -143,7 +143,7 @@ def plot(out):
                  f"ReLU extended UFM\nMLP: {mlp['per_class']} digits per class, momentum GD step "
                  f"{mlp['lr']:g}; UFM: d={u['d']}, n={u['n']}, λ={u['lam_W1']:g}  [our setting]",
                  fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.9))
     return common.save_figure(fig, out, NAME)
 
 

@@ -33,7 +33,7 @@ def plot(out):
                  "becomes negligible (below 1e-8 of the loss after ~10k steps), so the run ends on "
                  f"the central path\n{theorem_figure.setting_label(meta['config'])}  [our setting]",
                  fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.9))
     return common.save_figure(fig, out, NAME)
 
 

@@ -122,7 +122,7 @@ def plot(out):
                  f"minority classes of {cfg['n_min']} sample{'s' * (cfg['n_min'] > 1)}, the "
                  f"others R·{cfg['n_min']}), d = {cfg['d']}, λ_W = λ_H = λ, float64  [our "
                  f"setting]", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.93))
     return common.save_figure(fig, out, NAME)
 
 

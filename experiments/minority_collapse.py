@@ -74,7 +74,7 @@ def plot(out):
                  f"{K - cfg['majority']} minority of {cfg['n_minority']}), d={cfg['d']}, "
                  f"E_H=E_W={cfg['E_H']:g}, CE, {cfg['steps']} projected GD steps of "
                  f"{cfg['lr']:g} [our setting]", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.93))
     return common.save_figure(fig, out, NAME)
 
 

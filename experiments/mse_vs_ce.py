@@ -51,7 +51,7 @@ def plot(out):
     fig.suptitle(f"Class-mean Gram (cosines) after GD: MSE gives cos = 0, CE gives cos = −1/(K−1) = "
                  f"{-1 / (K - 1):.3f}; K={K}, d={cfg['d']}, n={cfg['n']}, λ_W=λ_H={cfg['lam_W']:g}, "
                  f"{cfg['steps']} steps  [our setting]", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.92))
     return common.save_figure(fig, out, NAME)
 
 

@@ -66,7 +66,7 @@ def plot(out):
     fig.suptitle(f"Fixed non-negative orthogonal classifier: zero-mean collapse and feature "
                  f"dimension separation (K={K}, d={Q.shape[0]}, n_k = {counts}, CE, projected GD "
                  f"step {cfg['lr']:g}) [our setting]", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.92))
     return common.save_figure(fig, out, NAME)
 
 

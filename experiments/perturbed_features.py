@@ -57,7 +57,7 @@ def plot(out):
                  f"[our setting]", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    common.tight_layout(fig)
     return common.save_figure(fig, out, NAME)
 
 

@@ -89,7 +89,7 @@ def plot(out):
                  f"three-factor: off the closed form only between the jump and the local-minimum "
                  f"limit (the coexistence window), where the run stays at the nonzero local minimum",
                  fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.93))
     return common.save_figure(fig, out, NAME)
 
 

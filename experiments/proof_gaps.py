@@ -74,7 +74,7 @@ def plot(out):
     fig.suptitle("Gap of each proof step along gradient descent (dotted: 1e-8) [our setting]. "
                  "Everything closes at the optimum; with the paper's init std 0.1 the 4.1 run "
                  "stalls: the scalar step and the flat spectra stay open", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.94))
     return common.save_figure(fig, out, NAME)
 
 

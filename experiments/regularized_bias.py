@@ -101,7 +101,7 @@ def plot(out):
                  f"n={cfg['n']}, λ_W={cfg['lam_W']:g}, λ_H={cfg['lam_H']:g} (c = {c:.3g}), GD step "
                  f"{cfg['lr']:g} (stable for λ_b < 2/step), {cfg['steps']} steps, N(0,1) init  [our setting]",
                  fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.94))
     return common.save_figure(fig, out, NAME)
 
 

@@ -102,7 +102,7 @@ def plot(out):
                  f"n={meta['n']}, {meta['seeds']} seeds, {meta['steps']} steps of "
                  f"{meta['optimizer']} (lr {meta['lr']:g}), init std {meta['init_scale']:g} "
                  f"[our setting]", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.9))
     return common.save_figure(fig, out, NAME)
 
 

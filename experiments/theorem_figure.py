@@ -78,7 +78,7 @@ def script(name, model, full, smoke, title, extra_panel=None, doc=""):
             ax.axis("off")
         fig.suptitle(f"{title(meta)}\n{setting_label(meta['config'])}  [our setting; the paper's "
                      f"values were lost from the seed text]", fontsize=11)
-        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        common.tight_layout(fig, rect=(0, 0, 1, 0.95))
         return common.save_figure(fig, out, name)
 
     def main(argv=None):

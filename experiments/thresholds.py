@@ -102,7 +102,7 @@ def plot(out):
         ax.legend(fontsize=7)
     fig.suptitle(f"Where the solution becomes zero: K={K}, d={d}, n={n}, GD step {cfg['lr']:g}, "
                  f"{cfg['steps']} steps; plain model init N(0,1)  [our setting]", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    common.tight_layout(fig, rect=(0, 0, 1, 0.94))
     return common.save_figure(fig, out, NAME)
 
 
