@@ -93,14 +93,15 @@ def accumulate(X, codes, K, W, b, chunks, name, progress, offset):
     rows = chunks[0][1] - chunks[0][0]
     with _x64():
         device_offset = jnp.asarray(offset)
-        sums = jnp.zeros((K, d))
-        for start, stop in chunks:
-            part, finite = _first(*_padded(X, codes, start, stop, rows), K, device_offset)
-            if not bool(finite):
-                _rows(X, start, stop, name)  # names the first row that is not finite
-            sums = sums + part
+        sums, finite = jnp.zeros((K, d)), jnp.asarray(True)
+        for start, stop in chunks:  # nothing read back per chunk: the device never waits
+            part, chunk_finite = _first(*_padded(X, codes, start, stop, rows), K, device_offset)
+            sums, finite = sums + part, finite & chunk_finite
             if progress:
                 progress(stop)
+        if not bool(finite):
+            for start, stop in chunks:
+                _rows(X, start, stop, name)  # names the first row that is not finite
         counts = np.bincount(codes, minlength=K).astype(np.int64)
         means = np.asarray(sums) / counts[:, None]
         basis = span_basis(means)
