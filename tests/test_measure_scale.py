@@ -30,13 +30,18 @@ def _close(a, b, rel=1e-12):
             assert b[key] == value, key
 
 
-def test_segment_class_sums_equal_add_at():
+@pytest.mark.parametrize("K", [6, 300])  # long class segments (a sum each), short (reduceat)
+@pytest.mark.parametrize("piece", [None, 1, 7, 64])  # rows converted at a time
+def test_segment_class_sums_equal_add_at(K, piece):
     rng = np.random.default_rng(0)
-    block, y = rng.normal(size=(500, 7)), rng.integers(0, 6, 500)
+    block, y = rng.normal(size=(500, 7)).astype(np.float32), rng.integers(0, K, 500)
     y[y == 4] = 5  # a class absent from the chunk
-    want = np.zeros((6, 7))
-    np.add.at(want, y, block)
-    np.testing.assert_allclose(measure._class_sums(block, y, 6), want, rtol=1e-13, atol=1e-13)
+    offset = rng.normal(size=7)
+    want = np.zeros((K, 7))
+    np.add.at(want, y, block.astype(np.float64) - offset)
+    got = measure._class_sums(block, y, K, offset, piece)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    assert not got[4].any()
 
 
 def test_chunks_follow_the_budget_and_bound_the_peak(tmp_path):

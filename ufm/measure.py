@@ -126,12 +126,14 @@ def rows_per_chunk(d, K, budget_bytes=None):
 
 
 def rows_for_sums(d, itemsize, budget_bytes=None):
-    """Rows of the first pass (class sums) within `budget_bytes`: the rows as read, one class's
-    rows gathered and their float64 conversion — at most (2·itemsize + 8)·d bytes a row, about
-    half of the second pass's, so its chunks are longer (fewer, longer class segments: less
-    time per row in Python between numpy's calls)."""
+    """(rows of a first-pass chunk, rows converted at a time) within `budget_bytes`: half of it
+    for the rows as read (itemsize·d bytes a row, and the class order), half for the rows being
+    converted (gathered and in float64: (itemsize + 8)·d a row; `_class_sums`' `piece`). The
+    chunks are about twice the second pass's, so class segments are longer: fewer numpy calls
+    a row, and the two workers wait less on each other for Python's lock (docs/performance.md)."""
     budget = BUDGET_BYTES if budget_bytes is None else budget_bytes
-    return max(1, int(budget // ((2 * itemsize + 8) * d)))
+    return (max(1, int(budget // (2 * (itemsize * d + 16)))),
+            max(1, int(budget // (2 * (itemsize + 8) * d))))
 
 
 def _chunks(N, chunk_rows):
@@ -164,26 +166,36 @@ class Shards:
         return np.concatenate(out) if len(out) != 1 else out[0]
 
 
-def _class_sums(rows, y, K, offset=None):
+def _class_sums(rows, y, K, offset=None, piece=None):
     """Σ of the rows of each class  [K, d] in float64 (minus `offset` first when given; `rows`
-    may be float32: each class's rows are converted as they are summed). The chunk's rows are
-    sorted into class segments: a sum per class present when the segments are long, one
-    np.add.reduceat when they are short (both far faster than np.add.at). A class's sum
-    depends only on its own rows, in order: classes with the same rows get the same mean, bit
-    for bit (a one-hot matrix product would not: BLAS sums by position), so ties between
-    coincident means stay exact."""
+    may be float32: each class's rows are converted as they are summed), converting at most
+    `piece` rows at a time (default: all). The chunk's rows are sorted into class segments: a
+    sum per class present when the segments are long, one np.add.reduceat per piece of rows
+    when they are short (both far faster than np.add.at). A class's sum depends only on its
+    own rows, in order (and, with short segments, on where the pieces cut): classes with the
+    same rows get the same mean, bit for bit (a one-hot matrix product would not: BLAS sums by
+    position), so ties between coincident means stay exact."""
+    sums = np.zeros((K, rows.shape[1]))
+    _add_class_sums(sums, rows, y, offset, piece or max(1, len(y)))
+    return sums
+
+
+def _add_class_sums(sums, rows, y, offset, piece):
     order = np.argsort(y, kind="stable")
     ys = y[order]
     starts = np.flatnonzero(np.concatenate([[True], ys[1:] != ys[:-1]]))
-    sums = np.zeros((K, rows.shape[1]))
     convert = ((lambda a: a.astype(np.float64)) if offset is None
                else (lambda a: np.subtract(a, offset, dtype=np.float64)))
-    if 8 * len(starts) > len(y):  # short segments: one call beats a call per class
-        sums[ys[starts]] = np.add.reduceat(convert(rows[order]), starts, axis=0)
-        return sums
-    for start, stop in zip(starts, np.append(starts[1:], len(y))):
-        sums[ys[start]] = convert(rows[order[start:stop]]).sum(axis=0)
-    return sums
+    if 8 * len(starts) > len(y):  # short segments: one call a piece beats a call per class
+        if len(y) > piece:
+            for start, stop in _chunks(len(y), piece):
+                _add_class_sums(sums, rows[start:stop], y[start:stop], offset, piece)
+            return
+        sums[ys[starts]] += np.add.reduceat(convert(rows[order]), starts, axis=0)
+        return
+    for start, stop in zip(starts.tolist(), np.append(starts[1:], len(y)).tolist()):
+        for lo in range(start, stop, piece):  # a class's rows, `piece` at a time
+            sums[ys[start]] += convert(rows[order[lo:min(lo + piece, stop)]]).sum(axis=0)
 
 
 def _rows(X, start, stop, name, offset=None):
@@ -212,8 +224,10 @@ def span_basis(means):
 
 
 def _project(D, basis):
-    """The rows D in the basis' coordinates [rows, r] (D itself for the standard basis)."""
-    return D if basis is None else D @ basis.T
+    """The rows D in the basis' coordinates [rows, r] (D itself for the standard basis),
+    computed as (basis·Dᵀ)ᵀ: OpenBLAS runs the product with the long dimension last ≈ 15%
+    faster (docs/performance.md), and the transposed view costs nothing."""
+    return D if basis is None else (basis @ D.T).T
 
 
 def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", progress=None,
@@ -243,11 +257,12 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
         return measure_jax.accumulate(X, codes, K, W, b, chunks, name, progress, offset)
     sums = np.zeros((K, d))
     itemsize = np.dtype(X.dtype).itemsize if np.dtype(X.dtype).kind == "f" else 8
-    summed = chunks if chunk_rows else _chunks(N, rows_for_sums(d, itemsize, share))
+    summed_rows, piece = rows_for_sums(d, itemsize, share)
+    summed = chunks if chunk_rows else _chunks(N, summed_rows)
 
     def first(start, stop):
         rows = np.asarray(X[start:stop])
-        sums = _class_sums(rows, codes[start:stop], K, offset)
+        sums = _class_sums(rows, codes[start:stop], K, offset, piece)
         if not np.all(np.isfinite(sums)):
             _rows(X, start, stop, name)  # names the first row that is not finite
         return sums
@@ -287,13 +302,12 @@ def _second_pass(X, codes, K, chunks, name, offset, means, basis, decide, N, pro
     def one(start, stop):
         rows, y = np.asarray(X[start:stop]), codes[start:stop]
         if getattr(local, "rows", 0) < len(y):  # a worker's buffers, reused chunk after chunk
-            local.rows, local.D, local.G = len(y), np.empty((len(y), d)), np.empty((len(y), d))
-        D, G = local.D[:len(y)], local.G[:len(y)]
-        np.copyto(D, rows)
-        D -= offset
+            local.rows, local.D = len(y), np.empty((len(y), d))
+            local.G = np.empty((min(CENTRE_BLOCK, len(y)), d))
+        D = local.D[:len(y)]
+        _centre(D, rows, y, offset, means, local.G)
         if class_sums:
-            own = _class_sums(D, y, K)
-        D -= np.take(means, y, axis=0, out=G, mode="clip")
+            own = _class_sums(rows, y, K, offset)
         spread = np.einsum("ij,ij->i", D, D)
         if not math.isfinite(float(spread.sum())):  # a row that is not finite, or overflow
             _rows(X, start, stop, name)  # names the first row that is not finite
@@ -316,6 +330,23 @@ def _second_pass(X, codes, K, chunks, name, offset, means, basis, decide, N, pro
         if progress:
             progress(N + stop)
     return scatter, within, decisions, sums
+
+
+CENTRE_BLOCK = 64  # rows centred at a time: 64 × d float64 (256 KB at d = 512) stays in cache
+
+
+def _centre(D, rows, y, offset, means, G):
+    """D = (rows − offset) − means[y] in float64, two roundings as written (the offset first:
+    x − offset loses nothing to a large common offset), as many rows at a time as the scratch
+    G holds (CENTRE_BLOCK): the gathered means never take a chunk's worth of memory (peak
+    50 → 35 MB in the bench), and each block's steps run in cache (20% faster on one core; the
+    same on two, which share the memory bandwidth: docs/performance.md)."""
+    for start in range(0, len(y), len(G)):
+        stop = min(start + len(G), len(y))
+        part, near = D[start:stop], G[:stop - start]
+        np.copyto(part, rows[start:stop])
+        part -= offset
+        part -= np.take(means, y[start:stop], axis=0, out=near, mode="clip")
 
 
 WORKERS = max(1, min(4, os.cpu_count() or 1))  # chunks (or tiles) in flight at once
