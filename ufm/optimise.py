@@ -481,6 +481,48 @@ def logged_steps(problem, state, hyper, intervals, log_every, session=None):
     return state, (steps_log, hist)
 
 
+def _recorded_steps(problem, state, hyper, counts, session=None):
+    """Steps in blocks of `counts` (a static list; 0: none), recording after each block
+    [len(counts)]: one loop whose body runs the block's steps (a `lax.switch` among the distinct
+    counts) and then the record, so the measurements appear once in the program — a run's start
+    (a block of 0), its intervals and its tail share them (each copy of the measurements is about
+    a third of a run's compile time).
+
+    Without a tolerance a scan. With one a `while_loop` that ends once the run has stopped (under
+    vmap: once every run has; the others stay frozen) after recording the block it stopped in; the
+    blocks it did not run keep step −1 (and NaN values), as `logged_steps` leaves them. A block of
+    0 steps (the start) is recorded even for a run that has already stopped."""
+    distinct = sorted(set(counts))
+    which = np.array([distinct.index(c) for c in counts], np.int32)
+    blocks = [(lambda s, c=c: advance(problem, s, hyper, c, session) if c else s)
+              for c in distinct]
+
+    def run(s, i):
+        s = blocks[0](s) if len(blocks) == 1 else jax.lax.switch(i, blocks, s)
+        return s, (s.step, record(problem, s.params, hyper, session))
+
+    if problem.tol is None:
+        return jax.lax.scan(run, state, which)
+    shapes = jax.eval_shape(lambda p: record(problem, p, hyper, session), state.params)
+    hist = jax.tree.map(lambda v: jnp.full((len(counts),) + v.shape, _missing(v.dtype), v.dtype),
+                        shapes)
+    steps_log = -jnp.ones((len(counts),), state.step.dtype)
+    which, none = jnp.asarray(which), jnp.asarray(np.array(counts) == 0)
+
+    def body(carry):
+        j, s, steps_log, hist = carry
+        s, (at, rec) = run(s, which[j])
+        hist = jax.tree.map(lambda h, v: h.at[j].set(v), hist, rec)
+        return j + 1, s, steps_log.at[j].set(at), hist
+
+    def cond(carry):
+        j, s = carry[0], carry[1]
+        return (j < len(counts)) & (none[jnp.minimum(j, len(counts) - 1)] | ~stopped(s))
+
+    _, state, steps_log, hist = jax.lax.while_loop(cond, body, (0, state, steps_log, hist))
+    return state, (steps_log, hist)
+
+
 def _missing(dtype):
     """The fill of a record not made: NaN, or −1 for integer measurements (ranks)."""
     return -1 if jnp.issubdtype(dtype, jnp.integer) else jnp.nan
@@ -499,12 +541,16 @@ class _Pieces(NamedTuple):
     finish: Callable  # (state, hyper, session) -> (grad_norm, bound inputs)
 
 
+def _first_state(problem, key, hyper, session, begin):
+    if begin is None:
+        return init_state(problem, key, hyper)
+    # continue from `begin` (its params, step and flags) with a fresh optimiser state
+    return begin._replace(opt_state=problem.method(hyper, session).init(begin.params))
+
+
 def _pieces(problem, log_every):
     def start(key, hyper, session, begin):
-        if begin is None:
-            state = init_state(problem, key, hyper)
-        else:  # continue from `begin` (its params, step and flags) with a fresh optimiser state
-            state = begin._replace(opt_state=problem.method(hyper, session).init(begin.params))
+        state = _first_state(problem, key, hyper, session, begin)
         return state, record(problem, state.params, hyper, session)
 
     def chunk(state, hyper, session, intervals):
@@ -565,21 +611,14 @@ def simulate(model, sizes, key, hyper, steps, log_every, optimizer="gd", tol=Non
         return traj
     intervals = steps // log_every
     if callback is None and not batched:
-        p = _pieces(problem, log_every)
-        state, rec = p.start(key, hyper, session, start)
-        parts = [(state.step[None], jax.tree.map(lambda v: v[None], rec))] if record_start else []
-        state, (steps_log, hist) = p.chunk(state, hyper, session, intervals)
-        parts.append((steps_log, hist))
-        if steps % log_every:
-            state, at, last = p.tail(state, hyper, session, steps % log_every)
-            parts.append((at[None], jax.tree.map(lambda v: v[None], last)))
-        cat = jnp.concatenate
-        traj = Trajectory(state.params, cat([q[0] for q in parts]),
-                          jax.tree.map(lambda *xs: cat(xs), *[q[1] for q in parts]),
-                          state.diverged_at, state.converged_at,
-                          *p.finish(state, hyper, session))
+        state = _first_state(problem, key, hyper, session, start)
+        counts = ([0] if record_start else []) + [log_every] * intervals + (
+            [steps % log_every] if steps % log_every else [])
+        state, (steps_log, hist) = _recorded_steps(problem, state, hyper, counts, session)
+        traj = Trajectory(state.params, steps_log, hist, state.diverged_at, state.converged_at,
+                          certify(problem, state.params, hyper, session),
+                          bound_inputs(problem, state.params, session))
         return with_blow_up(traj) if record_start else traj
-
     p = _compiled_pieces(problem, log_every, batched)
     ax = 1 if batched else 0  # the time axis of records
     expand = lambda v: np.expand_dims(np.asarray(v), ax)
