@@ -220,3 +220,21 @@ def test_divergence_step_is_exact_under_vmap_and_nested_vmap():
     nested = jax.jit(jax.vmap(lambda h: jax.vmap(lambda k: ufm.simulate(model, SIZES, k, h, 400, 100))(keys),
                               in_axes=(axes,)))(hyper)
     np.testing.assert_array_equal(nested.diverged_at, np.stack([single, single], axis=1))
+
+
+@pytest.mark.parametrize("steps,tol,restarts", [(100, None, 1), (107, None, 1), (107, 1e-9, 1),
+                                                (107, None, 3)])
+def test_a_run_program_calls_the_measurements_once(steps, tol, restarts):
+    """The start, the intervals and the tail are blocks of one loop: the nested jit of the
+    measurements is called at one place in the lowered program (XLA inlines each call, so three
+    calls compiled them three times — a third of a program's compile time each)."""
+    import re
+
+    run = optimise.compiled_simulation(MODELS["bias-free"], Sizes(3, 4, 5), steps, 10, "gd",
+                                       restarts, tol)
+    hyper = optimise.as_hyper(dict(lam_W=5e-3, lam_H=5e-3, lr=0.1, init_scale=0.1))
+    text = run.lower(optimise.prng_key(0), hyper).as_text()
+    assert len(re.findall(r"call @record\b", text)) == 1
+    traj = optimise.trim(run(optimise.prng_key(0), hyper))
+    assert list(np.asarray(traj.steps).reshape(restarts, -1)[0]) == [
+        *range(0, steps // 10 * 10 + 1, 10), *([steps] if steps % 10 else [])]
