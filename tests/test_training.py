@@ -148,6 +148,26 @@ def test_chunked_progress_equals_single_program():
     assert seen[-1] == 1030 and seen == sorted(seen) and len(seen) >= 3
 
 
+def test_a_batch_without_progress_is_one_program_equal_to_the_chunked_batch():
+    """batched=True without a callback runs as one jit(vmap(simulate)) program; with one, as
+    compiled chunks: the same runs."""
+    model = MODELS["linear-extended"]
+    B = 3
+    hyper = optimise.broadcast_hyper(hyper_of(model), B)
+    hyper["lam_H1"] = jnp.array([1e-3, 5e-3, 2e-2])
+    keys = jax.random.split(jax.random.PRNGKey(3), B)
+    seen = []
+    a = ufm.simulate(model, SIZES, keys, hyper, 1030, 100, callback=seen.append, batched=True)
+    b = ufm.simulate(model, SIZES, keys, hyper, 1030, 100, batched=True)
+    assert seen and seen[-1] == 1030
+    np.testing.assert_array_equal(a.steps, b.steps)
+    assert np.asarray(b.steps).shape == (B, 12)  # the start, ten intervals, the tail
+    for k in b.history:
+        np.testing.assert_allclose(a.history[k], b.history[k], rtol=1e-10, atol=1e-14)
+    for k in b.params:
+        np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-14)
+
+
 def test_restarts_with_progress_equal_restarts_without():
     kw = dict(K=3, n=4, d=5, steps=250, log_every=50, restarts=3, seed=2)
     a = ufm.train("linear-extended", progress=lambda s: None, **kw)

@@ -590,9 +590,10 @@ def simulate(model, sizes, key, hyper, steps, log_every, optimizer="gd", tol=Non
     Without `callback` (and batched=False) pure and traceable: jit it, vmap it over keys
     (restarts) or over stacked hyper (grids). With `callback`, the same run as compiled chunks of
     the outer loop with `callback(steps_done)` between them (never a per-step host callback); with
-    a tolerance it stops after the chunk in which every run has stopped. batched=True runs that
-    compiled path over B configurations together (vmap): `key` is [B, 2] and every leaf of `hyper`
-    is [B]; the Trajectory then has a leading axis B.
+    a tolerance it stops after the chunk in which every run has stopped. batched=True runs B
+    configurations together (vmap): `key` is [B, 2] and every leaf of `hyper` is [B]; the
+    Trajectory then has a leading axis B (with a callback the compiled path; without one a
+    single program, as jit(vmap(simulate)).
 
     optimizer: a name (gd, momentum, adam, lbfgs) or an `Optimizer`; tol: stop once the relative
     gradient norm is ≤ tol. session: a `Session` (class-incremental training of a fixed
@@ -609,6 +610,10 @@ def simulate(model, sizes, key, hyper, steps, log_every, optimizer="gd", tol=Non
         if callback:
             callback(steps)
         return traj
+    if batched and callback is None and session is None and start is None:
+        # nothing to report between chunks: one program (the measurements compiled once)
+        return _vmapped_simulation(model, sizes, steps, log_every, optimizer, tol,
+                                   record_start)(key, hyper)
     intervals = steps // log_every
     if callback is None and not batched:
         state = _first_state(problem, key, hyper, session, start)
@@ -664,6 +669,14 @@ def _solved(problem, key, hyper, steps):
     return Trajectory(params, iterations[None], jax.tree.map(lambda v: v[None], rec),
                       jnp.where(finite, -1, iterations), jnp.where(gap <= tol, iterations, -1),
                       certify(problem, params, hyper), bound_inputs(problem, params))
+
+
+@functools.lru_cache(maxsize=None)
+def _vmapped_simulation(model, sizes, steps, log_every, optimizer, tol, record_start):
+    """jit(vmap(simulate)) over B configurations (keys [B, 2], every hyper leaf [B])."""
+    return jax.jit(jax.vmap(functools.partial(
+        simulate, model, sizes, steps=steps, log_every=log_every, optimizer=optimizer, tol=tol,
+        record_start=record_start)))
 
 
 @functools.lru_cache(maxsize=None)
