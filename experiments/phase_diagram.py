@@ -18,7 +18,7 @@ from experiments import common
 NAME = "phase_diagram"
 FULL = dict(K=4, n=50, d=20, lr=0.1, steps=5000, points=32, lam_W1=5e-3, init_scale_ext=0.5,
             optimizer="lbfgs", plain_range=[-5, -1], ext_range=[-5, 0])
-SMOKE = dict(FULL, steps=100, points=3)
+SMOKE = dict(FULL, steps=30, points=3)  # 30 L-BFGS steps: the smoke checks only "not below"
 
 
 def _run(model_name, sizes, fixed, axes, cfg, init, args, desc):
