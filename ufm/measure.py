@@ -306,8 +306,8 @@ def _second_pass(X, codes, K, chunks, name, offset, means, basis, decide, N, pro
             local.G = np.empty((min(CENTRE_BLOCK, len(y)), d))
         D = local.D[:len(y)]
         _centre(D, rows, y, offset, means, local.G)
-        if class_sums:
-            own = _class_sums(rows, y, K, offset)
+        if class_sums:  # Σ(x − offset − μ_y) per class, from the centred rows: no pass more
+            own = _class_sums(D, y, K)
         spread = np.einsum("ij,ij->i", D, D)
         if not math.isfinite(float(spread.sum())):  # a row that is not finite, or overflow
             _rows(X, start, stop, name)  # names the first row that is not finite
@@ -329,6 +329,8 @@ def _second_pass(X, codes, K, chunks, name, offset, means, basis, decide, N, pro
             sums += own
         if progress:
             progress(N + stop)
+    if class_sums:  # back to sums of x − offset: add n_k·μ_k
+        sums += np.bincount(codes, minlength=K)[:, None] * means
     return scatter, within, decisions, sums
 
 
