@@ -445,42 +445,6 @@ def _replay_where(replay):
     return where_fresh
 
 
-def logged_steps(problem, state, hyper, intervals, log_every, session=None):
-    """`intervals` × `log_every` steps, recording after each interval  [intervals].
-
-    Without a tolerance a nested scan. With one a `while_loop` over intervals that ends as soon
-    as the run has stopped (under vmap: once every run has); the records of intervals it did not
-    run keep step −1 (and NaN values).
-    """
-    if problem.tol is None:
-        def interval(s, _):
-            s = advance(problem, s, hyper, log_every, session)
-            return s, (s.step, record(problem, s.params, hyper, session))
-
-        return jax.lax.scan(interval, state, None, length=intervals)
-
-    shapes = jax.eval_shape(lambda p: record(problem, p, hyper, session), state.params)
-    hist = jax.tree.map(lambda v: jnp.full((intervals,) + v.shape, _missing(v.dtype), v.dtype),
-                        shapes)
-    steps_log = -jnp.ones((intervals,), state.step.dtype)
-
-    def body(carry):
-        i, s, steps_log, hist = carry
-        s = advance(problem, s, hyper, log_every, session)
-        rec = record(problem, s.params, hyper, session)
-        hist = jax.tree.map(lambda h, v: h.at[i].set(v), hist, rec)
-        return i + 1, s, steps_log.at[i].set(s.step), hist
-
-    def cond(carry):
-        i, s = carry[0], carry[1]
-        return (i < intervals) & ~stopped(s)
-
-    if intervals == 0:  # every step is in the tail (steps < log_every): no loop to trace
-        return state, (steps_log, hist)
-    _, state, steps_log, hist = jax.lax.while_loop(cond, body, (0, state, steps_log, hist))
-    return state, (steps_log, hist)
-
-
 def _recorded_steps(problem, state, hyper, counts, session=None):
     """Steps in blocks of `counts` (a static list; 0: none), recording after each block
     [len(counts)]: one loop whose body runs the block's steps (a `lax.switch` among the distinct
@@ -490,8 +454,8 @@ def _recorded_steps(problem, state, hyper, counts, session=None):
 
     Without a tolerance a scan. With one a `while_loop` that ends once the run has stopped (under
     vmap: once every run has; the others stay frozen) after recording the block it stopped in; the
-    blocks it did not run keep step −1 (and NaN values), as `logged_steps` leaves them. A block of
-    0 steps (the start) is recorded even for a run that has already stopped."""
+    blocks it did not run keep step −1 (and NaN values). A block of 0 steps (the start) is
+    recorded even for a run that has already stopped."""
     distinct = sorted(set(counts))
     which = np.array([distinct.index(c) for c in counts], np.int32)
     blocks = [(lambda s, c=c: advance(problem, s, hyper, c, session) if c else s)
@@ -507,6 +471,8 @@ def _recorded_steps(problem, state, hyper, counts, session=None):
     hist = jax.tree.map(lambda v: jnp.full((len(counts),) + v.shape, _missing(v.dtype), v.dtype),
                         shapes)
     steps_log = -jnp.ones((len(counts),), state.step.dtype)
+    if not counts:  # no blocks: nothing to loop over
+        return state, (steps_log, hist)
     which, none = jnp.asarray(which), jnp.asarray(np.array(counts) == 0)
 
     def body(carry):
@@ -532,8 +498,9 @@ def _missing(dtype):
 
 class _Pieces(NamedTuple):
     """The parts of a run: start (init or continue, first record), `chunk` of logging intervals,
-    the `tail` of steps % log_every, and `finish` (the certificate). `simulate` runs them inline
-    (one traceable program) or compiled one by one with a callback between chunks."""
+    the `tail` of steps % log_every, and `finish` (the certificate), compiled one by one for
+    `simulate` with a callback between chunks (its traceable path is one loop of blocks:
+    `_recorded_steps`)."""
 
     start: Callable  # (key, hyper, session, start) -> (state, first record)
     chunk: Callable  # (state, hyper, session, intervals) -> (state, (steps [I], history [I]))
@@ -554,7 +521,7 @@ def _pieces(problem, log_every):
         return state, record(problem, state.params, hyper, session)
 
     def chunk(state, hyper, session, intervals):
-        return logged_steps(problem, state, hyper, intervals, log_every, session)
+        return _recorded_steps(problem, state, hyper, [log_every] * intervals, session)
 
     def tail(state, hyper, session, num):
         """The last `num` (< log_every) steps and their record; step −1 if the run had stopped."""
