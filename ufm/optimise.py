@@ -515,6 +515,12 @@ def _first_state(problem, key, hyper, session, begin):
     return begin._replace(opt_state=problem.method(hyper, session).init(begin.params))
 
 
+def _finish(problem, state, hyper, session):
+    """A run's certificate and global-bound inputs at its final state."""
+    return (certify(problem, state.params, hyper, session),
+            bound_inputs(problem, state.params, session))
+
+
 def _pieces(problem, log_every):
     def start(key, hyper, session, begin):
         state = _first_state(problem, key, hyper, session, begin)
@@ -530,8 +536,7 @@ def _pieces(problem, log_every):
         return state, jnp.where(was, -1, state.step), record(problem, state.params, hyper, session)
 
     def finish(state, hyper, session):
-        return (certify(problem, state.params, hyper, session),
-                bound_inputs(problem, state.params, session))
+        return _finish(problem, state, hyper, session)
 
     return _Pieces(start, chunk, tail, finish)
 
@@ -588,8 +593,7 @@ def simulate(model, sizes, key, hyper, steps, log_every, optimizer="gd", tol=Non
             [steps % log_every] if steps % log_every else [])
         state, (steps_log, hist) = _recorded_steps(problem, state, hyper, counts, session)
         traj = Trajectory(state.params, steps_log, hist, state.diverged_at, state.converged_at,
-                          certify(problem, state.params, hyper, session),
-                          bound_inputs(problem, state.params, session))
+                          *_finish(problem, state, hyper, session))
         return with_blow_up(traj) if record_start else traj
     p = _compiled_pieces(problem, log_every, batched)
     ax = 1 if batched else 0  # the time axis of records
