@@ -482,7 +482,9 @@ class Decisions:
     Logits are computed in float32 first, from the rows as given (float32 features are not
     converted for it), with a rigorous bound on their error (a dot product of length d of
     float32-rounded vectors: ≤ 2(d + 2)·eps₃₂·‖x‖‖w‖, Higham's γ_d plus the roundings, with
-    ‖x‖ ≤ ‖x − μ_y‖ + ‖μ_y − offset‖ + ‖offset‖; the bias adds eps₃₂ of its size); a row whose
+    ‖x‖ ≤ ‖x − μ_y‖ + ‖μ_y − offset‖ + ‖offset‖; the bias adds eps₃₂ of its size; below
+    float32's normal range every rounding errs by up to 2⁻¹⁵⁰ absolute instead, which the bound
+    adds: features of size 1e-22 have products in the subnormal range); a row whose
     winner leads by more than three times the bound has the float64 decision, and every other
     row is decided again in float64, ties counted there — the counts are those of float64
     throughout."""
@@ -502,6 +504,10 @@ class Decisions:
                 self.b32 = None if b is None else b.astype(np.float32)
             self.w_scale = float(np.linalg.norm(W, axis=1).max())
             self.w_const = 0.0 if b is None else 2.0 * eps * float(np.abs(b).max())
+            d = means.shape[1]  # below float32's normal range errors are absolute (2⁻¹⁵⁰ each
+            # rounding of x, w, a product, b, the sum with b): √d·2⁻¹⁴⁹ per unit of ‖x‖ + ‖w‖
+            self.w_const += 2.0 * (d + 2) * float(np.finfo(np.float32).smallest_subnormal)
+            self.tiny = np.sqrt(d) * float(np.finfo(np.float32).smallest_subnormal)
             self.offset_norm = float(np.linalg.norm(self.offset))
 
     def relative(self, rows):
@@ -538,7 +544,8 @@ class Decisions:
     def _screened(self, rows, norms):
         """(argmax without b, with b, which rows the float32 bound vouches for)."""
         logits = rows.astype(np.float32, copy=False) @ self.W32.T
-        bound = self.gamma * norms * (1.0 + 1e-6) * self.w_scale + self.w_const
+        bound = (self.gamma * norms * (1.0 + 1e-6) * self.w_scale + self.w_const
+                 + self.tiny * (norms + self.w_scale))
         with_b = None if self.b32 is None else logits + self.b32[None, :]
         plain, sure = _screen(logits, bound, False)
         if with_b is None:
