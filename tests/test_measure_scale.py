@@ -321,6 +321,38 @@ def test_float32_screened_decisions_equal_float64_decisions_at_near_ties():
     assert screened == exact and exact["ties_nobias"] > 0 and exact["ncc_ties"] > 0
 
 
+@pytest.mark.parametrize("outside", [0.0, 1e-9, 1e-3])
+def test_the_logits_in_the_means_span_are_within_their_bound(outside):
+    """The classifier is screened first in the span of the class means (Aq + W·offset in
+    float32 from the rows' projection, the part of W outside the span bounded by
+    R·‖(x − offset)⊥‖). Rows 1e-4 of their means' size from them (near collapse, where rounding
+    q to float32 is the largest error), W in the span plus a part `outside` of its size, offsets
+    0 and 1e3: every logit (with and without b), less the term common to all classes, is within
+    its bound of the float64 logit, and the bound is within 1e3 of the largest error (the float32
+    terms carry it when W is in the span: drop them and this fails)."""
+    rng = np.random.default_rng(11)
+    K, d, n = 6, 40, 2000
+    means = 10 * rng.normal(size=(K, d))
+    means -= means.mean(axis=0)
+    basis = measure.span_basis(means)
+    W = rng.normal(size=(K, K)) @ means / 10 + outside * 10 * rng.normal(size=(K, d))
+    b = rng.normal(size=K)
+    y = rng.integers(0, K, n)
+    for offset in (np.zeros(d), 1e3 * rng.normal(size=d)):
+        raw = means[y] + offset + 1e-3 * rng.normal(size=(n, d))
+        decide = measure.Decisions(means, basis, W, b, offset)
+        D = decide.relative(raw) - means[y]
+        spread = np.linalg.norm(D, axis=1)
+        _, q32 = decide._nearest(measure._no_decisions(), raw, y, spread, D @ basis.T)
+        logits, bound = decide.span_logits(q32, y, spread)
+        exact = (raw - offset) @ W.T + W @ offset
+        common = (raw - offset) @ (W.mean(axis=0) - W.mean(axis=0) @ basis.T @ basis)
+        for got, want in ((logits, exact), (logits + b.astype(np.float32), exact + b)):
+            error = np.abs(got - (want - common[:, None])).max(axis=1)
+            assert np.all(error <= bound), np.max(error / bound)
+            assert np.max(error / bound) > 1e-3
+
+
 @pytest.mark.parametrize("scale", [1e-19, 1e-22, 1e-23, 1e-30, 1e-40])
 def test_decisions_where_float32_products_underflow_equal_float64(scale):
     """Float64 features and classifier of size `scale`: from 1e-22 on, float32 products fall

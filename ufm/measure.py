@@ -489,21 +489,28 @@ class Decisions:
     counts: nearest class centre against the labels, and with W the classifier's (with
     and without b; logits W(x − offset) + W·offset + b) against both, with ties.
 
-    Nearest centre, in float64 and in the span of the means: with V an orthonormal basis of
-    the centred means (`span_basis`), ‖x − μ_k‖² = ‖(x − ḡ)⊥‖² + ‖Vx − Vμ_k‖², the first term the
-    same for every class; Vx = V(x − μ_y) + Vμ_y comes from the projection Σ_W is gathered
-    from, so the rule costs [rows, r] × [r, K] instead of [rows, d] × [d, K] (all relative to the
-    offset: the decision does not depend on it, the cancellation does).
+    Every decision is the float64 rule's, reached by screens: a score computed in float32
+    with a rigorous bound on its error decides a row when its winner leads by more than three
+    times the bound (two scores, one to spare); the rows it cannot vouch for (and every tie) go
+    on to the next, and the last is float64, where ties are counted.
 
-    Logits are computed in float32 first, from the rows as given (float32 features are not
-    converted for it), with a rigorous bound on their error (a dot product of length d of
+    Nearest centre, in the span of the means: with V an orthonormal basis of the centred means
+    (`span_basis`), ‖x − μ_k‖² = ‖(x − ḡ)⊥‖² + ‖Vx − Vμ_k‖², the first term the same for every
+    class; Vx = V(x − μ_y) + Vμ_y comes from the projection Σ_W is gathered from, so the rule
+    costs [rows, r] × [r, K] instead of [rows, d] × [d, K] (all relative to the offset: the
+    decision does not depend on it, the cancellation does); screened in float32 (`_nearest`),
+    then float64 (`nearest`).
+
+    Logits: first in the span of the means (`span_logits`: W = WVᵀV + W⊥, the product in the
+    span from the same projection, W⊥'s part bounded — near collapse, NC3, W is close to the
+    span and this decides almost every row at r/d of the cost; when a chunk's rows mostly fall
+    through, later chunks skip it). Then in float32 from the rows as given (`_screened`;
+    float32 features are not converted for it), the bound for a dot product of length d of
     float32-rounded vectors: ≤ 2(d + 2)·eps₃₂·‖x‖‖w‖, Higham's γ_d plus the roundings, with
-    ‖x‖ ≤ ‖x − μ_y‖ + ‖μ_y − offset‖ + ‖offset‖; the bias adds eps₃₂ of its size; below
-    float32's normal range every rounding errs by up to 2⁻¹⁵⁰ absolute instead, which the bound
-    adds: features of size 1e-22 have products in the subnormal range); a row whose
-    winner leads by more than three times the bound has the float64 decision, and every other
-    row is decided again in float64, ties counted there — the counts are those of float64
-    throughout."""
+    ‖x‖ ≤ ‖x − μ_y‖ + ‖μ_y − offset‖ + ‖offset‖; the bias adds eps₃₂ of its size. Below
+    float32's normal range every rounding errs by up to 2⁻¹⁵⁰ absolute instead, which every
+    bound adds (features of size 1e-22 have products in the subnormal range). Then float64
+    (`logits`): the counts are those of float64 throughout."""
 
     def __init__(self, means, basis=None, W=None, b=None, offset=None):
         eps = float(np.finfo(np.float32).eps)
@@ -538,6 +545,34 @@ class Decisions:
             self.w_const += 2.0 * (d + 2) * float(np.finfo(np.float32).smallest_subnormal)
             self.tiny = np.sqrt(d) * float(np.finfo(np.float32).smallest_subnormal)
             self.offset_norm = float(np.linalg.norm(self.offset))
+            self.through_span = basis is not None  # screen in the means' span first (below)
+            if self.through_span:
+                self._span_classifier(W, b, basis, eps, tiny, r)
+
+    def _span_classifier(self, W, b, basis, eps, tiny, r):
+        """The classifier in the means' span: A = WVᵀ [K, r], so that W(x − offset) = Aq +
+        W⊥(x − offset) with q = V(x − offset), and the part of W⊥(x − offset) that differs
+        between classes is at most R·‖(x − offset)⊥‖ with R = max_k ‖W⊥_k − mean_j W⊥_j‖ and
+        ‖(x − offset)⊥‖ ≤ ‖x − μ_y‖ + ‖μ_y⊥‖ (norms as differences of squares, with a margin
+        above their float64 error: no [K, d] array more)."""
+        d = basis.shape[1]  # the squares' float64 errors, with V·A's and V's own: ≤ margin·‖A_k‖²
+        margin = 4.0 * (np.sqrt(r) + 1.0) * (d + 2) * float(np.finfo(np.float64).eps)
+
+        def outside(A, inside):  # ‖A_k⊥‖ from ‖A_k‖² − ‖VA_k‖², an upper bound
+            full = np.sum(A * A, axis=1)
+            return np.sqrt(np.maximum(full - np.sum(inside * inside, axis=1), 0.0) + margin * full)
+
+        spanned = W @ basis.T
+        centred = W - W.mean(axis=0)
+        self.residual = float(outside(centred, spanned - spanned.mean(axis=0)).max())
+        self.perp = outside(self.means, self.centres)
+        with np.errstate(over="ignore"):
+            self.A32 = spanned.astype(np.float32)
+            self.shift32 = self.shift.astype(np.float32)
+        constant = float(np.abs(self.shift).max()) + (0.0 if b is None else float(np.abs(b).max()))
+        self.span_gamma = (r + 6) * eps * self.w_scale
+        self.span_const = (2.0 * eps * constant + 4.0 * (r + 4) * tiny
+                           + 2.0 * np.sqrt(r) * tiny * self.w_scale)
 
     def relative(self, rows):
         """Rows minus the offset, in float64."""
@@ -549,12 +584,24 @@ class Decisions:
         `projected` [rows, r] the rows' V(x − μ_y) (needed with a basis). Values beyond float32's
         range screen as inf or NaN: those rows are simply decided in float64."""
         with np.errstate(over="ignore", invalid="ignore"):
-            ncc = self._nearest(counts, rows, y, spread, projected)
+            ncc, q32 = self._nearest(counts, rows, y, spread, projected)
             if self.W is None:
                 return
-            plain, full, sure = self._screened(
-                rows, spread + self.mean_norms[y] + self.offset_norm)
-        unsure = np.flatnonzero(~sure)
+            norms = spread + self.mean_norms[y] + self.offset_norm
+            todo = None  # the rows the span's screen leaves (None: every row)
+            if self.through_span:
+                plain, full, sure = self._spanned(q32, y, spread)
+                todo = np.flatnonzero(~sure)
+                if 2 * todo.size > len(y):  # W far from the means' span: the full product
+                    self.through_span = False  # from the next chunk on
+            if todo is None:
+                plain, full, sure = self._screened(rows, norms)
+                unsure = np.flatnonzero(~sure)
+            elif todo.size:
+                plain[todo], full[todo], sure = self._screened(rows[todo], norms[todo])
+                unsure = todo[~sure]
+            else:
+                unsure = todo
         if unsure.size:
             plain[unsure], full[unsure] = self.logits(counts, self.relative(rows[unsure]))
         self._count(counts, plain, full, ncc, y)
@@ -584,7 +631,7 @@ class Decisions:
             again = (q[unsure] if self.basis is None
                      else self.centres[y[unsure]] + projected[unsure])
             ncc[unsure] = self.nearest(counts, again, y[unsure])
-        return ncc
+        return ncc, q32
 
     def nearest(self, counts, q, y):
         """The nearest centre of rows `q` (in the centres' coordinates), counted, with ties."""
@@ -595,11 +642,31 @@ class Decisions:
         counts["ncc_ties"] += _ties(distance, ncc)
         return ncc
 
+    def span_logits(self, q32, y, spread):
+        """(logits [rows, K] without b, their error bound [rows]) in the means' span: Aq +
+        W·offset in float32, [rows, r] × [r, K] instead of [rows, d] × [d, K]. Each is within
+        the bound of the exact logit less a term the same for every class (w̄⊥·(x − offset)):
+        the product and roundings as `_nearest`'s with ‖a_k‖ ≤ ‖w_k‖, the constants'
+        roundings, and R·(‖x − μ_y‖ + ‖μ_y⊥‖) for the rest of the part outside the span."""
+        logits = q32 @ self.A32.T
+        logits += self.shift32[None, :]
+        Q = (spread + 2.0 * self.centre_norms[y]) * (1.0 + 1e-6)
+        return logits, (self.span_gamma * Q + self.span_const + self.ncc_tiny * Q
+                        + self.residual * (spread + self.perp[y]) * (1.0 + 1e-6))
+
+    def _spanned(self, q32, y, spread):
+        """(argmax without b, with b, which rows are certain) from `span_logits`: near
+        collapse (W close to the means' span, NC3) they decide almost every row."""
+        return self._two_screens(*self.span_logits(q32, y, spread))
+
     def _screened(self, rows, norms):
         """(argmax without b, with b, which rows the float32 bound vouches for)."""
         logits = rows.astype(np.float32, copy=False) @ self.W32.T
         bound = (self.gamma * norms * (1.0 + 1e-6) * self.w_scale + self.w_const
                  + self.tiny * (norms + self.w_scale))
+        return self._two_screens(logits, bound)
+
+    def _two_screens(self, logits, bound):
         with_b = None if self.b32 is None else logits + self.b32[None, :]
         plain, sure = _screen(logits, bound, False)
         if with_b is None:
