@@ -182,6 +182,24 @@ def test_float32_features_far_from_the_origin():
         assert abs(peer - ref) > 100 * ref
 
 
+@pytest.mark.parametrize("shift, moved", [(0.0, False), (0.3, False), (30.0, True),
+                                          (1e5, True)])
+def test_rows_are_moved_only_by_an_offset_larger_than_their_spread(shift, moved):
+    """Every row is moved by the first chunk's mean o only when ‖o‖ exceeds the rows' spread
+    around it (then x − o takes a large common offset off before anything cancels); else by
+    nothing, a pass fewer. Either way the class means, tr Σ_W and the classes' mean squared
+    distances equal the direct float64 computation (1e-12: rounding, summation order)."""
+    X, y, _, _, _ = _problem(4, counts=(40, 25, 35), d=9, offset=shift * np.sqrt(9) / 3)
+    stats = measure.accumulate(X, y, 3, chunk_rows=30)
+    assert bool(np.any(stats["offset"])) is moved
+    means = np.stack([X[y == k].mean(axis=0) for k in range(3)])
+    D = X - means[y]
+    within = np.array([np.mean(np.sum(D[y == k] ** 2, axis=1)) for k in range(3)])
+    assert np.allclose(stats["means"], means, rtol=0, atol=1e-12 * (1 + shift))
+    assert stats["trace_w"] == pytest.approx(np.sum(D ** 2) / len(y), rel=1e-12)
+    assert np.allclose(stats["within"], within, rtol=1e-12, atol=0)
+
+
 def test_pinv_cut_off_is_an_option_and_recorded():
     """A third singular value of 1e-10 in the centred means: the default cut-off (d·eps on the
     eigenvalues of Σ_B) drops it, a cut-off of 1e-30 keeps it (and not the rounding-level fourth

@@ -203,6 +203,23 @@ def _add_class_sums(sums, rows, y, offset, piece):
             sums[ys[start]] += convert(rows[order[lo:min(lo + piece, stop)]]).sum(axis=0)
 
 
+def _offset(X, start, stop, name):
+    """The offset every row is moved by: the mean o of rows start:stop when ‖o‖ exceeds their
+    spread around it (root mean square of ‖x − o‖), else zero, which the passes skip (`_moved`):
+    a pass fewer over every row, and the roundings it would have saved are then at most those
+    of ‖x‖ ≤ ‖x − o‖ + ‖o‖, twice the spread, instead of the spread."""
+    block = _rows(X, start, stop, name)
+    mean = block.mean(axis=0)
+    block -= mean
+    spread = math.sqrt(float(np.einsum("ij,ij->", block, block)) / len(block))
+    return mean if float(np.linalg.norm(mean)) > spread else np.zeros_like(mean)
+
+
+def _moved(offset):
+    """The offset to subtract from rows, or None for a zero offset (nothing to subtract)."""
+    return offset if np.any(offset) else None
+
+
 def _rows(X, start, stop, name, offset=None):
     """Rows start:stop as float64, minus `offset` (one pass: conversion and subtraction
     fused); a ValueError naming the first row that is not finite."""
@@ -239,10 +256,11 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
                budget_bytes=None, engine="numpy"):
     """The sufficient statistics of one layer, in two passes over row chunks (float64).
 
-    Every row is first moved by `offset` (the mean of the first chunk), so that features with a
-    large common offset (1e12 × their spread) lose nothing to cancellation: sums, scatter,
-    distances and nearest-centre decisions are computed from x − offset (they do not depend on
-    it), and only the raw means add it back.
+    Every row is first moved by `offset` (the mean of the first chunk, when it is larger than
+    the rows' spread around it: `_offset`), so that features with a large common offset (1e12 ×
+    their spread) lose nothing to cancellation: sums, scatter, distances and nearest-centre
+    decisions are computed from x − offset (they do not depend on it), and only the raw means
+    add it back.
     Σ_W is gathered in the span of the centred class means (`span_basis`): [r, r] with
     r = min(K, d), never [d, d] when K < d, and r/d of the work.
     Returns a dict: counts [K], offset [d], sums_o [K, d] and means_o [K, d] (of x − offset),
@@ -255,7 +273,7 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
     share = budget_bytes if engine == "jax" else _per_worker(budget_bytes)  # chunks in flight
     chunks = _chunks(N, chunk_rows or rows_per_chunk(d, K, share))
     counts = np.bincount(codes, minlength=K).astype(np.int64)
-    offset = _rows(X, *chunks[0], name).mean(axis=0)
+    offset = _offset(X, *chunks[0], name)
     if engine == "jax":  # the same passes on JAX's default device (ufm/measure_jax.py)
         from ufm import measure_jax
 
@@ -268,7 +286,7 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
 
         def first(start, stop):
             rows = np.asarray(X[start:stop])
-            sums = _class_sums(rows, codes[start:stop], K, offset, piece)
+            sums = _class_sums(rows, codes[start:stop], K, _moved(offset), piece)
             if not np.all(np.isfinite(sums)):
                 _rows(X, start, stop, name)  # names the first row that is not finite
             return sums
@@ -311,7 +329,7 @@ def _second_pass(X, codes, K, chunks, name, offset, means, basis, decide, N, pro
             local.rows, local.D = len(y), np.empty((len(y), d))
             local.G = np.empty((min(CENTRE_BLOCK, len(y)), d))
         D = local.D[:len(y)]
-        _centre(D, rows, y, offset, means, local.G)
+        _centre(D, rows, y, _moved(offset), means, local.G)
         if class_sums:  # Σ(x − offset − μ_y) per class, from the centred rows: no pass more
             own = _class_sums(D, y, K)
         spread = np.einsum("ij,ij->i", D, D)
@@ -345,15 +363,16 @@ CENTRE_BLOCK = 64  # rows centred at a time: 64 × d float64 (256 KB at d = 512)
 
 def _centre(D, rows, y, offset, means, G):
     """D = (rows − offset) − means[y] in float64, two roundings as written (the offset first:
-    x − offset loses nothing to a large common offset), as many rows at a time as the scratch
-    G holds (CENTRE_BLOCK): the gathered means never take a chunk's worth of memory (peak
-    50 → 35 MB in the bench), and each block's steps run in cache (20% faster on one core; the
-    same on two, which share the memory bandwidth: docs/performance.md)."""
+    x − offset loses nothing to a large common offset; None: no offset), as many rows at a
+    time as the scratch G holds (CENTRE_BLOCK): the gathered means never take a chunk's worth
+    of memory (peak 50 → 35 MB in the bench), and each block's steps run in cache (20% faster
+    on one core; the same on two, which share the memory bandwidth: docs/performance.md)."""
     for start in range(0, len(y), len(G)):
         stop = min(start + len(G), len(y))
         part, near = D[start:stop], G[:stop - start]
         np.copyto(part, rows[start:stop])
-        part -= offset
+        if offset is not None:
+            part -= offset
         part -= np.take(means, y[start:stop], axis=0, out=near, mode="clip")
 
 
