@@ -686,6 +686,7 @@ class Decisions:
         return self._two_screens(logits, bound)
 
     def _two_screens(self, logits, bound):
+        """(argmax without b, with b, rows certain for both) of float32 logits within `bound`."""
         with_b = None if self.b32 is None else logits + self.b32[None, :]
         plain, sure = _screen(logits, bound, False)
         if with_b is None:
