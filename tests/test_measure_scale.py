@@ -357,18 +357,20 @@ def test_the_logits_in_the_means_span_are_within_their_bound(outside):
 def test_decisions_where_float32_products_underflow_equal_float64(scale):
     """Float64 features and classifier of size `scale`: from 1e-22 on, float32 products fall
     into the subnormal range, where roundings err by an absolute 2⁻¹⁵⁰, not relative to the
-    size; the screen's bound carries that term (without it the counts at 1e-22 and 1e-23 were
-    off by 1 and 18 rows in 4000) and every count equals the plain float64 rules."""
+    size; every screen's bound carries that term (without it the counts at 1e-22 and 1e-23 were
+    off by 1 and 18 rows in 4000) and every count equals the plain float64 rules — with a
+    classifier far from the means' span (the full screen) and one in it (the span's screen)."""
     rng = np.random.default_rng(3)
     K, d, n = 5, 16, 4000
-    means, W, b = (rng.normal(size=(K, d)) * scale, rng.normal(size=(K, d)) * scale,
-                   rng.normal(size=K) * scale ** 2)
+    means, b = rng.normal(size=(K, d)) * scale, rng.normal(size=K) * scale ** 2
     y = rng.integers(0, K, n)
     raw = means[y] + rng.normal(size=(n, d)) * scale
-    for bias in (None, b):
-        screened, exact = _screened_and_exact(means, measure.span_basis(means), W, bias,
-                                              np.zeros(d), raw, y)
-        assert screened == exact
+    for W in (rng.normal(size=(K, d)) * scale,
+              rng.normal(size=(K, K)) @ (means - means.mean(axis=0))):
+        for bias in (None, b):
+            screened, exact = _screened_and_exact(means, measure.span_basis(means), W, bias,
+                                                  np.zeros(d), raw, y)
+            assert screened == exact
 
 
 def test_features_beyond_float32_range_are_decided_in_float64_without_warnings():
