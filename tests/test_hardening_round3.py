@@ -18,7 +18,6 @@ import pytest
 
 from ufm import certificate, measure, optimise, store, sweep
 from ufm.cli import main, stationary_warning
-from ufm.config import hyper_for
 from ufm.models import get_model
 from ufm.runner import train
 

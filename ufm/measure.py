@@ -34,6 +34,8 @@ ENGINES = ("numpy", "jax")
 STDS = ("population", "unbiased")
 BUDGET_BYTES = 64 * 2 ** 20  # working set of the chunks of rows in flight, and of a tile of class pairs
 RESERVED = ("labels", "W", "b")  # npz keys that are not layers
+EPS32 = float(np.finfo(np.float32).eps)  # the float32 screens' rounding unit (2u)
+SUBNORMAL32 = float(np.finfo(np.float32).smallest_subnormal)  # 2⁻¹⁴⁹: twice an absolute rounding
 
 
 # --- input ------------------------------------------------------------------------------------
@@ -442,7 +444,7 @@ def reference_suite(ref, acc, global_mean="classes", pinv_rtol=None):
     means and Σ_B the reference's; `mean_shift` = mean over the classes present of
     ‖μ_k − μ_k^ref‖/‖μ_k^ref − μ_G^ref‖; `ncc_accuracy_reference` (nearest reference centre is the
     label), and with a classifier `nc4_mismatch_reference` and `accuracy_reference`."""
-    K, N = len(ref["counts"]), acc["N"]
+    N = acc["N"]
     mu_ref = ref["means_o"]
     g_ref = mu_ref.mean(axis=0) if global_mean == "classes" else ref["sums_o"].sum(0) / ref["N"]
     M = mu_ref - g_ref
@@ -532,49 +534,51 @@ class Decisions:
     (`logits`): the counts are those of float64 throughout."""
 
     def __init__(self, means, basis=None, W=None, b=None, offset=None):
-        eps = float(np.finfo(np.float32).eps)
+        eps, tiny = EPS32, SUBNORMAL32
         self.means, self.basis, self.W, self.b = means, basis, W, b
         self.offset = np.zeros(means.shape[1]) if offset is None else offset
         self.centres = means if basis is None else means @ basis.T  # Vμ_k  [K, r]
         self.sq_centres = np.sum(self.centres * self.centres, axis=1)
         self.twice = -2.0 * self.centres  # exact: q·(−2μ_k) is −2(q·μ_k) bit for bit, no pass
         self.mean_norms = np.sqrt(np.sum(means * means, axis=1))
-        tiny = float(np.finfo(np.float32).smallest_subnormal)
-        r = self.centres.shape[1]
+        d, r = means.shape[1], self.centres.shape[1]
         with np.errstate(over="ignore"):  # beyond float32: inf, and those rows are redone
             self.centres32 = self.centres.astype(np.float32)
             self.twice32 = self.twice.astype(np.float32)
             self.sq32 = self.sq_centres.astype(np.float32)
+        # the nearest centre's float32 bound (`_nearest`), subnormal terms included
         self.centre_norms = np.sqrt(self.sq_centres)
         self.centre_scale = float(self.centre_norms.max()) * (1.0 + 1e-6)
         self.ncc_gamma = (r + 6) * eps
         self.ncc_const = (eps * self.centre_scale ** 2 + 4.0 * (r + 2) * tiny
                           + 4.0 * np.sqrt(r) * tiny * self.centre_scale)
         self.ncc_tiny = 2.0 * np.sqrt(r) * tiny
-        self.gamma = 2.0 * (means.shape[1] + 2) * eps
-        if W is not None:
-            self.shift = W @ self.offset
-            with np.errstate(over="ignore"):  # beyond float32: inf, and those rows are redone
-                self.W32 = W.astype(np.float32)
-                self.b32 = None if b is None else b.astype(np.float32)
-            self.w_scale = float(np.linalg.norm(W, axis=1).max())
-            self.w_const = 0.0 if b is None else 2.0 * eps * float(np.abs(b).max())
-            d = means.shape[1]  # below float32's normal range errors are absolute (2⁻¹⁵⁰ each
-            # rounding of x, w, a product, b, the sum with b): √d·2⁻¹⁴⁹ per unit of ‖x‖ + ‖w‖
-            self.w_const += 2.0 * (d + 2) * float(np.finfo(np.float32).smallest_subnormal)
-            self.tiny = np.sqrt(d) * float(np.finfo(np.float32).smallest_subnormal)
-            self.offset_norm = float(np.linalg.norm(self.offset))
-            self.through_span = basis is not None  # screen in the means' span first (below)
-            if self.through_span:
-                self._span_classifier(W, b, basis, eps, tiny, r)
+        if W is None:
+            return
+        # the logits' float32 bound on all d coordinates (`_screened`): below float32's normal
+        # range each rounding (of x, w, a product, b, the sum with b) errs by 2⁻¹⁵⁰ absolute
+        self.shift = W @ self.offset
+        with np.errstate(over="ignore"):  # beyond float32: inf, and those rows are redone
+            self.W32 = W.astype(np.float32)
+            self.b32 = None if b is None else b.astype(np.float32)
+        self.w_scale = float(np.linalg.norm(W, axis=1).max())
+        self.gamma = 2.0 * (d + 2) * eps
+        self.w_const = ((0.0 if b is None else 2.0 * eps * float(np.abs(b).max()))
+                        + 2.0 * (d + 2) * tiny)
+        self.w_tiny = np.sqrt(d) * tiny  # per unit of ‖x‖ + ‖w‖
+        self.offset_norm = float(np.linalg.norm(self.offset))
+        self.through_span = basis is not None  # screen in the means' span first (below)
+        if self.through_span:
+            self._span_classifier(W, b, basis, r)
 
-    def _span_classifier(self, W, b, basis, eps, tiny, r):
+    def _span_classifier(self, W, b, basis, r):
         """The classifier in the means' span: A = WVᵀ [K, r], so that W(x − offset) = Aq +
         W⊥(x − offset) with q = V(x − offset), and the part of W⊥(x − offset) that differs
         between classes is at most R·‖(x − offset)⊥‖ with R = max_k ‖W⊥_k − mean_j W⊥_j‖ and
         ‖(x − offset)⊥‖ ≤ ‖x − μ_y‖ + ‖μ_y⊥‖ (norms as differences of squares, with a margin
         above their float64 error: no [K, d] array more)."""
-        d = basis.shape[1]  # the squares' float64 errors, with V·A's and V's own: ≤ margin·‖A_k‖²
+        eps, tiny, d = EPS32, SUBNORMAL32, basis.shape[1]
+        # the squares' float64 errors, with V·A's and V's own: at most margin·‖A_k‖²
         margin = 4.0 * (np.sqrt(r) + 1.0) * (d + 2) * float(np.finfo(np.float64).eps)
 
         def outside(A, inside):  # ‖A_k⊥‖ from ‖A_k‖² − ‖VA_k‖², an upper bound
@@ -682,7 +686,7 @@ class Decisions:
         """(argmax without b, with b, which rows the float32 bound vouches for)."""
         logits = rows.astype(np.float32, copy=False) @ self.W32.T
         bound = (self.gamma * norms * (1.0 + 1e-6) * self.w_scale + self.w_const
-                 + self.tiny * (norms + self.w_scale))
+                 + self.w_tiny * (norms + self.w_scale))
         return self._two_screens(logits, bound)
 
     def _two_screens(self, logits, bound):
@@ -1055,7 +1059,7 @@ def suite(stats, W=None, b=None, global_mean="classes", std="population", pinv_r
 
 
 def _suite(stats, W, b, global_mean, std, pinv_rtol, budget_bytes):
-    K, d, N = len(stats["counts"]), stats["d"], stats["N"]
+    K, N = len(stats["counts"]), stats["N"]
     mu_o = stats["means_o"]  # relative to the offset: differences without cancellation
     g_o = (mu_o.mean(axis=0) if global_mean == "classes" else stats["sums_o"].sum(axis=0) / N)
     g = g_o + stats["offset"]
