@@ -495,14 +495,17 @@ def reference_statistics(path, layers=None, stream=False, chunk_rows=None, budge
 def _screen(scores, bound, lowest):
     """(winner per row, rows whose winner is certain): the winning class by `lowest` (argmin)
     or argmax, certain where its lead over the runner-up exceeds three times the rows' error
-    `bound` (two for the two scores, one to spare for float64's own rounding)
-    (scores are overwritten)."""
+    `bound` (two for the two scores, one to spare for float64's own rounding), and never in a
+    row with a score that is not finite: a float32 sum that overflowed part-way is ±inf or NaN
+    whatever its true value, and the bound says nothing of it (scores are overwritten)."""
+    finite = None if np.isfinite(scores).all() else np.isfinite(scores).all(axis=1)
     n = np.arange(len(scores))
     win = np.argmin(scores, axis=1) if lowest else np.argmax(scores, axis=1)
     best = scores[n, win].copy()
     scores[n, win] = np.inf if lowest else -np.inf
     runner_up = scores.min(axis=1) if lowest else scores.max(axis=1)
-    return win, np.abs(runner_up - best) > 3.0 * bound
+    sure = np.abs(runner_up - best) > 3.0 * bound
+    return win, sure if finite is None else sure & finite
 
 
 class Decisions:
