@@ -589,8 +589,9 @@ class Decisions:
             return np.sqrt(np.maximum(full - np.sum(inside * inside, axis=1), 0.0) + margin * full)
 
         spanned = W @ basis.T
-        centred = W - W.mean(axis=0)
-        self.residual = float(outside(centred, spanned - spanned.mean(axis=0)).max())
+        w_mean, a_mean = W.mean(axis=0), spanned.mean(axis=0)
+        self.residual = max(float(outside(W[k:k + 1024] - w_mean, spanned[k:k + 1024] - a_mean)
+                                  .max()) for k in range(0, len(W), 1024))  # no [K, d] copy
         self.perp = outside(self.means, self.centres)
         with np.errstate(over="ignore"):
             self.A32 = spanned.astype(np.float32)
