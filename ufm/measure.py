@@ -285,10 +285,11 @@ def accumulate(X, codes, K, W=None, b=None, chunk_rows=None, name="features", pr
         itemsize = np.dtype(X.dtype).itemsize if np.dtype(X.dtype).kind == "f" else 8
         summed_rows, piece = rows_for_sums(d, itemsize, share)
         summed = chunks if chunk_rows else _chunks(N, summed_rows)
+        moved = _moved(offset)
 
         def first(start, stop):
             rows = np.asarray(X[start:stop])
-            sums = _class_sums(rows, codes[start:stop], K, _moved(offset), piece)
+            sums = _class_sums(rows, codes[start:stop], K, moved, piece)
             if not np.all(np.isfinite(sums)):
                 _rows(X, start, stop, name)  # names the first row that is not finite
             return sums
@@ -324,6 +325,7 @@ def _second_pass(X, codes, K, chunks, name, offset, means, basis, decide, N, pro
     flight one per core, summed in chunk order (the same sums as one thread)."""
     d = X.shape[1]
     local = threading.local()
+    moved = _moved(offset)
 
     def one(start, stop):
         rows, y = np.asarray(X[start:stop]), codes[start:stop]
@@ -331,7 +333,7 @@ def _second_pass(X, codes, K, chunks, name, offset, means, basis, decide, N, pro
             local.rows, local.D = len(y), np.empty((len(y), d))
             local.G = np.empty((min(CENTRE_BLOCK, len(y)), d))
         D = local.D[:len(y)]
-        _centre(D, rows, y, _moved(offset), means, local.G)
+        _centre(D, rows, y, moved, means, local.G)
         if class_sums:  # Σ(x − offset − μ_y) per class, from the centred rows: no pass more
             own = _class_sums(D, y, K)
         spread = np.einsum("ij,ij->i", D, D)
