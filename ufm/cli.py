@@ -236,6 +236,21 @@ def build_parser(layers=(), lean=False):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--plot", action="store_true", help="also write plot.png beside the data "
                                                       "(ufm plot)")
+    p.add_argument("--hessian", nargs="?", const="auto", default=None,
+                   choices=("auto", "dense", "lanczos"),
+                   help="classify the final point modulo symmetry (strict local minimum, saddle, "
+                        "degenerate): the Hessian's restricted spectrum, dense (every eigenvalue, "
+                        "up to 6000 parameters with auto) or by Lanczos")
+    p.add_argument("--escape", action="store_true",
+                   help="while the run ends at a saddle, step along its negative-curvature "
+                        "direction and run again (implies --hessian)")
+    h = sub.add_parser("hessian", help="classify a saved run's point modulo symmetry (second-order "
+                                       "certificate); adds second_order to its result.json")
+    h.add_argument("run", help="a ufm train output folder (result.json and params.npz)")
+    h.add_argument("--method", default="auto", choices=("auto", "dense", "lanczos"),
+                   help="dense: every restricted eigenvalue; lanczos: the k extreme ones "
+                        "(default auto: dense up to 6000 parameters)")
+    h.add_argument("--k", type=int, default=6, help="lanczos: eigenvalues at each end (default 6)")
     w = sub.add_parser("sweep", help="run a grid as compiled, vmapped programs")
     _add_variant_flags(w, static=True)
     _add_size_flags(w, static=True)
@@ -601,7 +616,7 @@ def cmd_train(args):
                   optimizer=args.optimizer, allow_small_d=args.allow_small_d, loss=args.loss,
                   alpha=args.alpha, mask_softmax=args.mask_softmax, sessions=sessions,
                   distill=distill, tol=args.tol, depth=args.depth, options=_other_options(args),
-                  **lams)
+                  hessian=args.hessian, escape=args.escape, **lams)
         total = args.steps * (len(session_groups(sessions, args.K)) if sessions else 1)
         update, close = progress_bar(total, args.quiet or _short_run(model, args))
         t0 = time.perf_counter()
@@ -612,12 +627,49 @@ def cmd_train(args):
     close()
     write_result(result, out)
     print(summary(result, model))
+    if result.second_order is not None:
+        print(second_order_line(result.second_order))
     print(f"{elapsed:.2f} s including compilation; wrote {out}/result.json and {out}/params.npz")
     _write_plot(out, args)
     warning = convergence_warning(result)
     if warning:
         print(warning, file=sys.stderr)
     return 1 if result.diverged_at is not None else 0
+
+
+def second_order_line(so):
+    """The second-order certificate in one line (docs/theory.md §6)."""
+    if so["min_eigenvalue"] is None:
+        return f"second order: {so['kind']} ({so['reason']})"
+    dims = f"{so['symmetry_dim']} symmetry direction{'s' * (so['symmetry_dim'] != 1)} removed"
+    return (f"second order: {so['kind']} — restricted λ_min {so['min_eigenvalue']:+.6g} against "
+            f"tol {so['tol']:.2g} ({dims}; {so['method']}, {so['parameters']} parameters)"
+            + ("" if so["kind"] != "not stationary" else f"; {so['reason']}"))
+
+
+def cmd_hessian(args):
+    from ufm import hessian
+    from ufm.files import write_json
+
+    try:
+        if isinstance(args.k, bool) or args.k < 1:
+            raise ValueError(f"k (--k) must be an integer >= 1, got {args.k}")
+        model, sizes, hyper, params, doc = hessian.load_run(args.run)
+        hessian.check_smooth(model)
+        tol = (doc.get("certificate") or {}).get("tol")
+        t0 = time.perf_counter()
+        so = hessian.classify(model, sizes, hyper, params, method=args.method, k=args.k,
+                              stationary_tol=tol)
+        elapsed = time.perf_counter() - t0
+    except ValueError as err:
+        return _error(err)
+    doc["second_order"] = so.as_dict()
+    folder = args.run[:-len("result.json")] if args.run.endswith("result.json") else args.run
+    path = os.path.join(folder or ".", "result.json")
+    write_json(path, doc)
+    print(second_order_line(doc["second_order"]))
+    print(f"{elapsed:.2f} s; added second_order to {path}")
+    return 0
 
 
 # --- proof ------------------------------------------------------------------------------------
@@ -964,7 +1016,7 @@ def main(argv=None):
             cache.enable_programs()  # exported programs beside it (UFM_PROGRAM_CACHE=0: off)
     if args.command == "sweep":
         return cmd_sweep(args, argv)
-    return {"train": cmd_train, "figures": cmd_figures, "bench": cmd_bench,
+    return {"train": cmd_train, "hessian": cmd_hessian, "figures": cmd_figures, "bench": cmd_bench,
             "proof": cmd_proof, "measure": cmd_measure, "plot": cmd_plot,
             "cache": cmd_cache}[args.command](args)
 

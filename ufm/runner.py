@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import certificate as cert_mod
+from ufm import hessian as hessian_mod
 from ufm import cache, config, limits, metrics, optimise
 from ufm import theory as theory_mod
 from ufm.config import DEFAULTS
@@ -33,13 +34,14 @@ class Result(NamedTuple):
     reference: Optional[dict] = None  # where the run landed against reference values (theory.landing)
     undefined: Optional[dict] = None  # measurement -> why it is NaN (see metrics.undefined_reasons)
     restart_global: Optional[list] = None  # each restart certified global (None: no bound)
+    second_order: Optional[dict] = None  # hessian.SecondOrder.as_dict() when asked for
 
 
 def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
           log_every=DEFAULTS["log_every"], seed=0, lr=DEFAULTS["lr"], init_scale=None,
           restarts=1, optimizer="gd", allow_small_d=False, progress=None, loss=None, alpha=None,
           mask_softmax=False, sessions=None, distill=0.0, tol=None, depth=None, options=None,
-          **lams):
+          hessian=None, escape=False, **lams):
     """Validate, run the optimiser compiled (R restarts vmapped, best kept), return a Result.
 
     lams: the model's λ's by name (lam_W, lam_H, lam_b, lam_W1, lam_W2, lam_H1, E_H, E_W); unset
@@ -51,7 +53,11 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     class-incremental sessions of `steps` steps each, with `distill` the weight of the tie to the
     previous session's features. depth: L of the deep models (default 3), with lam_H1 and lam_W
     (every layer) or lam_W1 … lam_WL. options: any other static options of the model by name
-    (e.g. scaled-target's targets).
+    (e.g. scaled-target's targets). hessian: None, or 'auto', 'dense' or 'lanczos': classify the
+    final point modulo symmetry (ufm.hessian.classify; Result.second_order). escape: while that
+    point is a saddle, step along its negative-curvature direction (the better of both signs,
+    ufm.hessian.line_search) and run again from there (at most MAX_ESCAPES times); the
+    certificate lists the escapes.
     """
     spec = get_model(model, loss=loss, alpha=alpha, mask_softmax=mask_softmax, depth=depth,
                      **(options or {}))
@@ -72,6 +78,14 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     if groups is not None and tol is not None:
         raise ValueError("tol (--tol) does not apply with --sessions: each session runs its "
                          "--steps")
+    if escape and hessian is None:
+        hessian = "auto"
+    if hessian is not None:
+        hessian_mod.check_method(hessian)
+        hessian_mod.check_smooth(spec)
+        if groups is not None:
+            raise ValueError("hessian (--hessian) classifies a single run's point; with "
+                             "--sessions each session solves another problem")
     stop = cert_mod.stopping_tol(opt, tol)
     key = optimise.prng_key(seed)
     jhyper = optimise.as_hyper(hyper)
@@ -100,6 +114,11 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
                 restart_obj[r])["global"] for r in range(restarts)]
         traj = optimise.pick(traj, optimise.best_restart(traj))
     traj = optimise.trim(traj)
+    escapes, second_order = [], None
+    if escape:
+        traj, second_order, escapes = _escape_saddles(
+            spec, sizes, key, jhyper, hyper, traj, opt, stop, steps, log_every, hessian,
+            cert_mod.certificate_tol(tol))
     if restarts == 1 or groups is not None:
         restart_obj = [float(traj.history["objective"][-1])]
     history = {k: np.asarray(v) for k, v in traj.history.items()}
@@ -122,14 +141,58 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     cert.update(cert_mod.global_certificate(spec, inputs, hyper, sizes,
                                             history["objective"][-1], sessions=groups is not None))
     final = {k: _number(v[-1]) for k, v in history.items()}
+    if escape:
+        cert["escapes"] = escapes
+    if hessian is not None and second_order is None:
+        second_order = hessian_mod.classify(
+            spec, sizes, hyper, traj.params, method=hessian,
+            stationary_tol=cert["tol"])
+    if second_order is not None:
+        second_order = second_order.as_dict()
     return Result(
         model=model, config=cfg, params=traj.params,
         steps=np.asarray(traj.steps), history=history, final=final,
         undefined=metrics.undefined_reasons(final, diverged_at >= 0) or None,
         theory=prediction, diverged_at=None if diverged_at < 0 else diverged_at,
         restart_objectives=restart_obj, restart_global=restart_global, sessions=session_info,
-        certificate=cert,
+        certificate=cert, second_order=second_order,
         reference=theory_mod.landing(prediction, float(history["objective"][-1])))
+
+
+MAX_ESCAPES = 8  # saddles a run with escape=True steps away from before it gives up
+
+
+def _escape_saddles(spec, sizes, key, jhyper, hyper, traj, opt, stop, steps, log_every, method,
+                    tol):
+    """(trajectory, last SecondOrder, escapes): while the run ends at a saddle, step along the
+    negative-curvature direction by the line search's best t and run `steps` more from there
+    (a fresh optimiser state); histories are joined, steps counted on."""
+    leg = jax.jit(lambda k, h, start: optimise.simulate(
+        spec, sizes, k, h, steps, log_every, opt, stop, start=start, record_start=False))
+    dtype = jnp.result_type(float)
+    escapes = []
+    for _ in range(MAX_ESCAPES + 1):
+        so = hessian_mod.classify(spec, sizes, hyper, traj.params, method=method,
+                                  stationary_tol=tol)
+        if so.kind != "saddle" or len(escapes) == MAX_ESCAPES:
+            break
+        before = float(traj.history["objective"][-1])
+        t, value = hessian_mod.line_search(spec, sizes, hyper, traj.params, so.direction)
+        escapes.append({"at_step": int(traj.steps[-1]), "objective": before,
+                        "min_eigenvalue": so.min_eigenvalue, "step_length": t,
+                        "objective_after_step": value})
+        if t is None:  # no decrease along it in float64: nothing more to do here
+            break
+        params = {k: jnp.asarray(v + t * so.direction[k] if k in so.direction else v, dtype)
+                  for k, v in traj.params.items()}
+        minus_one = -jnp.ones((), jnp.int32)
+        start = optimise.State(params, None, jnp.asarray(int(traj.steps[-1]), jnp.int32),
+                               minus_one, minus_one)
+        nxt = optimise.trim(jax.tree.map(np.asarray, leg(key, jhyper, start)))
+        traj = nxt._replace(
+            steps=np.concatenate([traj.steps, nxt.steps]),
+            history={k: np.concatenate([traj.history[k], nxt.history[k]]) for k in traj.history})
+    return traj, so, escapes
 
 
 def _number(v):
@@ -165,6 +228,7 @@ def result_dict(result):
         "restarts": {"objectives": result.restart_objectives, "global": result.restart_global,
                      "spread": (max(finite) - min(finite)) if finite else None},
         **({"sessions": result.sessions} if result.sessions is not None else {}),
+        **({"second_order": result.second_order} if result.second_order is not None else {}),
     })
 
 

@@ -133,6 +133,14 @@ class Model(NamedTuple):
     # relative gap), a traceable solver of the model's convex problem, or None
     solver: Optional[Callable] = None
     check: Optional[Callable] = None  # check(sizes): ValueError for sizes this variant cannot take
+    # The continuous symmetries (docs/theory.md §6.1): ((left, right), …) pairs of parameter blocks
+    # whose product left·right is all the objective sees of them, so (left, right) → (left·Q,
+    # Qᵀ·right) for any orthogonal Q leaves it unchanged. The second-order certificate
+    # (ufm.hessian) takes the orbit's tangent space {(left·A, −A·right) : A skew} from these.
+    symmetries: tuple = ()
+    # kinks(params, sizes) -> (pre-activations [d, N], …) at whose zeros the objective is not twice
+    # differentiable (ReLU); None for a smooth model
+    kinks: Optional[Callable] = None
 
     @property
     def hyper_names(self):
@@ -295,6 +303,9 @@ def balanced_only(prediction):
 
 LAMBDA = 5e-3  # every λ's default
 BOUND = 1.0  # E_H, E_W: the squared-norm bounds' default
+
+
+TWO_FACTOR_SYMMETRY = (("W", "H"),)  # WH = (WQ)(QᵀH)
 
 
 def lam(name, what):

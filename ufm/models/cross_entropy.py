@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 
 from ufm import convex, theory
-from ufm.models.base import Model, balanced_only, one_hot_targets, register, sq
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, Model, balanced_only, one_hot_targets,
+                             register, sq)
 from ufm.models.plain import (LAM_B, TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                              two_factor_measurements)
 
@@ -39,7 +40,8 @@ def cross_entropy_model(name, bias):
         balanced_only(lambda hyper, sizes: theory.cross_entropy(hyper, sizes, bias)),
         bias="regularized" if bias else None, bound_inputs=class_logits,
         lower_bound=penalised_bound(CE, "regularized" if bias else None),
-        convex_min_d=lambda K: K, solver=convex.solve, two_factor=CE)
+        convex_min_d=lambda K: K, solver=convex.solve, two_factor=CE,
+        symmetries=TWO_FACTOR_SYMMETRY)
 
 
 register("ce")(lambda: cross_entropy_model("ce", False))

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from ufm import convex
-from ufm.models.base import Hyper, Model, balanced_only, one_hot_targets, register, sq
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, Hyper, Model, balanced_only, one_hot_targets,
+                             register, sq)
 from ufm.models.plain import (TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                              two_factor_measurements)
 
@@ -68,4 +69,5 @@ register("ce-smoothing")(lambda: Model(
     "ce-smoothing", "(1/N)Σ CE(Wh, (1 − ε)e_y + ε/K) + λ_W/2‖W‖² + λ_H/2‖H‖² (label smoothing)",
     two_factor_init(False), objective, two_factor_measurements(False), TWO_FACTOR + (SMOOTHING,),
     lambda K: K - 1, 1.0, balanced_only(theory), bound_inputs=class_logits,
-    lower_bound=penalised_bound(REDUCED, None), convex_min_d=lambda K: K, solver=convex.solve, two_factor=REDUCED))
+    lower_bound=penalised_bound(REDUCED, None), convex_min_d=lambda K: K, solver=convex.solve, two_factor=REDUCED,
+    symmetries=TWO_FACTOR_SYMMETRY))

@@ -4,6 +4,7 @@ Keating 2025; docs/theory.md §2.2, §3.4, §3.10). One model for every depth: t
 are its L = 2 case."""
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ufm import metrics, theory
 from ufm.models.base import (Model, Option, balanced_only, gaussian_blocks, lam,
@@ -97,6 +98,38 @@ def layered_measure(activation):
     return measure
 
 
+def layered_symmetries(depth, activation):
+    """The interfaces (W_(l+1), W_l) and (W1, H1) at which an orthogonal Q cancels: every one of
+    them in the linear model; with ReLU, (W1, H1) before the first nonlinearity, and at each
+    later interface only rotations among units with the same activation pattern (σ(QZ) = Qσ(Z)
+    near the point when the rows Q mixes are positive on the same samples and negative on the
+    rest: a local symmetry; docs/theory.md §6.1)."""
+    pairs = (("W1", "H1"),)
+    for layer in range(1, depth):
+        if activation == "linear":
+            pairs += ((f"W{layer + 1}", f"W{layer}"),)
+        else:
+            pairs += ((f"W{layer + 1}", f"W{layer}", _pattern_groups(layer + 1)),)
+    return pairs
+
+
+def _pattern_groups(level):
+    """groups(params) -> [d] ints: units of Z_level with the same sign pattern share a label."""
+
+    def groups(params):
+        Z = layered_features(params, "relu")[f"Z{level}"]
+        _, labels = np.unique(np.asarray(Z) > 0, axis=0, return_inverse=True)
+        return labels.ravel()
+
+    return groups
+
+
+def pre_activations(params, sizes=None):
+    """(Z_2, …, Z_L): the ReLU model's pre-activations, where it has kinks at 0."""
+    levels = layered_features(params, "relu")
+    return tuple(levels[f"Z{layer}"] for layer in range(2, weight_count(params) + 1))
+
+
 MAX_DEPTH = 64  # deeper programs take minutes to compile (see layered_model)
 COMPILE_SECONDS_PER_LAYER = 0.5  # measured: docs/performance.md, "Deep models"
 
@@ -130,7 +163,8 @@ def layered_model(name, depth, activation, loss="mse"):
                        f"W_l and H_1", layered_init(depth), layered_objective(activation, loss),
                  layered_measure(activation), hypers,
                  (lambda K: K - 1) if loss == "ce" else (lambda K: K), 0.1, prediction,
-                 depth=depth)
+                 depth=depth, symmetries=layered_symmetries(depth, activation),
+                 kinks=None if activation == "linear" else pre_activations)
 
 
 DEPTH = Option("depth", DEFAULT_DEPTH, "L, the weight matrices after H1 (default 3)")

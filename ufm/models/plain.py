@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex, metrics, theory
-from ufm.models.base import (Model, balanced_only, gaussian_blocks, lam, one_hot_targets,
-                             register, sq)
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, Model, balanced_only, gaussian_blocks, lam,
+                             one_hot_targets, register, sq)
 
 
 def objective(params, hyper, sizes, session=None):
@@ -99,7 +99,8 @@ def plain_model(name, bias):
         (lambda K: K - 1) if bias == "free" else (lambda K: K), 1.0,
         balanced_only(lambda hyper, sizes: theory.plain(hyper, sizes, bias)), bias=bias,
         bound_inputs=class_logits, lower_bound=penalised_bound(MSE, bias),
-        convex_min_d=lambda K: K, solver=convex.solve, two_factor=MSE)
+        convex_min_d=lambda K: K, solver=convex.solve, two_factor=MSE,
+        symmetries=TWO_FACTOR_SYMMETRY)
 
 
 register("bias-free")(lambda: plain_model("bias-free", None))

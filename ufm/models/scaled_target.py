@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex, metrics
-from ufm.models.base import Hyper, Model, Option, register, sq
+from ufm.models.base import TWO_FACTOR_SYMMETRY, Hyper, Model, Option, register, sq
 from ufm.models.plain import (TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                              two_factor_measurements)
 
@@ -99,7 +99,8 @@ def scaled_target_model(targets=None):
         two_factor_init(False), objective, two_factor_measurements(True), TWO_FACTOR + (GAMMA,),
         lambda K: K, 1.0, theory, bound_inputs=class_logits,
         lower_bound=penalised_bound(reduced, None), convex_min_d=lambda K: K,
-        solver=convex.solve, two_factor=reduced, check=check)
+        solver=convex.solve, two_factor=reduced, check=check,
+        symmetries=TWO_FACTOR_SYMMETRY)
 
 
 class TargetPrediction(NamedTuple):

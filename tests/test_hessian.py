@@ -1,0 +1,220 @@
+"""The second-order certificate (ufm.hessian) against closed forms: the origin's spectrum of the
+bias-free model at imbalanced counts on both sides of λ_Wλ_H = n_max/N², the optimum's symmetry
+dimension and positive restricted spectrum, the declared symmetries as true invariances, Lanczos
+against the dense spectrum, and escaping the origin saddle to the closed form."""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import ortho_group
+
+from ufm import hessian, theory
+from ufm.cli import main
+from ufm.models import Sizes, get_model
+from ufm.runner import train
+
+
+def origin_min_eigenvalue(lam_W, lam_H, counts):
+    """(λ_min, multiplicity/d) of the bias-free Hessian at 0, derived independently: per
+    coordinate and class k the block [[λ_W, −1ᵀ/N], [−1/N, λ_H·I_(n_k)]] has the pair
+    (λ_W + λ_H)/2 ± √(((λ_W − λ_H)/2)² + n_k/N²) and λ_H (n_k − 1 times)."""
+    N, n_max = sum(counts), max(counts)
+    value = (lam_W + lam_H) / 2 - math.sqrt(((lam_W - lam_H) / 2) ** 2 + n_max / N ** 2)
+    return value, sum(1 for n in counts if n == n_max)
+
+
+@pytest.mark.parametrize("counts", [(5, 3, 5), (4, 1, 2, 2)])
+@pytest.mark.parametrize("side", [0.3, 3.0])  # λ_Wλ_H = side · n_max/N²: a saddle, a minimum
+def test_origin_spectrum_is_the_closed_form_on_both_sides_of_the_threshold(counts, side):
+    K, d, N = len(counts), 3, sum(counts)
+    lam_W = 0.7 * math.sqrt(side * max(counts)) / N
+    lam_H = side * max(counts) / N ** 2 / lam_W
+    hyper = {"lam_W": lam_W, "lam_H": lam_H}
+    params = {"W": np.zeros((K, d)), "H": np.zeros((d, N))}
+    expected, classes = origin_min_eigenvalue(lam_W, lam_H, counts)
+    model, sizes = get_model("bias-free"), Sizes(K, counts, d)
+    dense = hessian.classify(model, sizes, hyper, params, method="dense")
+    assert dense.kind == ("saddle" if side < 1 else "strict local minimum")
+    assert dense.symmetry_dim == 0  # every tangent (W·A, −A·H) vanishes at the origin
+    assert dense.min_eigenvalue == pytest.approx(expected, abs=1e-12)
+    spectrum = np.array(dense.eigenvalues)
+    assert np.sum(np.abs(spectrum - expected) < 1e-10) == d * classes
+    lanczos = hessian.classify(model, sizes, hyper, params, method="lanczos", k=2)
+    assert lanczos.kind == dense.kind
+    assert lanczos.min_eigenvalue == pytest.approx(expected, abs=1e-10)
+
+
+def bias_free_optimum(K, n, d, hyper, seed=0):
+    """The balanced bias-free minimiser from Theorem 3.1: W = √(x/s)·R with R Rᵀ = I_K (a random
+    point of the Stiefel manifold), h_(k,i) = s·w_k, s = √(λ_W/(nλ_H))."""
+    prediction = theory.plain(hyper, Sizes(K, n, d), None)
+    s = math.sqrt(hyper["lam_W"] / (n * hyper["lam_H"]))
+    R = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, K)))[0].T
+    W = math.sqrt(prediction.x / s) * R
+    return {"W": W, "H": s * W.T @ np.kron(np.eye(K), np.ones((1, n)))}, prediction
+
+
+@pytest.mark.parametrize("K, n, d", [(3, 4, 5), (4, 2, 4), (2, 3, 6)])
+def test_optimum_is_a_strict_local_minimum_modulo_its_orbit(K, n, d):
+    hyper = {"lam_W": 1e-2, "lam_H": 2e-2}
+    params, prediction = bias_free_optimum(K, n, d, hyper)
+    model, sizes = get_model("bias-free"), Sizes(K, n, d)
+    so = hessian.classify(model, sizes, hyper, params, method="dense")
+    assert so.kind == "strict local minimum"
+    assert so.grad_norm < 1e-13  # the closed form is a critical point
+    # the orbit of a rank-K point: O(d) less the stabiliser O(d − K)
+    assert so.symmetry_dim == d * (d - 1) // 2 - (d - K) * (d - K - 1) // 2
+    # independently: the unrestricted Hessian has exactly that many zero eigenvalues, and its
+    # smallest nonzero one is the restricted minimum
+    with hessian.x64():
+        point = hessian.flat_point(model, sizes, hyper, params)
+        full = np.linalg.eigvalsh(np.asarray(hessian.dense_hessian(point.f, point.x)))
+    zero = np.abs(full) < 1e-10
+    assert zero.sum() == so.symmetry_dim
+    assert so.min_eigenvalue == pytest.approx(full[~zero].min(), abs=1e-12)
+    lanczos = hessian.classify(model, sizes, hyper, params, method="lanczos", k=3)
+    assert lanczos.min_eigenvalue == pytest.approx(so.min_eigenvalue, abs=1e-8)
+    assert lanczos.max_eigenvalue == pytest.approx(so.max_eigenvalue, rel=1e-8)
+
+
+def random_params(model, sizes, seed=0, scale=0.7):
+    return jax.tree.map(np.array, model.init(jax.random.PRNGKey(seed),
+                                                {"init_scale": scale}, sizes))
+
+
+@pytest.mark.parametrize("name, options", [("bias-free", {}), ("ce-bias", {}),
+                                           ("deep-linear", {"depth": 3}),
+                                           ("deep-relu", {"depth": 3}),
+                                           ("deep-linear-ce", {"depth": 2})])
+def test_declared_symmetries_leave_the_objective_unchanged(name, options):
+    """Each declared interface (left, right): f(left·Q, Qᵀ·right) = f for orthogonal Q (for a
+    local ReLU interface, Q mixing only units of one activation pattern)."""
+    model, sizes = get_model(name, **options), Sizes(3, 4, 5)
+    params = random_params(model, sizes)
+    hyper = dict(model.defaults())
+    with hessian.x64():
+        f = lambda p: float(model.objective({k: jnp.asarray(v) for k, v in p.items()}, hyper,
+                                            sizes))
+        base = f(params)
+        for spec in model.symmetries:
+            left, right = spec[:2]
+            b = params[left].shape[1]
+            if len(spec) == 3:  # rotate within one activation pattern: make two units share one
+                params = dict(params)
+                rows = np.array(params[right])  # its rows set the pre-activations' rows
+                rows[1] = 0.8 * rows[0]  # units 0 and 1 now have the same sign pattern
+                params[right] = rows
+                base = f(params)
+                groups = spec[2](params)
+                assert groups[0] == groups[1]
+                Q = np.eye(b)
+                c, s = math.cos(0.3), math.sin(0.3)
+                Q[:2, :2] = [[c, -s], [s, c]]
+            else:
+                Q = ortho_group.rvs(b, random_state=1)
+            moved = dict(params, **{left: params[left] @ Q, right: Q.T @ params[right]})
+            assert f(moved) == pytest.approx(base, rel=1e-12), spec[:2]
+
+
+def test_gram_from_block_products_equals_autodiff_and_tangents_are_flat_at_a_critical_point():
+    model, sizes = get_model("deep-linear", depth=3), Sizes(3, 4, 4)
+    result = train("deep-linear", K=3, n=4, d=4, depth=3, optimizer="lbfgs", steps=3000,
+                   init_scale=0.6, lam_H1=1e-3, lam_W=1e-3)
+    assert result.certificate["converged"]
+    hyper = {k: result.config[k] for k in model.hyper_names}
+    with hessian.x64():
+        point = hessian.flat_point(model, sizes, hyper, result.params)
+        orbit = hessian.orbit(model, point, 1e-8)
+        m = orbit.gram.shape[0]
+        assert m == 3 * 6
+        by_autodiff = jax.vmap(lambda a: orbit.JT(orbit.J(a)))(jnp.eye(m))
+        np.testing.assert_allclose(np.asarray(orbit.gram), np.asarray(by_autodiff), atol=1e-12)
+        T = orbit.basis()
+        np.testing.assert_allclose(T.T @ T, np.eye(orbit.rank), atol=1e-12)
+        H = np.asarray(hessian.dense_hessian(point.f, point.x))
+    # ∇²f·t = A·∇f = 0 along the orbit at a critical point (gradient ≈ 1e-12 here)
+    assert np.abs(H @ T).max() < 1e-8 * np.abs(H).max()
+
+
+def test_lanczos_agrees_with_the_dense_spectrum_away_from_a_critical_point():
+    model, sizes = get_model("ce"), Sizes(3, 3, 4)
+    params = random_params(model, sizes, seed=3)
+    hyper = dict(model.defaults())
+    dense = hessian.classify(model, sizes, hyper, params, method="dense")
+    assert dense.kind == "not stationary"
+    k = 4
+    lanczos = hessian.classify(model, sizes, hyper, params, method="lanczos", k=k)
+    ends = np.r_[dense.eigenvalues[:k], dense.eigenvalues[-k:]]
+    np.testing.assert_allclose(lanczos.eigenvalues, ends, atol=1e-8)
+    assert lanczos.symmetry_dim == dense.symmetry_dim == 4 * 3 // 2  # rank 3 = K < d = 4: 6 − 0
+
+
+def test_spectral_density_quadrature_reproduces_each_start_vectors_rayleigh_quotient():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(40, 40))
+    A = jnp.asarray(A + A.T)
+    with hessian.x64():
+        key = jax.random.PRNGKey(2)
+        nodes, weights = hessian.spectral_density(lambda v: A @ v, 40, key, vectors=3, steps=40)
+        starts = jax.random.rademacher(key, (3, 40), jnp.float64)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-12)
+    rayleigh = [float(v @ A @ v / (v @ v)) for v in starts]
+    np.testing.assert_allclose((weights * nodes).sum(axis=1), rayleigh, atol=1e-10)
+    # 40 steps on a 40-dimensional space: the nodes are the eigenvalues
+    np.testing.assert_allclose(np.sort(nodes[0]), np.linalg.eigvalsh(np.asarray(A)), atol=1e-9)
+
+
+def test_escape_from_the_origin_reaches_the_closed_form():
+    result = train("bias-free", K=3, n=4, d=5, optimizer="lbfgs", steps=200, init_scale=0.0,
+                   escape=True)
+    escapes = result.certificate["escapes"]
+    assert len(escapes) >= 1 and escapes[0]["objective"] == pytest.approx(0.5)
+    assert all(e["min_eigenvalue"] < 0 for e in escapes)
+    assert result.second_order["kind"] == "strict local minimum"
+    assert result.final["objective"] == pytest.approx(result.theory.objective, rel=1e-10)
+
+
+def test_relu_point_on_a_kink_makes_no_second_order_claim():
+    model, sizes = get_model("deep-relu", depth=2), Sizes(2, 3, 3)
+    params = random_params(model, sizes, seed=1)
+    params["W1"][0] = 0.0  # unit 0's pre-activation is exactly 0 on every sample
+    so = hessian.classify(model, sizes, dict(model.defaults()), params)
+    assert so.kind == "not twice differentiable"
+    assert so.kinks == sizes.N and so.min_eigenvalue is None
+    assert f"{sizes.N} ReLU pre-activation" in so.reason
+
+
+def test_refusals_name_what_is_wrong(monkeypatch):
+    with pytest.raises(ValueError, match="fixed-etf is a constrained model"):
+        hessian.check_smooth(get_model("fixed-etf"))
+    model, sizes = get_model("bias-free"), Sizes(2, 2, 2)
+    params = random_params(model, sizes)
+    with pytest.raises(ValueError, match="must be one of auto, dense, lanczos, got 'full'"):
+        hessian.classify(model, sizes, dict(model.defaults()), params, method="full")
+    monkeypatch.setattr(hessian.limits, "machine_memory", lambda: (1000, "host memory"))
+    with pytest.raises(ValueError, match=r"dense Hessian of 12 parameters needs about .* use "
+                                         r"the Lanczos method"):
+        hessian.classify(model, sizes, dict(model.defaults()), params, method="dense")
+
+
+def test_cli_train_hessian_and_hessian_of_a_saved_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "bias-free", "--K", "2", "--n", "3", "--d", "3", "--optimizer", "lbfgs",
+               "--quiet", "--hessian", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "second order: strict local minimum — restricted λ_min" in printed
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["second_order"]["kind"] == "strict local minimum"
+    assert doc["second_order"]["symmetry_dim"] == 3  # d = K + 1: 3 − 0
+    del doc["second_order"]
+    (out / "result.json").write_text(json.dumps(doc))
+    assert main(["hessian", str(out), "--method", "lanczos", "--k", "2"]) == 0
+    assert "lanczos" in capsys.readouterr().out
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["second_order"]["method"] == "lanczos"
+    assert main(["hessian", str(tmp_path / "nothing")]) == 2
+    assert "is not a ufm train output" in capsys.readouterr().err

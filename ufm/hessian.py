@@ -1,0 +1,555 @@
+"""The second-order certificate: a point of a smooth UFM classified modulo its symmetries as a
+strict local minimum, a saddle or a degenerate point (docs/theory.md §6).
+
+Everything here runs in float64 inside JAX's scoped switch (the caller's x64 setting is left as
+it is), on the model's variable blocks flattened into one vector x [P]:
+
+    hvp(v) = ∇²f(x)·v                          forward-over-reverse, ≈ 3 gradients
+    J a    = tangent of the orbit              (left·A, −A·right) for each declared interface
+    P_T    = J (JᵀJ)⁺ Jᵀ                        the projection onto the orbit's tangent space
+
+The restricted Hessian is ∇²f on the orthogonal complement of range(J). It is computed densely
+(every eigenvalue, float64, when the memory estimate allows) or matrix-free by Lanczos with full
+reorthogonalisation on (I − P_T)∇²f(I − P_T) (the k extreme eigenvalues, with residual bounds).
+A stochastic Lanczos quadrature gives the spectral density of large Hessians.
+"""
+import math
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+from jax.flatten_util import ravel_pytree
+
+from ufm import limits
+
+DENSE_MAX = 6000  # parameters up to which `method='auto'` computes the whole restricted spectrum
+KINDS = ("strict local minimum", "saddle", "degenerate", "not stationary",
+         "not twice differentiable")
+STATIONARY_TOL = 1e-6  # relative gradient norm below which a float64 point counts as stationary
+
+
+def x64():
+    """JAX's scoped float64 switch (a context manager), whichever this JAX version offers."""
+    try:
+        return jax.enable_x64(True)
+    except (AttributeError, TypeError):
+        from jax.experimental import enable_x64
+
+        return enable_x64()
+
+
+class Point(NamedTuple):
+    """A model's objective at one point, flattened (float64).
+
+    f: x [P] -> []; x: [P]; unravel: x -> {block: array}; fixed: the fixed blocks (inputs).
+    """
+
+    f: Callable
+    x: Any
+    unravel: Callable
+    fixed: dict
+
+
+def flat_point(model, sizes, hyper, params):
+    """The objective as a function of the flattened variable blocks (call inside `x64()`)."""
+    var = {k: jnp.asarray(np.asarray(v), jnp.float64) for k, v in params.items()
+           if k not in model.fixed_blocks}
+    fixed = {k: jnp.asarray(np.asarray(params[k]), jnp.float64) for k in model.fixed_blocks
+             if k in params}
+    hyp = {k: jnp.asarray(float(v), jnp.float64) for k, v in hyper.items()}
+    x, unravel = ravel_pytree(var)
+    f = lambda y: model.objective({**unravel(y), **fixed}, hyp, sizes)
+    return Point(f, x, unravel, fixed)
+
+
+def hvp(f, x):
+    """v -> ∇²f(x)·v, forward-over-reverse (one linearisation of ∇f, reused)."""
+    _, lin = jax.linearize(jax.grad(f), x)
+    return lin
+
+
+# --- the orbit of the symmetry group ---------------------------------------------------------
+
+def _skew_pairs(b, groups=None):
+    """(i, j) index arrays of the coordinates a ↔ A = Σ a_k (E_ij − E_ji)/√2: every i < j, or only
+    those with groups[i] == groups[j] (a local symmetry that rotates units within groups)."""
+    i, j = np.triu_indices(b, 1)
+    if groups is not None:
+        same = groups[i] == groups[j]
+        i, j = i[same], j[same]
+    return i, j
+
+
+def _skew(a, b, ij):
+    A = jnp.zeros((b, b), a.dtype).at[ij].set(a / math.sqrt(2))
+    return A - A.T
+
+
+def _coords(M, ij):
+    """The skew part of M [b, b] in the orthonormal skew basis (the adjoint of `_skew`)."""
+    i, j = ij
+    return (M[i, j] - M[j, i]) / math.sqrt(2)
+
+
+class Orbit(NamedTuple):
+    """The tangent space of the symmetry orbit through a point, in flattened coordinates.
+
+    J: a [m] -> [P]; JT: v [P] -> [m]; gram: JᵀJ [m, m] (small, from the blocks' Gram matrices);
+    rank: its dimension (m less the stabiliser's); project: v -> P_T v; basis: [P, rank] an
+    orthonormal basis (built only on request: dense path).
+    """
+
+    J: Callable
+    JT: Callable
+    gram: Any
+    rank: int
+    project: Callable
+    basis: Callable
+
+
+def orbit(model, point, rank_rtol):
+    """The orbit's tangent space at `point` from the model's declared interfaces: (left, right) →
+    (left·A, −A·right), A skew [b, b] with b = left's columns; an interface (left, right, groups)
+    is local (ReLU units with one activation pattern): A only couples units i, j with
+    groups(blocks)[i] == groups(blocks)[j]. Directions with JᵀJ-eigenvalue below
+    rank_rtol·(its largest) count as the stabiliser's (not tangent)."""
+    blocks = point.unravel(point.x)
+    pairs = tuple(s[:2] for s in model.symmetries)
+    sizes = [blocks[left].shape[1] for left, _ in pairs]
+    index = [_skew_pairs(b, None if len(s) == 2 else np.asarray(s[2](blocks)))
+             for b, s in zip(sizes, model.symmetries)]
+    offsets = np.concatenate([[0], np.cumsum([len(ij[0]) for ij in index])]).astype(int)
+    m = int(offsets[-1])
+
+    def split(a):
+        return [_skew(a[offsets[p]:offsets[p + 1]], sizes[p], index[p])
+                for p in range(len(pairs))]
+
+    def J(a):
+        out = {k: jnp.zeros_like(v) for k, v in blocks.items()}
+        for (left, right), A in zip(pairs, split(a)):
+            out[left] = out[left] + blocks[left] @ A
+            out[right] = out[right] - A @ blocks[right]
+        return ravel_pytree(out)[0]
+
+    def JT(v):
+        V = point.unravel(v)
+        return jnp.concatenate([
+            _coords(blocks[left].T @ V[left] - V[right] @ blocks[right].T, ij)
+            for (left, right), ij in zip(pairs, index)]) if pairs else jnp.zeros((0,))
+
+    gram = _gram(blocks, pairs, split, index, m) if m else jnp.zeros((0, 0))
+    mu, U = np.linalg.eigh(np.asarray(gram)) if m else (np.zeros(0), np.zeros((0, 0)))
+    keep = mu > rank_rtol * max(float(mu.max(initial=0.0)), np.finfo(np.float64).tiny)
+    rank = int(keep.sum())
+    Ur = jnp.asarray(U[:, keep])
+    inv = jnp.asarray(1.0 / mu[keep])
+
+    def project(v):
+        if rank == 0:
+            return jnp.zeros_like(v)
+        return J(Ur @ (inv * (Ur.T @ JT(v))))
+
+    def basis():
+        """[P, rank]: J·U_r·diag(μ_r^(−1/2)), orthonormal as (JU)ᵀ(JU) = diag(μ)."""
+        if rank == 0:
+            return np.zeros((point.x.shape[0], 0))
+        return np.asarray(jax.vmap(J, in_axes=1, out_axes=1)(Ur * jnp.sqrt(inv)))
+
+    return Orbit(J, JT, gram, rank, project, basis)
+
+
+def _gram(blocks, pairs, split, index, m):
+    """JᵀJ [m, m] from products of the blocks that meet at an interface (docs/theory.md §6.1):
+    for interface p = (L, R), (JᵀJ a)_p = skew(Lᵀ·δL − δR·Rᵀ), where δB, the tangent on block B,
+    is B·A_q where B is the left of q and −A_q·B where it is the right of q. Gram matrices of a
+    block with itself are formed once, so a wide H costs one d×d product, not m."""
+    grams = {}
+
+    def gram_of(name, side):
+        if (name, side) not in grams:
+            B = blocks[name]
+            grams[(name, side)] = B.T @ B if side == "cols" else B @ B.T
+        return grams[(name, side)]
+
+    def apply(a):
+        A = split(a)
+        out = []
+        for p, (L, R) in enumerate(pairs):
+            M = jnp.zeros((blocks[L].shape[1],) * 2, a.dtype)
+            for q, (Lq, Rq) in enumerate(pairs):
+                if Lq == L:  # Lᵀ(L·A_q) with q = p
+                    M = M + gram_of(L, "cols") @ A[q]
+                if Rq == L:  # Lᵀ(−A_q·L)
+                    M = M - blocks[L].T @ A[q] @ blocks[L]
+                if Lq == R:  # −(R·A_q)Rᵀ
+                    M = M - blocks[R] @ A[q] @ blocks[R].T
+                if Rq == R:  # −(−A_q·R)Rᵀ with q = p
+                    M = M + A[q] @ gram_of(R, "rows")
+            out.append(_coords(M, index[p]))
+        return jnp.concatenate(out)
+
+    return jax.lax.map(apply, jnp.eye(m), batch_size=min(m, 256))
+
+
+# --- Lanczos ---------------------------------------------------------------------------------
+
+class Lanczos(NamedTuple):
+    """k Lanczos steps with full reorthogonalisation: the tridiagonal (alpha [k], beta [k]) and the
+    Krylov basis V [k, P]; Ritz pairs of T give eigenpairs of the operator with residual
+    |beta_k · s_k|."""
+
+    alpha: Any
+    beta: Any
+    V: Any
+
+
+def lanczos(matvec, v0, steps, restrict=None):
+    """`steps` Lanczos steps from v0 [P] (traceable: vmap it over start vectors). Every new
+    vector is orthogonalised twice against all earlier ones (full reorthogonalisation); after a
+    breakdown (an invariant subspace found) the next vector is a fresh one orthogonal to them,
+    mapped by `restrict` first (the subspace the operator acts on, if not all of R^P)."""
+    P = v0.shape[0]
+    V = jnp.zeros((steps + 1, P), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    fresh = jax.random.normal(jax.random.PRNGKey(1), (steps, P), v0.dtype)
+
+    def body(j, carry):
+        V, alpha, beta = carry
+        w = matvec(V[j])
+        alpha = alpha.at[j].set(jnp.vdot(V[j], w))
+        for _ in range(2):  # twice is enough (Kahan–Parlett)
+            w = w if restrict is None else restrict(w)  # rounding must not leak out of it
+            w = w - V.T @ (V @ w)
+        b = jnp.linalg.norm(w)
+        scale = jnp.maximum(jnp.max(jnp.abs(alpha)), jnp.finfo(v0.dtype).tiny)
+        broke = b <= 1e-12 * scale
+        restart = fresh[j] if restrict is None else restrict(fresh[j])
+        restart = restart - V.T @ (V @ restart)
+        restart = restart - V.T @ (V @ restart)
+        nxt = jnp.where(broke, restart / jnp.linalg.norm(restart), w / jnp.where(broke, 1.0, b))
+        return V.at[j + 1].set(nxt), alpha, beta.at[j].set(jnp.where(broke, 0.0, b))
+
+    V, alpha, beta = jax.lax.fori_loop(
+        0, steps, body, (V, jnp.zeros(steps, v0.dtype), jnp.zeros(steps, v0.dtype)))
+    return Lanczos(alpha, beta, V[:steps])
+
+
+def ritz(run):
+    """(values [k] ascending, vectors [k, P], residual bounds [k]) of a Lanczos run."""
+    alpha, beta = np.asarray(run.alpha), np.asarray(run.beta)
+    theta, S = scipy.linalg.eigh_tridiagonal(alpha, beta[:-1])
+    residual = np.abs(beta[-1] * S[-1, :])
+    return theta, (S.T @ np.asarray(run.V)), residual
+
+
+def spectral_density(matvec, P, key, vectors=16, steps=64, dtype=jnp.float64):
+    """Stochastic Lanczos quadrature: (nodes [vectors, steps], weights [vectors, steps]) with
+    Σ weights = 1 per vector, so (1/vectors)·Σ w·δ(t − node) estimates the spectral density
+    (1/P)·Σ_i δ(t − λ_i) (Ubaru, Chen & Saad 2017). Start vectors are Rademacher."""
+    starts = jax.random.rademacher(key, (vectors, P), dtype)
+    runs = jax.jit(jax.vmap(lambda v: lanczos(matvec, v, steps)))(starts)
+    nodes, weights = [], []
+    for r in range(vectors):
+        one = Lanczos(runs.alpha[r], runs.beta[r], runs.V[r])
+        theta, S = scipy.linalg.eigh_tridiagonal(np.asarray(one.alpha),
+                                                 np.asarray(one.beta)[:-1])
+        nodes.append(theta)
+        weights.append(S[0, :] ** 2)
+    return np.array(nodes), np.array(weights)
+
+
+# --- the certificate -------------------------------------------------------------------------
+
+class SecondOrder(NamedTuple):
+    """What `classify` found (JSON-ready through `as_dict`)."""
+
+    kind: str
+    reason: str
+    min_eigenvalue: Optional[float]  # of the restricted Hessian
+    max_eigenvalue: Optional[float]
+    symmetry_dim: Optional[int]
+    tol: Optional[float]
+    grad_norm: float  # ‖∇f‖ / max(|f|, 1e-6), in float64 at the point
+    eigenvalues: Optional[list]  # the whole restricted spectrum (dense) or the extreme ones
+    method: str  # 'dense' or 'lanczos'
+    parameters: int
+    kinks: Optional[int] = None  # pre-activations within tolerance of 0 (ReLU models)
+    residual: Optional[float] = None  # Lanczos: the largest residual bound of the reported ones
+    direction: Any = None  # saddle: a unit descent direction (params dict), else None
+
+    def as_dict(self):
+        out = self._asdict()
+        out.pop("direction")
+        return out
+
+    def describe(self):
+        """The one line the CLI prints."""
+        if self.min_eigenvalue is None:
+            return f"second order: {self.kind} ({self.reason})"
+        return (f"second order: {self.kind} — restricted λ_min = {self.min_eigenvalue:.6g} "
+                f"(tol {self.tol:.2g}, {self.symmetry_dim} symmetry directions removed, "
+                f"{self.method}, P = {self.parameters})")
+
+
+METHODS = ("auto", "dense", "lanczos")
+
+
+def check_method(method):
+    if method not in METHODS:
+        raise ValueError(f"hessian (--hessian) must be one of {', '.join(METHODS)}, got "
+                         f"{method!r}")
+
+
+def check_smooth(model):
+    """ValueError for a model the second-order certificate does not cover."""
+    if model.constrained:
+        raise ValueError(f"{model.name} is a constrained model (features on a sphere or ball): "
+                         f"its second-order conditions need the Lagrangian's Hessian on the "
+                         f"constraint's tangent space, which --hessian does not compute")
+
+
+def dense_bytes(P):
+    """Peak bytes of the dense path: the Hessian, its identity seed, the reflected copy and the
+    eigenvectors, each [P, P] float64."""
+    return 4 * 8 * P * P
+
+
+def parameter_count(model, sizes, params):
+    return int(sum(np.size(v) for k, v in params.items() if k not in model.fixed_blocks))
+
+
+def numerical_tol(hess_scale, P):
+    """A backward-stable symmetric eigensolver moves every eigenvalue by at most ≈ P·ε·‖H‖."""
+    return P * np.finfo(np.float64).eps * hess_scale
+
+
+def moving_tol(point, orb, v, step):
+    """How far the restricted eigenvalue of `v` [P] moves between the point and the critical
+    point a Newton step `step` [P] away: ‖(I − P_T)·D³f(x)[step]·v‖ (docs/theory.md §6.3), twice
+    that for the terms of higher order in the step. Zero at an exact critical point."""
+    if not np.any(step):
+        return 0.0
+    lin_at = lambda y: hvp(point.f, y)(jnp.asarray(v))
+    third = jax.jvp(lin_at, (point.x,), (jnp.asarray(step),))[1]
+    return 2.0 * float(jnp.linalg.norm(third - orb.project(third)))
+
+
+def classify(model, sizes, hyper, params, *, method="auto", k=6, stationary_tol=None,
+             kink_rtol=None, key=None, max_steps=None):
+    """The second-order certificate of `params` (a dict of numpy or JAX arrays) as a SecondOrder.
+
+    method: 'dense' (every restricted eigenvalue), 'lanczos' (the k smallest and k largest), or
+    'auto' (dense up to DENSE_MAX parameters). stationary_tol: the relative gradient norm above
+    which the point is 'not stationary' (default STATIONARY_TOL for float64 parameters, 1e-3 for
+    float32 ones, as the convergence certificate). kink_rtol: a ReLU pre-activation within
+    kink_rtol·max|Z| of 0 is on a kink (default √ε of the parameters' dtype).
+    """
+    check_smooth(model)
+    check_method(method)
+    P = parameter_count(model, sizes, params)
+    if method == "auto":
+        method = "dense" if P <= DENSE_MAX else "lanczos"
+    if method == "dense":
+        need = dense_bytes(P)
+        have, what = limits.machine_memory()
+        if need > limits.MEMORY_FRACTION * have:
+            raise ValueError(f"the dense Hessian of {P:,} parameters needs about "
+                             f"{limits.gib(need)}, more than {limits.MEMORY_FRACTION:.0%} of the "
+                             f"{what} ({limits.gib(have)}): use the Lanczos method "
+                             f"(--hessian lanczos)")
+    run_dtype = np.result_type(*[np.asarray(v).dtype for v in params.values()])
+    run_eps = float(np.finfo(run_dtype if np.issubdtype(run_dtype, np.floating)
+                             else np.float64).eps)
+    if stationary_tol is None:
+        stationary_tol = STATIONARY_TOL if run_eps < 1e-10 else 1e-3
+    if kink_rtol is None:
+        kink_rtol = math.sqrt(run_eps)
+    with x64():
+        point = flat_point(model, sizes, hyper, params)
+        value, g = jax.value_and_grad(point.f)(point.x)
+        value, g = float(value), np.asarray(g)
+        grad_rel = float(np.linalg.norm(g) / max(abs(value), 1e-6))
+        common = dict(grad_norm=grad_rel, method=method, parameters=P)
+        if not (math.isfinite(value) and np.all(np.isfinite(g))):
+            return SecondOrder("not stationary", "the objective or its gradient is not finite",
+                               None, None, None, None, eigenvalues=None, **common)
+        if model.kinks is not None:
+            Z = model.kinks({**point.unravel(point.x), **point.fixed}, sizes)
+            near = sum(int(np.sum(np.abs(np.asarray(z)) <= kink_rtol * np.max(np.abs(
+                np.asarray(z)), initial=0.0))) for z in Z)
+            common["kinks"] = near
+            if near:
+                return SecondOrder(
+                    "not twice differentiable",
+                    f"{near} ReLU pre-activation(s) within {kink_rtol:.2g}·max|Z| of 0, where "
+                    f"the objective has a kink: no second-order claim", None, None, None, None,
+                    eigenvalues=None, **common)
+        rank_rtol = math.sqrt(run_eps)
+        orb = orbit(model, point, rank_rtol)
+        if method == "dense":
+            spectrum, v_min, step = _dense_restricted(point, orb, g)
+            residual = None
+        else:
+            spectrum, v_min, residual, step = _lanczos_restricted(point, orb, g, k, key,
+                                                                  max_steps)
+        lo, hi = float(spectrum[0]), float(spectrum[-1])
+        tol = numerical_tol(max(abs(lo), abs(hi)), P) + moving_tol(point, orb, v_min, step)
+        if residual is not None:
+            tol += residual
+    if grad_rel > stationary_tol:
+        kind, reason = "not stationary", (f"relative gradient norm {grad_rel:.3g} > "
+                                          f"{stationary_tol:.3g}: the eigenvalues describe the "
+                                          f"point, not a critical point")
+    elif lo > tol:
+        kind, reason = "strict local minimum", "restricted λ_min > tol"
+    elif lo < -tol:
+        kind, reason = "saddle", "restricted λ_min < −tol: its eigenvector is a descent direction"
+    else:
+        kind, reason = "degenerate", ("|restricted λ_min| ≤ tol: a higher order decides "
+                                      "(or a flat direction beyond the declared symmetries)")
+    direction = None
+    if kind == "saddle":
+        with x64():
+            direction = jax.tree.map(np.asarray, point.unravel(jnp.asarray(v_min)))
+    return SecondOrder(kind, reason, lo, hi, orb.rank, tol, eigenvalues=[
+        float(v) for v in spectrum], residual=residual, direction=direction, **common)
+
+
+def dense_hessian(f, x, batch=256):
+    """∇²f(x) [P, P] by forward-over-reverse products with the unit vectors, `batch` at a time."""
+    P = x.shape[0]
+    lin = hvp(f, x)
+    H = jax.lax.map(lin, jnp.eye(P, dtype=x.dtype), batch_size=min(P, batch))
+    return (H + H.T) / 2
+
+
+def _dense_restricted(point, orb, g):
+    """(every eigenvalue of the restricted Hessian ascending, the eigenvector of the smallest
+    [P], the Newton step to the nearby critical point [P]). The complement of the tangent space
+    is spanned by the last P − r columns of the Householder Q of an orthonormal tangent basis,
+    applied by reflections (LAPACK ormqr): 4P²r flops, not P³. The Newton step −H_r⁺g leaves
+    out eigenvalues within the numerical tolerance."""
+    H = np.asarray(dense_hessian(point.f, point.x), np.float64)
+    P, r = H.shape[0], orb.rank
+    g = np.asarray(g, np.float64)[:, None]
+    if r:
+        (qr, tau), _ = scipy.linalg.qr(orb.basis(), mode="raw")
+        H = _ormqr("L", "T", qr, tau, H)
+        H = _ormqr("R", "N", qr, tau, H)
+        g = _ormqr("L", "T", qr, tau, g)
+    values, vectors = scipy.linalg.eigh(H[r:, r:], driver="evr")
+    tol = numerical_tol(max(abs(values[0]), abs(values[-1])), P)
+    inv = np.where(np.abs(values) > tol, 1.0 / np.where(values == 0, 1.0, values), 0.0)
+    out = np.zeros((P, 2))
+    out[r:, 0] = vectors[:, 0]
+    out[r:, 1] = -vectors @ (inv * (vectors.T @ g[r:, 0]))
+    if r:
+        out = _ormqr("L", "N", qr, tau, out)
+    return values, out[:, 0], out[:, 1]
+
+
+def _ormqr(side, trans, qr, tau, C):
+    """Q·C, Qᵀ·C or C·Q with Q given by Householder reflections (LAPACK dormqr)."""
+    lwork = scipy.linalg.lapack.dormqr(side, trans, qr, tau, C, -1)[1][0]
+    out, _, info = scipy.linalg.lapack.dormqr(side, trans, qr, tau, C, int(lwork))
+    if info:
+        raise RuntimeError(f"LAPACK dormqr failed (info {info})")
+    return out
+
+
+def _lanczos_restricted(point, orb, g, k, key, max_steps):
+    """(the k smallest and k largest restricted eigenvalues, ascending; the eigenvector of the
+    smallest; the largest residual bound among them; the Newton step [P]). Lanczos on
+    (I − P_T)∇²f(I − P_T) from a start vector in the complement: the tangent directions never
+    enter the Krylov space (every vector is projected), so the zeros they carry do not crowd the
+    small end. The Newton step is MINRES's on the same operator (scipy)."""
+    lin = hvp(point.f, point.x)
+    keep = lambda v: v - orb.project(v)
+    op = lambda v: keep(lin(keep(v)))
+    P = point.x.shape[0]
+    free = P - orb.rank
+    key = jax.random.PRNGKey(0) if key is None else key
+    v0 = keep(jax.random.normal(key, (P,), jnp.float64))
+    cap = min(free, max_steps or 2000)
+    steps = min(free, max(8 * k, 80))
+    while True:
+        run = jax.jit(lanczos, static_argnums=(0, 2, 3))(op, v0, steps, keep)
+        theta, vecs, res = ritz(run)
+        pick = np.unique(np.r_[0:min(k, len(theta)), max(len(theta) - k, 0):len(theta)])
+        scale = max(abs(theta[0]), abs(theta[-1]))
+        if np.max(res[pick]) <= 1e-10 * scale or steps >= cap:
+            break
+        steps = min(cap, 2 * steps)
+    step = np.zeros(P)
+    rhs = -np.asarray(keep(jnp.asarray(g)))
+    if np.any(rhs):
+        apply = jax.jit(op)
+        A = scipy.sparse.linalg.LinearOperator(
+            (P, P), matvec=lambda v: np.asarray(apply(jnp.asarray(v.ravel()))), dtype=np.float64)
+        step = scipy.sparse.linalg.minres(A, rhs, rtol=1e-10, maxiter=500)[0]
+    return theta[pick], vecs[0], float(np.max(res[pick])), step
+
+
+def line_search(model, sizes, hyper, params, direction):
+    """(t, f(x + t·v)) minimising f along the unit direction v (a params dict of the variable
+    blocks) over t = ±s·2^−k, k = −4 … 40, s = max(‖x‖, 1): a saddle's negative-curvature
+    direction, both signs; (None, f(x)) when no t lowers the objective (in float64)."""
+    with x64():
+        point = flat_point(model, sizes, hyper, params)
+        v = ravel_pytree({k: jnp.asarray(np.asarray(a), jnp.float64)
+                          for k, a in direction.items()})[0]
+        s = max(float(jnp.linalg.norm(point.x)), 1.0)
+        ts = s * 2.0 ** -np.arange(-4, 41)
+        ts = jnp.asarray(np.concatenate([ts, -ts]))
+        values = np.asarray(jax.jit(jax.vmap(lambda t: point.f(point.x + t * v)))(ts))
+        here = float(point.f(point.x))
+    best = int(np.nanargmin(np.where(np.isfinite(values), values, np.inf)))
+    if not values[best] < here:
+        return None, here
+    return float(ts[best]), float(values[best])
+
+
+# --- saved runs ------------------------------------------------------------------------------
+
+def load_run(path):
+    """(model, sizes, hyper, params, document) of a `ufm train` output folder (or its
+    result.json): the model rebuilt from the configuration it recorded. ValueError naming the
+    path for anything else."""
+    import json
+    import os
+
+    from ufm.models import REGISTRY, Sizes, get_model
+
+    folder = os.path.dirname(path) if path.endswith(".json") else path
+    doc_path, npz_path = os.path.join(folder, "result.json"), os.path.join(folder, "params.npz")
+    if not (os.path.isfile(doc_path) and os.path.isfile(npz_path)):
+        raise ValueError(f"run {path!r} is not a ufm train output: it needs result.json and "
+                         f"params.npz")
+    try:
+        with open(doc_path) as fh:
+            doc = json.load(fh)
+        cfg = doc["config"]
+        name = doc["model"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"run {path!r}: result.json is not a ufm train result ({err})") from None
+    if name not in REGISTRY:
+        raise ValueError(f"run {path!r} names the model {name!r}, which this ufm does not have")
+    if doc.get("sessions") is not None:
+        raise ValueError(f"run {path!r} ran class-incremental sessions: each session solves "
+                         f"another problem; --hessian classifies single runs")
+    hashable = lambda v: tuple(hashable(x) for x in v) if isinstance(v, list) else v
+    options = {o.name: hashable(cfg[o.name]) for o in REGISTRY[name].options if o.name in cfg}
+    model = get_model(name, **options)
+    n = cfg["n"]
+    sizes = Sizes(int(cfg["K"]), tuple(n) if isinstance(n, list) else int(n), int(cfg["d"]))
+    hyper = {h: float(cfg[h]) for h in model.hyper_names}
+    with np.load(npz_path, allow_pickle=False) as f:
+        params = {k: np.asarray(f[k]) for k in f.files}
+    return model, sizes, hyper, params, doc
+
+
+__all__ = ["classify", "SecondOrder", "orbit", "lanczos", "ritz", "spectral_density",
+           "dense_hessian", "flat_point", "hvp", "line_search", "load_run", "KINDS", "DENSE_MAX"]
