@@ -108,7 +108,7 @@ def test_declared_symmetries_leave_the_objective_unchanged(name, options):
                 rows[1] = 0.8 * rows[0]  # units 0 and 1 now have the same sign pattern
                 params[right] = rows
                 base = f(params)
-                groups = spec[2](params)
+                groups = hessian.pattern_labels(spec[2](params))
                 assert groups[0] == groups[1]
                 Q = np.eye(b)
                 c, s = math.cos(0.3), math.sin(0.3)
@@ -127,13 +127,13 @@ def test_gram_from_block_products_equals_autodiff_and_tangents_are_flat_at_a_cri
     hyper = {k: result.config[k] for k in model.hyper_names}
     with hessian.x64():
         point = hessian.flat_point(model, sizes, hyper, result.params)
-        orbit = hessian.orbit(model, point, 1e-8)
+        orbit = hessian.orbit(model, point.unravel(point.x), 1e-8)
         m = orbit.gram.shape[0]
         assert m == 3 * 6
         by_autodiff = jax.vmap(lambda a: orbit.JT(orbit.J(a)))(jnp.eye(m))
         np.testing.assert_allclose(np.asarray(orbit.gram), np.asarray(by_autodiff), atol=1e-12)
         T = orbit.basis()
-        np.testing.assert_allclose(T.T @ T, np.eye(orbit.rank), atol=1e-12)
+        np.testing.assert_allclose(T.T @ T, np.eye(int(orbit.rank)), atol=1e-12)
         H = np.asarray(hessian.dense_hessian(point.f, point.x))
     # ∇²f·t = A·∇f = 0 along the orbit at a critical point (gradient ≈ 1e-12 here)
     assert np.abs(H @ T).max() < 1e-8 * np.abs(H).max()
@@ -218,3 +218,25 @@ def test_cli_train_hessian_and_hessian_of_a_saved_run(tmp_path, capsys):
     assert doc["second_order"]["method"] == "lanczos"
     assert main(["hessian", str(tmp_path / "nothing")]) == 2
     assert "is not a ufm train output" in capsys.readouterr().err
+
+
+def test_sweep_classifies_every_point_as_the_single_run_does(tmp_path, capsys):
+    """The traced (vmapped) certificate of `ufm sweep --hessian` against `classify` on the same
+    runs: the origin saddle (init 0: L-BFGS cannot leave it) with its closed-form eigenvalue, and
+    the seeded run (the sweep's point uses PRNGKey(seed), as `ufm train` does)."""
+    out = tmp_path / "sweep"
+    rc = main(["sweep", "bias-free", "--K", "3", "--n", "4", "--d", "5", "--lam-W", "1e-2",
+               "--lam-H", "2e-2", "--init-scale", "0,0.5", "--optimizer", "lbfgs", "--quiet",
+               "--hessian", "60", "--out", str(out)])
+    assert rc == 0
+    assert "second order: saddle 1, strict local minimum 1" in capsys.readouterr().out
+    arrays = np.load(out / "sweep.npz")
+    assert list(arrays["second_order_kind"]) == ["saddle", "strict local minimum"]
+    expected, _ = origin_min_eigenvalue(1e-2, 2e-2, (4, 4, 4))
+    assert arrays["min_eigenvalue"][0] == pytest.approx(expected, abs=1e-10)
+    single = train("bias-free", K=3, n=4, d=5, lam_W=1e-2, lam_H=2e-2, init_scale=0.5,
+                   optimizer="lbfgs", hessian="dense")
+    assert single.second_order["kind"] == "strict local minimum"
+    assert arrays["min_eigenvalue"][1] == pytest.approx(single.second_order["min_eigenvalue"],
+                                                        abs=1e-8)
+    assert arrays["symmetry_dim"][1] == single.second_order["symmetry_dim"] == 5 * 4 // 2 - 1  # O(5) less O(2)

@@ -13,6 +13,10 @@ global (float64): time to a certified global optimum (convex solver, L-BFGS, GD,
 latency: wall time of whole CLI commands in fresh processes, run three times against an empty
 compilation cache (first: compiles and fills it; then: loads from it), beside
 `python -c "import jax"` — the time to first result a researcher sees.
+hessian: the second-order certificate (float64 whatever the dtype): a Hessian-vector product
+against a gradient at K = n = d = 100 (10⁶ parameters), the dense restricted spectrum of a model
+with 5,000 parameters, and the 20 extreme restricted eigenvalues (Lanczos) at 10⁶ parameters, each
+at the bias-free closed-form optimum, wall time including compilation.
 measure: `ufm measure`'s suite on 200,000 × 512 float32 features, K = 100, beside
 rhubarbwu/neural-collapse's float32 accumulators and metrics on the same array (when that
 library and torch happen to be installed; neither is a dependency): wall time and peak memory
@@ -32,7 +36,7 @@ from ufm.config import hyper_for
 from ufm.models import MODELS, Sizes
 
 SIZES = (Sizes(4, 50, 20), Sizes(10, 100, 64))
-SECTIONS = ("throughput", "deep", "solvers", "global", "latency", "measure")
+SECTIONS = ("throughput", "deep", "solvers", "global", "latency", "measure", "hessian")
 BATCHES = (1, 64, 1024, 4096)
 LAM, LR = 5e-3, 0.1
 
@@ -605,6 +609,68 @@ def measure_report(m):
     return lines
 
 
+HESSIAN_DENSE = Sizes(10, 49, 10)  # P = Kd + dN = 5,000
+HESSIAN_LARGE = Sizes(100, 100, 100)  # P = 1,010,000
+
+
+def _closed_form_optimum(sizes, lam):
+    """The bias-free minimiser of Theorem 3.1 at (λ_W, λ_H) = (lam, lam): W = √(x/s)·R with R a
+    random row frame, h_(k,i) = s·w_k (docs/theory.md §3.1)."""
+    from ufm import theory
+
+    K, n, d = sizes
+    hyper = {"lam_W": lam, "lam_H": lam}
+    x = theory.plain(hyper, sizes, None).x
+    s = (lam / (n * lam)) ** 0.5
+    R = np.linalg.qr(np.random.default_rng(0).normal(size=(d, K)))[0].T
+    W = (x / s) ** 0.5 * R
+    return hyper, {"W": W, "H": s * np.repeat(W.T, n, axis=1)}
+
+
+def hessian_times(quick=False):
+    """Seconds for a gradient and a Hessian-vector product (compiled, warm), the dense restricted
+    spectrum at P = 5,000 and 20 extreme eigenvalues by Lanczos at P ≈ 10⁶ (both cold: what
+    `ufm hessian` costs, compilation included)."""
+    from ufm import hessian
+    from ufm.models import get_model
+
+    model = get_model("bias-free")
+    dense_sz = Sizes(4, 10, 8) if quick else HESSIAN_DENSE
+    large_sz = Sizes(10, 10, 10) if quick else HESSIAN_LARGE
+    lam = 1e-3 / large_sz.K  # below the threshold: a nonzero optimum
+    hyper, params = _closed_form_optimum(large_sz, lam)
+    with hessian.x64():
+        point = hessian.flat_point(model, large_sz, hyper, params)
+        grad = jax.jit(jax.grad(point.f))
+        hvp = jax.jit(lambda x, v: jax.jvp(jax.grad(point.f), (x,), (v,))[1])
+        v = jnp.ones_like(point.x)
+        t_grad, t_hvp = _timed(grad, point.x), _timed(hvp, point.x, v)
+    out = {"P_large": int(point.x.shape[0]), "gradient_s": t_grad, "hvp_s": t_hvp,
+           "hvp_over_gradient": t_hvp / t_grad}
+    t0 = time.perf_counter()
+    so = hessian.classify(model, large_sz, hyper, params, method="lanczos", k=10)
+    out.update(lanczos_s=time.perf_counter() - t0, lanczos_kind=so.kind,
+               lanczos_min=so.min_eigenvalue, lanczos_residual=so.residual)
+    hyper, params = _closed_form_optimum(dense_sz, 1e-3 / dense_sz.K)
+    t0 = time.perf_counter()
+    so = hessian.classify(model, dense_sz, hyper, params, method="dense")
+    out.update(P_dense=so.parameters, dense_s=time.perf_counter() - t0, dense_kind=so.kind)
+    return out
+
+
+def hessian_report(h):
+    return [f"
+second-order certificate (float64, bias-free optimum):",
+            f"  Hessian-vector product / gradient at P = {h['P_large']:,}: "
+            f"{h['hvp_s'] * 1e3:.1f} / {h['gradient_s'] * 1e3:.1f} ms = "
+            f"{h['hvp_over_gradient']:.2f}×",
+            f"  dense restricted spectrum, P = {h['P_dense']:,}: {h['dense_s']:.1f} s "
+            f"({h['dense_kind']}, compilation included)",
+            f"  20 extreme eigenvalues by Lanczos, P = {h['P_large']:,}: {h['lanczos_s']:.1f} s "
+            f"({h['lanczos_kind']}, λ_min {h['lanczos_min']:.4g}, residual "
+            f"{h['lanczos_residual']:.1e})"]
+
+
 def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
     """All measurements of the chosen sections as a JSON-ready dict."""
     out = {"device": f"{jax.local_device_count()} × {jax.devices()[0].device_kind}",
@@ -620,6 +686,8 @@ def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
         out["latency"] = latency_times(repeat=3)
     if "measure" in sections:
         out["measure"] = measure_times(quick)
+    if "hessian" in sections:
+        out["hessian"] = hessian_times(quick)
     if "throughput" not in sections:
         return out
     for sz in sizes:
@@ -666,6 +734,8 @@ def report(res):
         lines += latency_report(res["latency"])
     if res.get("measure"):
         lines += measure_report(res["measure"])
+    if res.get("hessian"):
+        lines += hessian_report(res["hessian"])
     if not res["sizes"]:
         return "\n".join(lines)
     lines.append(f"\nbias-free UFM, GD step {LR}:")

@@ -265,6 +265,10 @@ def build_parser(layers=(), lean=False):
     w.add_argument("--plot", action="store_true", help="also write plot.png beside the data "
                                                       "(ufm plot)")
     _add_host_devices(w)
+    w.add_argument("--hessian", nargs="?", type=int, const=100, default=None, metavar="STEPS",
+                   help="the second-order certificate at every point (Lanczos, STEPS steps, "
+                        "default 100, in the sweep's dtype): second_order_kind, min_eigenvalue, "
+                        "second_order_tol, symmetry_dim in sweep.npz")
     w.add_argument("--distributed", action="store_true",
                    help="several hosts: call jax.distributed.initialize() first (SLURM and other "
                         "launchers are detected by JAX); run the same command on every host")
@@ -294,8 +298,11 @@ def build_parser(layers=(), lean=False):
                    help="comma list of sections: throughput (GD steps/s, grids), deep (deep "
                         "model line), solvers (time to a 1e-10 gap per optimiser), global (time "
                         "to a 1e-10 certified global gap: convex solver, L-BFGS, GD; float64), "
-                        "latency (first and second wall time of whole CLI commands) "
-                        "(default all)")
+                        "latency (first and second wall time of whole CLI commands), measure "
+                        "(ufm measure's suite on 200,000 × 512 features beside "
+                        "rhubarbwu/neural-collapse), hessian (Hessian-vector product against a "
+                        "gradient, dense and Lanczos restricted spectra) (default "
+                        "throughput,deep,solvers,global,latency)")
     b.add_argument("--batches", default="1,64,1024,4096", help="grid sizes B (comma list)")
     b.add_argument("--sizes", choices=("paper", "large", "both"), default="both",
                    help="K=4,d=20,n=50 (paper), K=10,d=64,n=100 (large) or both")
@@ -773,7 +780,8 @@ def cmd_sweep(args, argv):
             progress=None if update is None else (lambda d, t: update(d, t)),
             seed=args.seed, seeds=args.seeds or 0, optimizer=args.optimizer,
             restarts=1 if args.restarts is None else args.restarts, chunk=args.chunk,
-            allow_small_d=args.allow_small_d, sessions=sessions, distill=distill, tol=args.tol)
+            allow_small_d=args.allow_small_d, sessions=sessions, distill=distill, tol=args.tol,
+            hessian=args.hessian)
         elapsed = time.perf_counter() - t0
     except ValueError as err:
         return _error(err)
@@ -820,6 +828,10 @@ def sweep_summary(model, arrays, config, elapsed, out):
     if "reached" in arrays:
         kinds, counts = np.unique(arrays["reached"], return_counts=True)
         lines.append("reached: " + ", ".join(f"{k or 'n/a'} {c}" for k, c in zip(kinds, counts)))
+    if "second_order_kind" in arrays:
+        kinds, counts = np.unique(arrays["second_order_kind"], return_counts=True)
+        lines.append("second order: " + ", ".join(f"{k or 'n/a'} {c}"
+                                                  for k, c in zip(kinds, counts)))
     lines.append(f"wrote {out}/sweep.npz and {out}/sweep.json")
     return "\n".join(lines)
 

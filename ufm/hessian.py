@@ -23,7 +23,7 @@ import scipy.linalg
 import scipy.sparse.linalg
 from jax.flatten_util import ravel_pytree
 
-from ufm import limits
+from ufm import limits, linalg
 
 DENSE_MAX = 6000  # parameters up to which `method='auto'` computes the whole restricted spectrum
 KINDS = ("strict local minimum", "saddle", "degenerate", "not stationary",
@@ -73,59 +73,70 @@ def hvp(f, x):
 
 # --- the orbit of the symmetry group ---------------------------------------------------------
 
-def _skew_pairs(b, groups=None):
-    """(i, j) index arrays of the coordinates a ↔ A = Σ a_k (E_ij − E_ji)/√2: every i < j, or only
-    those with groups[i] == groups[j] (a local symmetry that rotates units within groups)."""
+def pattern_labels(activity):
+    """[b] ints, equal for units whose activity rows [b, N] are equal (host)."""
+    return np.unique(np.asarray(activity), axis=0, return_inverse=True)[1].ravel()
+
+
+def _same_pattern(activity):
+    """[b, b]: 1 where units i and j have equal activity rows (traceable)."""
+    act = activity.astype(jnp.int8)
+    return jnp.all(act[:, None, :] == act[None, :, :], axis=-1)
+
+
+def _skew(a, b, mask):
+    """A = Σ a_k (E_ij − E_ji)/√2 over i < j, times the interface's mask [b, b] (or None)."""
     i, j = np.triu_indices(b, 1)
-    if groups is not None:
-        same = groups[i] == groups[j]
-        i, j = i[same], j[same]
-    return i, j
+    A = jnp.zeros((b, b), a.dtype).at[i, j].set(a / math.sqrt(2))
+    A = A - A.T
+    return A if mask is None else A * mask
 
 
-def _skew(a, b, ij):
-    A = jnp.zeros((b, b), a.dtype).at[ij].set(a / math.sqrt(2))
-    return A - A.T
-
-
-def _coords(M, ij):
+def _coords(M, mask):
     """The skew part of M [b, b] in the orthonormal skew basis (the adjoint of `_skew`)."""
-    i, j = ij
+    if mask is not None:
+        M = M * mask
+    i, j = np.triu_indices(M.shape[0], 1)
     return (M[i, j] - M[j, i]) / math.sqrt(2)
+
+
+@linalg.one_matrix_at_a_time
+def _eigh(S):
+    return jnp.linalg.eigh(S)
 
 
 class Orbit(NamedTuple):
     """The tangent space of the symmetry orbit through a point, in flattened coordinates.
 
     J: a [m] -> [P]; JT: v [P] -> [m]; gram: JᵀJ [m, m] (small, from the blocks' Gram matrices);
-    rank: its dimension (m less the stabiliser's); project: v -> P_T v; basis: [P, rank] an
-    orthonormal basis (built only on request: dense path).
+    rank: its dimension ([] int: m less the stabiliser's and the masked coordinates); project:
+    v -> P_T v; basis: () -> [P, rank] an orthonormal basis (host only: dense path).
     """
 
     J: Callable
     JT: Callable
     gram: Any
-    rank: int
+    rank: Any
     project: Callable
     basis: Callable
 
 
-def orbit(model, point, rank_rtol):
-    """The orbit's tangent space at `point` from the model's declared interfaces: (left, right) →
-    (left·A, −A·right), A skew [b, b] with b = left's columns; an interface (left, right, groups)
-    is local (ReLU units with one activation pattern): A only couples units i, j with
-    groups(blocks)[i] == groups(blocks)[j]. Directions with JᵀJ-eigenvalue below
-    rank_rtol·(its largest) count as the stabiliser's (not tangent)."""
-    blocks = point.unravel(point.x)
+def orbit(model, blocks, rank_rtol):
+    """The orbit's tangent space at the point `blocks` (the variable blocks, a dict) from the
+    model's declared interfaces: (left, right) → (left·A, −A·right), A skew [b, b] with b =
+    left's columns; an interface (left, right, activity) is local (ReLU units of one activation
+    pattern): A is masked to the pairs of units whose activity rows are equal. Directions with
+    JᵀJ-eigenvalue ≤ rank_rtol·(its largest) count as the stabiliser's (not tangent). Traceable
+    (vmap it over points)."""
+    flat, unravel = ravel_pytree(blocks)
     pairs = tuple(s[:2] for s in model.symmetries)
     sizes = [blocks[left].shape[1] for left, _ in pairs]
-    index = [_skew_pairs(b, None if len(s) == 2 else np.asarray(s[2](blocks)))
-             for b, s in zip(sizes, model.symmetries)]
-    offsets = np.concatenate([[0], np.cumsum([len(ij[0]) for ij in index])]).astype(int)
+    masks = [None if len(s) == 2 else _same_pattern(s[2](blocks)) for s in model.symmetries]
+    offsets = np.concatenate([[0], np.cumsum([b * (b - 1) // 2 for b in sizes])]).astype(int)
     m = int(offsets[-1])
 
     def split(a):
-        return [_skew(a[offsets[p]:offsets[p + 1]], sizes[p], index[p])
+        return [_skew(a[offsets[p]:offsets[p + 1]], sizes[p], masks[p])
                 for p in range(len(pairs))]
 
     def J(a):
@@ -136,33 +147,36 @@ def orbit(model, point, rank_rtol):
         return ravel_pytree(out)[0]
 
     def JT(v):
-        V = point.unravel(v)
+        V = unravel(v)
+        if not pairs:
+            return jnp.zeros((0,), v.dtype)
         return jnp.concatenate([
-            _coords(blocks[left].T @ V[left] - V[right] @ blocks[right].T, ij)
-            for (left, right), ij in zip(pairs, index)]) if pairs else jnp.zeros((0,))
+            _coords(blocks[left].T @ V[left] - V[right] @ blocks[right].T, mask)
+            for (left, right), mask in zip(pairs, masks)])
 
-    gram = _gram(blocks, pairs, split, index, m) if m else jnp.zeros((0, 0))
-    mu, U = np.linalg.eigh(np.asarray(gram)) if m else (np.zeros(0), np.zeros((0, 0)))
-    keep = mu > rank_rtol * max(float(mu.max(initial=0.0)), np.finfo(np.float64).tiny)
-    rank = int(keep.sum())
-    Ur = jnp.asarray(U[:, keep])
-    inv = jnp.asarray(1.0 / mu[keep])
+    if m == 0:
+        zero = jnp.zeros((), jnp.int32)
+        return Orbit(J, JT, jnp.zeros((0, 0), flat.dtype), zero, jnp.zeros_like,
+                     lambda: np.zeros((flat.shape[0], 0)))
+    gram = _gram(blocks, pairs, split, masks, m)
+    mu, U = _eigh(gram)
+    keep = mu > rank_rtol * jnp.maximum(jnp.max(mu), jnp.finfo(flat.dtype).tiny)
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, mu, 1.0), 0.0)
+    rank = jnp.sum(keep).astype(jnp.int32)
 
     def project(v):
-        if rank == 0:
-            return jnp.zeros_like(v)
-        return J(Ur @ (inv * (Ur.T @ JT(v))))
+        return J(U @ (inv * (U.T @ JT(v))))
 
     def basis():
-        """[P, rank]: J·U_r·diag(μ_r^(−1/2)), orthonormal as (JU)ᵀ(JU) = diag(μ)."""
-        if rank == 0:
-            return np.zeros((point.x.shape[0], 0))
-        return np.asarray(jax.vmap(J, in_axes=1, out_axes=1)(Ur * jnp.sqrt(inv)))
+        """[P, rank] (host): J·U_r·diag(μ_r^(−1/2)), orthonormal as (JU)ᵀ(JU) = diag(μ)."""
+        cols = np.flatnonzero(np.asarray(keep))
+        Ur = jnp.asarray(np.asarray(U)[:, cols] * np.sqrt(np.asarray(inv)[cols]))
+        return np.asarray(jax.vmap(J, in_axes=1, out_axes=1)(Ur))
 
     return Orbit(J, JT, gram, rank, project, basis)
 
 
-def _gram(blocks, pairs, split, index, m):
+def _gram(blocks, pairs, split, masks, m):
     """JᵀJ [m, m] from products of the blocks that meet at an interface (docs/theory.md §6.1):
     for interface p = (L, R), (JᵀJ a)_p = skew(Lᵀ·δL − δR·Rᵀ), where δB, the tangent on block B,
     is B·A_q where B is the left of q and −A_q·B where it is the right of q. Gram matrices of a
@@ -189,7 +203,7 @@ def _gram(blocks, pairs, split, index, m):
                     M = M - blocks[R] @ A[q] @ blocks[R].T
                 if Rq == R:  # −(−A_q·R)Rᵀ with q = p
                     M = M + A[q] @ gram_of(R, "rows")
-            out.append(_coords(M, index[p]))
+            out.append(_coords(M, masks[p]))
         return jnp.concatenate(out)
 
     return jax.lax.map(apply, jnp.eye(m), batch_size=min(m, 256))
@@ -198,67 +212,87 @@ def _gram(blocks, pairs, split, index, m):
 # --- Lanczos ---------------------------------------------------------------------------------
 
 class Lanczos(NamedTuple):
-    """k Lanczos steps with full reorthogonalisation: the tridiagonal (alpha [k], beta [k]) and the
-    Krylov basis V [k, P]; Ritz pairs of T give eigenpairs of the operator with residual
-    |beta_k · s_k|."""
+    """k Lanczos steps with full reorthogonalisation: the tridiagonal (alpha [k], beta [k]), the
+    Krylov basis V [k, P] and valid [k] (False for steps after the space was exhausted: V's row
+    is 0 there). Ritz pairs of T give eigenpairs of the operator with residual |beta_k · s_k|."""
 
     alpha: Any
     beta: Any
     V: Any
+    valid: Any
 
 
 def lanczos(matvec, v0, steps, restrict=None):
     """`steps` Lanczos steps from v0 [P] (traceable: vmap it over start vectors). Every new
     vector is orthogonalised twice against all earlier ones (full reorthogonalisation); after a
     breakdown (an invariant subspace found) the next vector is a fresh one orthogonal to them,
-    mapped by `restrict` first (the subspace the operator acts on, if not all of R^P)."""
+    mapped by `restrict` first (the subspace the operator acts on, if not all of R^P); once no
+    fresh direction is left (the subspace exhausted) the remaining steps are marked invalid."""
     P = v0.shape[0]
-    V = jnp.zeros((steps + 1, P), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    fresh = jax.random.normal(jax.random.PRNGKey(1), (steps, P), v0.dtype)
+    dtype = v0.dtype
+    tiny = jnp.sqrt(jnp.finfo(dtype).eps)
+    V = jnp.zeros((steps + 1, P), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    fresh = lambda j: jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(1), j), (P,), dtype)
 
     def body(j, carry):
-        V, alpha, beta = carry
+        V, alpha, beta, valid = carry
         w = matvec(V[j])
         alpha = alpha.at[j].set(jnp.vdot(V[j], w))
         for _ in range(2):  # twice is enough (Kahan–Parlett)
             w = w if restrict is None else restrict(w)  # rounding must not leak out of it
             w = w - V.T @ (V @ w)
         b = jnp.linalg.norm(w)
-        scale = jnp.maximum(jnp.max(jnp.abs(alpha)), jnp.finfo(v0.dtype).tiny)
+        scale = jnp.maximum(jnp.max(jnp.abs(alpha)), jnp.finfo(dtype).tiny)
         broke = b <= 1e-12 * scale
-        restart = fresh[j] if restrict is None else restrict(fresh[j])
+        start = fresh(j) if restrict is None else restrict(fresh(j))
+        restart = start - V.T @ (V @ start)
         restart = restart - V.T @ (V @ restart)
-        restart = restart - V.T @ (V @ restart)
-        nxt = jnp.where(broke, restart / jnp.linalg.norm(restart), w / jnp.where(broke, 1.0, b))
-        return V.at[j + 1].set(nxt), alpha, beta.at[j].set(jnp.where(broke, 0.0, b))
+        r = jnp.linalg.norm(restart)
+        left = r > tiny * jnp.linalg.norm(start)  # a direction outside the Krylov space remains
+        nxt = jnp.where(broke, jnp.where(left, restart / jnp.where(left, r, 1.0), 0.0),
+                        w / jnp.where(broke, 1.0, b))
+        valid = valid.at[j + 1].set(valid[j] & (~broke | left))
+        return V.at[j + 1].set(nxt), alpha, beta.at[j].set(jnp.where(broke, 0.0, b)), valid
 
-    V, alpha, beta = jax.lax.fori_loop(
-        0, steps, body, (V, jnp.zeros(steps, v0.dtype), jnp.zeros(steps, v0.dtype)))
-    return Lanczos(alpha, beta, V[:steps])
+    valid = jnp.zeros(steps + 1, bool).at[0].set(True)
+    V, alpha, beta, valid = jax.lax.fori_loop(
+        0, steps, body, (V, jnp.zeros(steps, dtype), jnp.zeros(steps, dtype), valid))
+    return Lanczos(alpha, beta, V[:steps], valid[:steps])
+
+
+def tridiagonal(run):
+    """The Lanczos matrix T [k, k] with the invalid steps' entries decoupled (β = 0) and set to
+    α₀, a Rayleigh quotient of the operator: they add copies of a value inside its spectrum, so
+    the extreme Ritz values are those of the valid steps (traceable)."""
+    alpha = jnp.where(run.valid, run.alpha, run.alpha[0])
+    beta = jnp.where(run.valid[1:], run.beta[:-1], 0.0)
+    return jnp.diag(alpha) + jnp.diag(beta, 1) + jnp.diag(beta, -1)
 
 
 def ritz(run):
-    """(values [k] ascending, vectors [k, P], residual bounds [k]) of a Lanczos run."""
-    alpha, beta = np.asarray(run.alpha), np.asarray(run.beta)
+    """(values [k] ascending, vectors [k, P], residual bounds [k]) of a Lanczos run's valid
+    steps (host)."""
+    valid = np.asarray(run.valid)
+    alpha, beta = np.asarray(run.alpha)[valid], np.asarray(run.beta)[valid]
     theta, S = scipy.linalg.eigh_tridiagonal(alpha, beta[:-1])
     residual = np.abs(beta[-1] * S[-1, :])
-    return theta, (S.T @ np.asarray(run.V)), residual
+    return theta, (S.T @ np.asarray(run.V)[valid]), residual
 
 
 def spectral_density(matvec, P, key, vectors=16, steps=64, dtype=jnp.float64):
     """Stochastic Lanczos quadrature: (nodes [vectors, steps], weights [vectors, steps]) with
     Σ weights = 1 per vector, so (1/vectors)·Σ w·δ(t − node) estimates the spectral density
-    (1/P)·Σ_i δ(t − λ_i) (Ubaru, Chen & Saad 2017). Start vectors are Rademacher."""
+    (1/P)·Σ_i δ(t − λ_i) (Ubaru, Chen & Saad 2017). Start vectors are Rademacher; the weights are
+    the squared first components of the Ritz vectors (0 for steps past an exhausted space)."""
     starts = jax.random.rademacher(key, (vectors, P), dtype)
     runs = jax.jit(jax.vmap(lambda v: lanczos(matvec, v, steps)))(starts)
-    nodes, weights = [], []
+    nodes, weights = np.zeros((vectors, steps)), np.zeros((vectors, steps))
     for r in range(vectors):
-        one = Lanczos(runs.alpha[r], runs.beta[r], runs.V[r])
-        theta, S = scipy.linalg.eigh_tridiagonal(np.asarray(one.alpha),
-                                                 np.asarray(one.beta)[:-1])
-        nodes.append(theta)
-        weights.append(S[0, :] ** 2)
-    return np.array(nodes), np.array(weights)
+        valid = np.asarray(runs.valid[r])
+        theta, S = scipy.linalg.eigh_tridiagonal(np.asarray(runs.alpha[r])[valid],
+                                                 np.asarray(runs.beta[r])[valid][:-1])
+        nodes[r, :len(theta)], weights[r, :len(theta)] = theta, S[0, :] ** 2
+    return nodes, weights
 
 
 # --- the certificate -------------------------------------------------------------------------
@@ -388,12 +422,14 @@ def classify(model, sizes, hyper, params, *, method="auto", k=6, stationary_tol=
                     f"the objective has a kink: no second-order claim", None, None, None, None,
                     eigenvalues=None, **common)
         rank_rtol = math.sqrt(run_eps)
-        orb = orbit(model, point, rank_rtol)
+        orb = orbit(model, point.unravel(point.x), rank_rtol)
+        # the Newton step matters only where the point is called stationary
+        g_step = g if grad_rel <= stationary_tol else np.zeros_like(g)
         if method == "dense":
-            spectrum, v_min, step = _dense_restricted(point, orb, g)
+            spectrum, v_min, step = _dense_restricted(point, orb, g_step)
             residual = None
         else:
-            spectrum, v_min, residual, step = _lanczos_restricted(point, orb, g, k, key,
+            spectrum, v_min, residual, step = _lanczos_restricted(point, orb, g_step, k, key,
                                                                   max_steps)
         lo, hi = float(spectrum[0]), float(spectrum[-1])
         tol = numerical_tol(max(abs(lo), abs(hi)), P) + moving_tol(point, orb, v_min, step)
@@ -414,7 +450,7 @@ def classify(model, sizes, hyper, params, *, method="auto", k=6, stationary_tol=
     if kind == "saddle":
         with x64():
             direction = jax.tree.map(np.asarray, point.unravel(jnp.asarray(v_min)))
-    return SecondOrder(kind, reason, lo, hi, orb.rank, tol, eigenvalues=[
+    return SecondOrder(kind, reason, lo, hi, int(orb.rank), tol, eigenvalues=[
         float(v) for v in spectrum], residual=residual, direction=direction, **common)
 
 
@@ -433,7 +469,7 @@ def _dense_restricted(point, orb, g):
     applied by reflections (LAPACK ormqr): 4P²r flops, not P³. The Newton step −H_r⁺g leaves
     out eigenvalues within the numerical tolerance."""
     H = np.asarray(dense_hessian(point.f, point.x), np.float64)
-    P, r = H.shape[0], orb.rank
+    P, r = H.shape[0], int(orb.rank)
     g = np.asarray(g, np.float64)[:, None]
     if r:
         (qr, tau), _ = scipy.linalg.qr(orb.basis(), mode="raw")
@@ -470,7 +506,7 @@ def _lanczos_restricted(point, orb, g, k, key, max_steps):
     keep = lambda v: v - orb.project(v)
     op = lambda v: keep(lin(keep(v)))
     P = point.x.shape[0]
-    free = P - orb.rank
+    free = P - int(orb.rank)
     key = jax.random.PRNGKey(0) if key is None else key
     v0 = keep(jax.random.normal(key, (P,), jnp.float64))
     cap = min(free, max_steps or 2000)
@@ -489,7 +525,7 @@ def _lanczos_restricted(point, orb, g, k, key, max_steps):
         apply = jax.jit(op)
         A = scipy.sparse.linalg.LinearOperator(
             (P, P), matvec=lambda v: np.asarray(apply(jnp.asarray(v.ravel()))), dtype=np.float64)
-        step = scipy.sparse.linalg.minres(A, rhs, rtol=1e-10, maxiter=500)[0]
+        step = scipy.sparse.linalg.minres(A, rhs, rtol=1e-8, maxiter=200)[0]
     return theta[pick], vecs[0], float(np.max(res[pick])), step
 
 
@@ -510,6 +546,73 @@ def line_search(model, sizes, hyper, params, direction):
     if not values[best] < here:
         return None, here
     return float(ts[best]), float(values[best])
+
+
+# --- the traced certificate (sweeps) -----------------------------------------------------------
+
+KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}  # sweep.npz stores the codes
+
+
+def kind_names(codes):
+    """The KINDS names of an array of codes (−1: none computed, e.g. a diverged point)."""
+    codes = np.asarray(codes)
+    names = np.array(KINDS + ("",))
+    return names[np.where(codes < 0, len(KINDS), codes)]
+
+
+def traced_classifier(model, sizes, steps=100, stationary_tol=STATIONARY_TOL):
+    """(params, hyper) -> {second_order_kind: [] int (KIND_CODE), min_eigenvalue, max_eigenvalue,
+    second_order_tol, symmetry_dim, kinks}: the certificate of `classify` as one traceable
+    function, in the caller's dtype, for `vmap` over a grid's points. `steps` Lanczos steps with
+    full reorthogonalisation on the restricted operator (capped at the free dimension); the
+    tolerance is τ_num (with the dtype's ε) + τ_move with the Newton step taken in the Krylov
+    space + the largest residual bound of the two extreme Ritz values (docs/theory.md §6.3)."""
+    check_smooth(model)
+    fixed_names = tuple(model.fixed_blocks)
+
+    def classify_point(params, hyper):
+        var = {k: v for k, v in params.items() if k not in fixed_names}
+        fixed = {k: params[k] for k in fixed_names if k in params}
+        x, unravel = ravel_pytree(var)
+        f = lambda y: model.objective({**unravel(y), **fixed}, hyper, sizes)
+        eps = jnp.finfo(x.dtype).eps
+        value, g = jax.value_and_grad(f)(x)
+        grad_rel = jnp.linalg.norm(g) / jnp.maximum(jnp.abs(value), 1e-6)
+        orb = orbit(model, var, jnp.sqrt(eps))
+        lin = hvp(f, x)
+        keep = lambda v: v - orb.project(v)
+        op = lambda v: keep(lin(keep(v)))
+        P = x.shape[0]
+        k = min(steps, P)
+        v0 = keep(jax.random.normal(jax.random.PRNGKey(0), (P,), x.dtype))
+        run = lanczos(op, v0, k, keep)
+        theta, S = _eigh(tridiagonal(run))
+        residual = jnp.abs(run.beta[-1] * S[-1, :])
+        lo, hi = theta[0], theta[-1]
+        v_min = run.V.T @ S[:, 0]
+        scale = jnp.maximum(jnp.abs(lo), jnp.abs(hi))
+        tol_num = P * eps * scale
+        inv = jnp.where(jnp.abs(theta) > tol_num, 1.0 / jnp.where(theta == 0, 1.0, theta), 0.0)
+        step = -run.V.T @ (S @ (inv * (S.T @ (run.V @ keep(g)))))
+        third = jax.jvp(lambda y: hvp(f, y)(v_min), (x,), (step,))[1]
+        tol = (tol_num + 2 * jnp.linalg.norm(keep(third))
+               + jnp.maximum(residual[0], residual[-1]))
+        kinks = jnp.zeros((), jnp.int32)
+        if model.kinks is not None:
+            rtol = jnp.sqrt(eps)
+            for z in model.kinks({**var, **fixed}, sizes):
+                kinks = kinks + jnp.sum(jnp.abs(z) <= rtol * jnp.max(jnp.abs(z)))
+        finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(g))
+        code = jnp.where(lo > tol, KIND_CODE["strict local minimum"],
+                         jnp.where(lo < -tol, KIND_CODE["saddle"], KIND_CODE["degenerate"]))
+        code = jnp.where(kinks > 0, KIND_CODE["not twice differentiable"], code)
+        code = jnp.where(~finite | (grad_rel > stationary_tol), KIND_CODE["not stationary"],
+                         code)
+        return {"second_order_kind": code.astype(jnp.int32), "min_eigenvalue": lo,
+                "max_eigenvalue": hi, "second_order_tol": tol, "symmetry_dim": orb.rank,
+                "kinks": kinks}
+
+    return classify_point
 
 
 # --- saved runs ------------------------------------------------------------------------------
@@ -552,4 +655,4 @@ def load_run(path):
 
 
 __all__ = ["classify", "SecondOrder", "orbit", "lanczos", "ritz", "spectral_density",
-           "dense_hessian", "flat_point", "hvp", "line_search", "load_run", "KINDS", "DENSE_MAX"]
+           "dense_hessian", "flat_point", "hvp", "kind_names", "line_search", "load_run", "traced_classifier", "KINDS", "DENSE_MAX"]

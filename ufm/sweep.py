@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ufm import limits, optimise, store
 from ufm import theory as theory_mod
 from ufm import certificate as certificate_mod
+from ufm import hessian as hessian_mod
 from ufm.certificate import certificate_tol, check_tol, predict, stopping_tol
 from ufm.config import (LAYER_LAMBDA, RUN_LEAVES, check_config, check_names, check_sessions,
                         check_solver, flag, hyper_for, parse_counts)
@@ -91,14 +92,18 @@ def parse_static(name, text):
 
 
 def point_function(model, sizes, steps, optimizer, restarts, sessions=None, distill=0.0,
-                   tol=None):
+                   tol=None, hessian=None, certificate_tol=None):
     """(key, hyper) -> final measurements of one grid point (best of `restarts`), plus `diverged`
     and the certificate: `grad_norm` (relative, see optimise.certify), `steps_taken`,
     `converged_at` (−1 if the tolerance was not met).
 
     sessions: class groups of incremental sessions (`steps` each; restarts must be 1).
     tol: stop each point once its relative gradient norm is ≤ tol (`steps` is then the cap).
+    hessian: Lanczos steps of the second-order certificate at each point's end
+    (ufm.hessian.traced_classifier; None: not computed), stationary below `certificate_tol`.
     """
+    classify = None if hessian is None else hessian_mod.traced_classifier(
+        model, sizes, hessian, certificate_tol)
     run = functools.partial(optimise.simulate, model, sizes, steps=steps, log_every=steps,
                             optimizer=optimizer, tol=tol)
 
@@ -122,6 +127,8 @@ def point_function(model, sizes, steps, optimizer, restarts, sessions=None, dist
         if model.bound_inputs is not None:  # for the global bound, computed on the host
             out.update({BOUND_PREFIX + k: v
                         for k, v in model.bound_inputs(traj.params, sizes).items()})
+        if classify is not None:
+            out.update(classify(traj.params, hyper))
         return out
 
     return point
@@ -161,11 +168,12 @@ def micro_batch_for(per_device, micro="auto", optimizer="gd"):
 
 @functools.lru_cache(maxsize=None)
 def compiled_chunk(model, sizes, steps, optimizer, restarts, n_devices, micro=None,
-                   sessions=None, distill=0.0, tol=None):
+                   sessions=None, distill=0.0, tol=None, hessian=None, certificate_tol=None):
     """jit of the grid program for one chunk: the configuration axis sharded over `n_devices`
     devices (shard_map), each device running `lax.map(point, batch_size=micro)` over its share
     (micro=None: one vmap over the whole share)."""
-    point = point_function(model, sizes, steps, optimizer, restarts, sessions, distill, tol)
+    point = point_function(model, sizes, steps, optimizer, restarts, sessions, distill, tol,
+                           hessian, certificate_tol)
     mesh = Mesh(np.array(jax.devices()[:n_devices]), ("grid",))
     spec = PartitionSpec("grid")
 
@@ -242,7 +250,7 @@ def _check_axes(model, axes):
 
 def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd", restarts=1,
               chunk=None, out=None, progress=None, allow_small_d=False, n_devices=None,
-              micro="auto", sessions=None, distill=0.0, tol=None):
+              micro="auto", sessions=None, distill=0.0, tol=None, hessian=None):
     """Run the grid `axes` (name -> 1-D values, in the order given) around `base` hyper values,
     for one static combination (`model`, `sizes`): one compiled program.
 
@@ -259,7 +267,8 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
     """
     plan = _plan(model, sizes, base, axes, steps=steps, seed=seed, seeds=seeds,
                  optimizer=optimizer, restarts=restarts, chunk=chunk, allow_small_d=allow_small_d,
-                 n_devices=n_devices, micro=micro, sessions=sessions, distill=distill, tol=tol)
+                 n_devices=n_devices, micro=micro, sessions=sessions, distill=distill, tol=tol,
+                 hessian=hessian)
     with (folder_lock(out) if out else contextlib.nullcontext()):
         return _execute(plan, out and os.path.join(out, "chunks"), progress)
 
@@ -281,7 +290,7 @@ def point_lams(model, base, values):
 
 
 def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, chunk,
-          allow_small_d, n_devices, micro, sessions, distill, tol):
+          allow_small_d, n_devices, micro, sessions, distill, tol, hessian=None):
     """Every check of one static combination, before anything is computed or written: the plan
     `_execute` runs (a dict)."""
     groups = check_sessions(model, sessions, distill, sizes.K, restarts)
@@ -291,6 +300,14 @@ def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, 
         raise ValueError("tol (--tol) does not apply with --sessions: each session runs its "
                          "--steps")
     stop = stopping_tol(optimizer, tol)
+    if hessian is not None:
+        if isinstance(hessian, bool) or not isinstance(hessian, (int, np.integer)) or hessian < 1:
+            raise ValueError(f"hessian (--hessian) must be a number of Lanczos steps >= 1, got "
+                             f"{hessian!r}")
+        hessian_mod.check_smooth(model)
+        if groups is not None:
+            raise ValueError("hessian (--hessian) classifies a single run's point; with "
+                             "--sessions each session solves another problem")
     _check_axes(model, axes)
     grid = Grid(axes, seeds)
     if grid.size > MAX_POINTS:
@@ -334,6 +351,8 @@ def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, 
                   allow_small_d=allow_small_d,
                   sessions=None if groups is None else [list(g) for g in groups],
                   distill=float(distill))
+    if hessian is not None:  # (absent otherwise: the fingerprints of earlier sweeps still match)
+        config["hessian"] = int(hessian)
     return dict(model=model, sizes=sizes, base=base, axes=axes, grid=grid, config=config,
                 n_devices=n_devices, micro=micro, groups=groups, stop=stop)
 
@@ -351,7 +370,8 @@ def _execute(plan, chunk_dir, progress):
     todo = np.flatnonzero(~done)
     run, sharding = compiled_chunk(model, sizes, steps, config["optimizer"], config["restarts"],
                                    plan["n_devices"], plan["micro"], plan["groups"],
-                                   config["distill"], plan["stop"])
+                                   config["distill"], plan["stop"], config.get("hessian"),
+                                   config["certificate_tol"])
     n_chunks = -(-len(todo) // chunk)
     computed_steps = 0
     for c in range(n_chunks):
@@ -378,6 +398,8 @@ def _execute(plan, chunk_dir, progress):
     arrays.update({k: v.reshape(grid.shape) for k, v in bound.items()})
     arrays.update(_theory_arrays(model, sizes, base, grid, arrays["objective"]))
     arrays["converged"] = (arrays["grad_norm"] <= config["certificate_tol"]) & ~arrays["diverged"]
+    if "second_order_kind" in arrays:  # codes → names (hessian.KINDS)
+        arrays["second_order_kind"] = hessian_mod.kind_names(arrays["second_order_kind"])
     arrays.update({k: np.asarray(v) for k, v in axes.items()})
     if seeds:
         arrays["seed"] = seed + np.arange(seeds)
@@ -479,7 +501,8 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
     Returns (arrays, config) as `run_sweep`, config['combinations'] listing each one's.
     """
     kw = dict(dict(seed=0, seeds=0, optimizer="gd", restarts=1, chunk=None, allow_small_d=False,
-                   n_devices=None, micro="auto", sessions=None, distill=0.0, tol=None), **kw)
+                   n_devices=None, micro="auto", sessions=None, distill=0.0, tol=None,
+                   hessian=None), **kw)
     kw.pop("progress", None)
     plans = []
     for combo in itertools.product(*static.values()):  # validate every one before computing
@@ -557,8 +580,8 @@ def _assemble(parts, static, axes, order, seeds, configs):
     arrays = {}
     for k in keys:
         sample = next(p[k] for p in parts if k in p)
-        if sample.dtype.kind == "U":
-            dtype, fill = "U16", ""
+        if sample.dtype.kind == "U":  # as wide as the widest part's strings
+            dtype, fill = max((p[k].dtype for p in parts if k in p), key=lambda t: t.itemsize), ""
         elif sample.dtype == bool:
             dtype, fill = bool, False
         elif np.issubdtype(sample.dtype, np.integer):
@@ -605,6 +628,7 @@ def sweep_fingerprint(model_name, static, lams, axes, steps, lr, init_scale, var
                             axes={k: list(map(float, v)) for k, v in axes.items()},
                             steps=steps, dtype=str(jnp.result_type(float)),
                             **{k: v for k, v in kw.items() if k not in ("chunk", "n_devices",
-                                                                          "micro")}))
+                                                                          "micro")
+                               and not (k == "hessian" and v is None)}))
 
 

@@ -136,7 +136,9 @@ class Model(NamedTuple):
     # The continuous symmetries (docs/theory.md §6.1): ((left, right), …) pairs of parameter blocks
     # whose product left·right is all the objective sees of them, so (left, right) → (left·Q,
     # Qᵀ·right) for any orthogonal Q leaves it unchanged. The second-order certificate
-    # (ufm.hessian) takes the orbit's tangent space {(left·A, −A·right) : A skew} from these.
+    # (ufm.hessian) takes the orbit's tangent space {(left·A, −A·right) : A skew} from these. A
+    # third element activity(params) -> [b, N] bool makes the interface local (ReLU): A may only
+    # couple units i, j whose activity rows are equal.
     symmetries: tuple = ()
     # kinks(params, sizes) -> (pre-activations [d, N], …) at whose zeros the objective is not twice
     # differentiable (ReLU); None for a smooth model

@@ -4,7 +4,6 @@ Keating 2025; docs/theory.md §2.2, §3.4, §3.10). One model for every depth: t
 are its L = 2 case."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ufm import metrics, theory
 from ufm.models.base import (Model, Option, balanced_only, gaussian_blocks, lam,
@@ -109,19 +108,14 @@ def layered_symmetries(depth, activation):
         if activation == "linear":
             pairs += ((f"W{layer + 1}", f"W{layer}"),)
         else:
-            pairs += ((f"W{layer + 1}", f"W{layer}", _pattern_groups(layer + 1)),)
+            pairs += ((f"W{layer + 1}", f"W{layer}", _pattern(layer + 1)),)
     return pairs
 
 
-def _pattern_groups(level):
-    """groups(params) -> [d] ints: units of Z_level with the same sign pattern share a label."""
-
-    def groups(params):
-        Z = layered_features(params, "relu")[f"Z{level}"]
-        _, labels = np.unique(np.asarray(Z) > 0, axis=0, return_inverse=True)
-        return labels.ravel()
-
-    return groups
+def _pattern(level):
+    """activity(params) -> [d, N] bool: which samples each unit of Z_level is active on (units
+    with equal rows may be rotated among themselves)."""
+    return lambda params: layered_features(params, "relu")[f"Z{level}"] > 0
 
 
 def pre_activations(params, sizes=None):
