@@ -659,8 +659,7 @@ def hessian_times(quick=False):
 
 
 def hessian_report(h):
-    return [f"
-second-order certificate (float64, bias-free optimum):",
+    return ["\nsecond-order certificate (float64, bias-free optimum):",
             f"  Hessian-vector product / gradient at P = {h['P_large']:,}: "
             f"{h['hvp_s'] * 1e3:.1f} / {h['gradient_s'] * 1e3:.1f} ms = "
             f"{h['hvp_over_gradient']:.2f}×",
