@@ -239,4 +239,88 @@ def test_sweep_classifies_every_point_as_the_single_run_does(tmp_path, capsys):
     assert single.second_order["kind"] == "strict local minimum"
     assert arrays["min_eigenvalue"][1] == pytest.approx(single.second_order["min_eigenvalue"],
                                                         abs=1e-8)
-    assert arrays["symmetry_dim"][1] == single.second_order["symmetry_dim"] == 5 * 4 // 2 - 1  # O(5) less O(2)
+    # the orbit of a rank-3 point in d = 5: O(5) less O(2)
+    assert arrays["symmetry_dim"][1] == single.second_order["symmetry_dim"] == 10 - 1
+
+
+def test_imbalanced_checked_values_origin_and_lbfgs_optimum():
+    """Counts (4, 3, 2), d = 5, λ_W = 1e-2, λ_H = 2e-2 (values checked by jax.hessian outside
+    ufm): the origin's λ_min −0.207278465104883 (multiplicity 5); at an L-BFGS optimum the orbit
+    has dimension 10 − 1 = 9 and the restricted minimum is λ_H (features leaving W's row space)."""
+    model, sizes = get_model("bias-free"), Sizes(3, (4, 3, 2), 5)
+    hyper = {"lam_W": 1e-2, "lam_H": 2e-2}
+    origin = hessian.classify(model, sizes, hyper, {"W": np.zeros((3, 5)), "H": np.zeros((5, 9))})
+    assert origin.min_eigenvalue == pytest.approx(-0.207278465104883, abs=1e-13)
+    assert np.sum(np.abs(np.array(origin.eigenvalues) - origin.min_eigenvalue) < 1e-10) == 5
+    run = train("bias-free", K=3, n=(4, 3, 2), d=5, optimizer="lbfgs", hessian="dense", **hyper)
+    assert run.certificate["global"]
+    so = run.second_order
+    assert (so["kind"], so["symmetry_dim"]) == ("strict local minimum", 9)
+    assert so["min_eigenvalue"] == pytest.approx(2e-2, abs=1e-9)
+
+
+# --- constructions -----------------------------------------------------------------------------
+
+def ce_lams(depth, lam):
+    return {"lam_H1": lam, **{f"lam_W{layer}": lam for layer in range(1, depth + 1)}}
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_shape_objective_reproduces_the_dnc_and_low_rank_references(depth):
+    sizes, lam = Sizes(6, 5, 16), 2 ** -9
+    th = theory.deep_cross_entropy(ce_lams(depth, lam), sizes, depth)
+    found = theory.deep_ce_constructions(ce_lams(depth, lam), sizes, depth)
+    assert found["dnc"].objective == pytest.approx(th.dnc, abs=1e-10)
+    assert found["low-rank"].objective == pytest.approx(th.low_rank, abs=1e-10)
+    assert "triangular" not in found  # T(4) is the blocks' octahedron: not a construction of its own
+
+
+@pytest.mark.parametrize("r", [5, 6])
+def test_triangular_shape_is_a_tight_frame_of_rank_r_minus_one(r):
+    S = theory.triangular_shape(r)
+    K = r * (r - 1) // 2
+    assert S.shape == (K, K) and theory.triangular_rank(K) == r
+    sigma = np.linalg.svd(S, compute_uv=False)
+    np.testing.assert_allclose(sigma[:r - 1], r - 2, atol=1e-12)  # T(r)'s eigenvalue r − 4, + 2
+    np.testing.assert_allclose(sigma[r - 1:], 0, atol=1e-12)
+
+
+def test_triangular_construction_is_the_k10_finding_and_a_strict_local_minimum():
+    """The best of 200 L-BFGS seeds at K = 10, n = 5, λ = 2⁻⁹ (docs/findings.md, recorded before
+    this construction existed): 0.112098 at L = 3 and 0.096531 at L = 4 — the triangular tight
+    frame's exact objective. Its balanced factors are a strict local minimum modulo symmetry."""
+    for depth, best in [(3, 0.112098), (4, 0.096531)]:
+        c = theory.deep_ce_construction(theory.triangular_shape(5), ce_lams(depth, 2 ** -9),
+                                        Sizes(10, 5, 16), depth)
+        assert c.objective == pytest.approx(best, abs=1e-6) and c.rank == 4
+    depth, sizes, hyper = 3, Sizes(10, 2, 5), ce_lams(3, 2 ** -9)
+    model = get_model("deep-linear-ce", depth=depth)
+    c = theory.deep_ce_construction(theory.triangular_shape(5), hyper, sizes, depth)
+    params = model.constructions(hyper, sizes)["triangular"]
+    with hessian.x64():
+        value = float(model.objective({k: jnp.asarray(v) for k, v in params.items()}, hyper,
+                                      sizes))
+    assert value == pytest.approx(c.objective, rel=1e-12)
+    product = params["W3"] @ params["W2"] @ params["W1"] @ params["H1"]
+    np.testing.assert_allclose(product, np.kron(c.alpha * c.shape, np.ones((1, 2))), atol=1e-10)
+    so = hessian.classify(model, sizes, hyper, params)
+    assert so.kind == "strict local minimum" and so.grad_norm < 1e-6
+
+
+def test_init_from_a_construction_or_a_file_and_its_refusals(tmp_path):
+    hyper = ce_lams(3, 2 ** -9)
+    run = train("deep-linear-ce", K=10, n=2, d=9, depth=3, optimizer="lbfgs", steps=50,
+                init_from="triangular", **hyper)
+    assert run.reference["reached"] == "triangular"
+    np.savez(tmp_path / "p.npz", **run.params)
+    again = train("deep-linear-ce", K=10, n=2, d=9, depth=3, optimizer="lbfgs", steps=50,
+                  init_from=str(tmp_path / "p.npz"), **hyper)
+    assert again.final["objective"] == pytest.approx(run.final["objective"], rel=1e-12)
+    with pytest.raises(ValueError, match="deep-linear-ce's constructions at these sizes "
+                                         r"\(dnc, low-rank, triangular\), got 'spiral'"):
+        train("deep-linear-ce", K=10, n=2, d=9, depth=3, init_from="spiral", **hyper)
+    with pytest.raises(ValueError, match=r"holds blocks .* needs"):
+        train("deep-linear-ce", K=10, n=2, d=10, depth=3, init_from=str(tmp_path / "p.npz"),
+              **hyper)
+    with pytest.raises(ValueError, match="not with --restarts"):
+        train("deep-linear-ce", K=10, n=2, d=9, depth=3, init_from="dnc", restarts=2, **hyper)

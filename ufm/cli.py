@@ -241,6 +241,10 @@ def build_parser(layers=(), lean=False):
                    help="classify the final point modulo symmetry (strict local minimum, saddle, "
                         "degenerate): the Hessian's restricted spectrum, dense (every eigenvalue, "
                         "up to 6000 parameters with auto) or by Lanczos")
+    p.add_argument("--init-from", default=None, metavar="FILE.npz|NAME",
+                   help="start from these parameters instead of a random draw: a params .npz "
+                        "(e.g. another run's) or a construction of the model (deep-linear-ce: "
+                        "dnc, low-rank, triangular)")
     p.add_argument("--escape", action="store_true",
                    help="while the run ends at a saddle, step along its negative-curvature "
                         "direction and run again (implies --hessian)")
@@ -447,8 +451,9 @@ def describe_theory(th):
                 f"local minimum until β_max = {th.local_limit:.4g}{kind}")
     if isinstance(th, theory.DeepCrossEntropyPrediction):
         lr = "n/a (K odd)" if th.low_rank is None else f"{th.low_rank:.8g}"
-        return (f"depth {th.depth}: f_DNC {th.dnc:.8g}, f_LR {lr}, log K {th.zero:.6g}; lowest: "
-                f"{th.structure}")
+        tri = "" if th.triangular is None else f", f_TRI {th.triangular:.8g}"
+        return (f"depth {th.depth}: f_DNC {th.dnc:.8g}, f_LR {lr}{tri}, log K {th.zero:.6g}; "
+                f"lowest: {th.structure}")
     return f"every feature √E_H·(its class vector), √E_H = {th.feature_norm:.4g}"
 
 
@@ -623,7 +628,8 @@ def cmd_train(args):
                   optimizer=args.optimizer, allow_small_d=args.allow_small_d, loss=args.loss,
                   alpha=args.alpha, mask_softmax=args.mask_softmax, sessions=sessions,
                   distill=distill, tol=args.tol, depth=args.depth, options=_other_options(args),
-                  hessian=args.hessian, escape=args.escape, **lams)
+                  hessian=args.hessian, escape=args.escape,
+                  init_from=args.init_from, **lams)
         total = args.steps * (len(session_groups(sessions, args.K)) if sessions else 1)
         update, close = progress_bar(total, args.quiet or _short_run(model, args))
         t0 = time.perf_counter()

@@ -41,7 +41,7 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
           log_every=DEFAULTS["log_every"], seed=0, lr=DEFAULTS["lr"], init_scale=None,
           restarts=1, optimizer="gd", allow_small_d=False, progress=None, loss=None, alpha=None,
           mask_softmax=False, sessions=None, distill=0.0, tol=None, depth=None, options=None,
-          hessian=None, escape=False, **lams):
+          hessian=None, escape=False, init_from=None, **lams):
     """Validate, run the optimiser compiled (R restarts vmapped, best kept), return a Result.
 
     lams: the model's λ's by name (lam_W, lam_H, lam_b, lam_W1, lam_W2, lam_H1, E_H, E_W); unset
@@ -57,7 +57,9 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     final point modulo symmetry (ufm.hessian.classify; Result.second_order). escape: while that
     point is a saddle, step along its negative-curvature direction (the better of both signs,
     ufm.hessian.line_search) and run again from there (at most MAX_ESCAPES times); the
-    certificate lists the escapes.
+    certificate lists the escapes. init_from: start from these parameters instead of a random
+    draw: a params .npz file (a run's params.npz) or the name of one of the model's constructions
+    (deep-linear-ce: dnc, low-rank, triangular).
     """
     spec = get_model(model, loss=loss, alpha=alpha, mask_softmax=mask_softmax, depth=depth,
                      **(options or {}))
@@ -89,8 +91,16 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     stop = cert_mod.stopping_tol(opt, tol)
     key = optimise.prng_key(seed)
     jhyper = optimise.as_hyper(hyper)
+    start = None if init_from is None else _start_from(spec, sizes, hyper, init_from, restarts,
+                                                       groups)
     session_info = None
-    if groups is not None:
+    if start is not None:
+        traj = (optimise.simulate(spec, sizes, key, jhyper, steps, log_every, opt, stop,
+                                  start=start, callback=progress) if progress is not None
+                else jax.jit(lambda k, h, s0: optimise.simulate(
+                    spec, sizes, k, h, steps, log_every, opt, stop, start=s0))(key, jhyper,
+                                                                               start))
+    elif groups is not None:
         traj, done = optimise.simulate_sessions(spec, sizes, key, jhyper, groups, steps,
                                                 log_every, opt, distill, progress)
         session_info = _session_dicts(sizes, traj.params, done)
@@ -157,6 +167,41 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
         restart_objectives=restart_obj, restart_global=restart_global, sessions=session_info,
         certificate=cert, second_order=second_order,
         reference=theory_mod.landing(prediction, float(history["objective"][-1])))
+
+
+def _start_from(model, sizes, hyper, init_from, restarts, groups):
+    """The State a run with init_from starts at (checked against the model's blocks)."""
+    if restarts > 1 or groups is not None or model.constrained:
+        raise ValueError("init_from (--init-from) starts one unconstrained run from given "
+                         "parameters: not with --restarts, --sessions or a constrained model")
+    if not isinstance(init_from, str):
+        raise ValueError(f"init_from (--init-from) must be a .npz file or a construction name, "
+                         f"got {init_from!r}")
+    if init_from.endswith(".npz"):
+        try:
+            with np.load(init_from, allow_pickle=False) as f:
+                params = {k: np.asarray(f[k]) for k in f.files}
+        except (OSError, ValueError) as err:
+            raise ValueError(f"init_from (--init-from) {init_from!r} cannot be read: {err}"
+                             ) from None
+    else:
+        found = {} if model.constructions is None else model.constructions(hyper, sizes)
+        if init_from not in found:
+            names = ", ".join(found) or "none"
+            raise ValueError(f"init_from (--init-from) must be a params .npz file or one of "
+                             f"{model.name}'s constructions at these sizes ({names}), got "
+                             f"{init_from!r}")
+        params = found[init_from]
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {"init_scale": 1.0}, sizes))
+    want = {k: tuple(v.shape) for k, v in shapes.items()}
+    have = {k: tuple(np.shape(v)) for k, v in params.items()}
+    if have != want:
+        raise ValueError(f"init_from (--init-from) {init_from!r} holds blocks {have}; "
+                         f"{model.name} at K={sizes.K}, d={sizes.d} needs {want}")
+    dtype = jnp.result_type(float)
+    minus_one = -jnp.ones((), jnp.int32)
+    return optimise.State({k: jnp.asarray(v, dtype) for k, v in params.items()}, None,
+                          jnp.zeros((), jnp.int32), minus_one, minus_one)
 
 
 MAX_ESCAPES = 8  # saddles a run with escape=True steps away from before it gives up

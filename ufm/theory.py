@@ -275,11 +275,12 @@ class DeepCrossEntropyPrediction(NamedTuple):
     low_rank_beta: Optional[float]  # its β: K/2 blocks β[[1, −1], [−1, 1]]
     zero: float  # log K
     exact: bool  # L = 1: DNC is the optimum (Zhu et al. 2021); deeper: references only
+    triangular: Optional[float] = None  # K = C(r, 2): the tight frame of T(r), rank r − 1 (§6.5)
 
 
 # A tie between references means they are the same point (a 1-D minimum at 0 is the zero
 # solution): name the simplest.
-CE_PREFERENCE = ("zero", "dnc", "low-rank")
+CE_PREFERENCE = ("zero", "dnc", "low-rank", "triangular")
 
 
 def _min_on_ray(fn, hi):
@@ -318,12 +319,114 @@ def deep_cross_entropy(hyper, sizes, depth):
         f_lr = lambda b: (math.log1p(math.exp(-2 * b) + (K - 2) * math.exp(-b))
                           + K / 2 * pen(2 * b * math.sqrt(n)))
         beta, low_rank = _min_on_ray(f_lr, min(reach(K / 2, 2.0), 1e4))
-    refs = {"dnc": dnc, "low-rank": low_rank, "zero": log_K}
+    r = triangular_rank(K)
+    triangular = None
+    if r is not None and r >= 5:  # T(3) is DNC's simplex, T(4) the low-rank blocks' octahedron
+        triangular = deep_ce_construction(triangular_shape(r), hyper, sizes, L).objective
+    refs = {"dnc": dnc, "low-rank": low_rank, "zero": log_K, "triangular": triangular}
     best = min((v, CE_PREFERENCE.index(k), k) for k, v in refs.items() if v is not None)[::2]
     return DeepCrossEntropyPrediction(objective=best[0], structure=best[1], depth=L,
                                       lam_bar=lam_bar, dnc=dnc, dnc_alpha=alpha,
                                       low_rank=low_rank, low_rank_beta=beta, zero=log_K,
-                                      exact=L == 1)
+                                      exact=L == 1, triangular=triangular)
+
+
+class Construction(NamedTuple):
+    """A structured solution of a deep linear UFM: class-mean logits α·S for a fixed shape S
+    [K, K], with its exact objective minimised over the free scale α (docs/theory.md §6.5)."""
+
+    name: str
+    objective: float
+    alpha: float
+    shape: np.ndarray  # S [K, K]: column k, the logits of class k's mean at α = 1
+    rank: int  # rank of S
+
+
+def ce_shape_objective(S, alpha, n, lam_bar, M):
+    """f(α·S) of the deep linear CE UFM with balanced factors: (1/K)·Σ_k log Σ_j e^(α(S_jk − S_kk))
+    + (M/2)·λ̄·Σ_i (α√n·σ_i(S))^(2/M) — the DNC and low-rank references are S = P and the blocks."""
+    sigma = np.linalg.svd(np.asarray(S, np.float64), compute_uv=False)
+    sigma = sigma[sigma > 1e-12 * sigma[0]]
+    Z = alpha * np.asarray(S, np.float64)
+    margins = Z - np.diag(Z)[None, :]
+    top = margins.max(axis=0)
+    with np.errstate(under="ignore"):  # e^(−large) → 0 is exact enough in a log-sum-exp
+        ce = np.mean(top + np.log(np.sum(np.exp(margins - top), axis=0)))
+    return float(ce + M / 2 * lam_bar * np.sum((alpha * math.sqrt(n) * sigma) ** (2.0 / M)))
+
+
+def triangular_shape(r):
+    """S [K, K], K = C(r, 2): the Gram matrix of u_ab = e_a + e_b − (2/r)·1 over pairs a < b of
+    r coordinates (the triangular graph T(r), a strongly regular graph). Centred rank r − 1 with
+    equal singular values r − 2: a tight frame of K classes in r − 1 dimensions."""
+    if r < 3:
+        raise ValueError(f"r must be >= 3 (K = C(r, 2) >= 3 classes), got {r}")
+    pairs = [(a, b) for a in range(r) for b in range(a + 1, r)]
+    U = np.array([[(i in pair) for i in range(r)] for pair in pairs], np.float64) - 2.0 / r
+    return U @ U.T
+
+
+def triangular_rank(K):
+    """r with C(r, 2) = K, or None."""
+    r = int(round((1 + math.sqrt(1 + 8 * K)) / 2))
+    return r if r * (r - 1) // 2 == K else None
+
+
+def deep_ce_construction(S, hyper, sizes, depth, name="shape"):
+    """The construction α·S of the deep linear CE UFM at depth L, α minimised (balanced classes)."""
+    n, M = sizes.n, depth + 1
+    lam_bar = (float(hyper["lam_H1"]) * math.prod(
+        float(hyper[f"lam_W{layer}"]) for layer in range(1, depth + 1))) ** (1.0 / M)
+    fn = lambda a: ce_shape_objective(S, a, n, lam_bar, M)
+    alpha, value = _min_on_ray(fn, 1e3)
+    rank = int(np.linalg.matrix_rank(np.asarray(S, np.float64)))
+    return Construction(name, value, alpha, np.asarray(S, np.float64), rank)
+
+
+def balanced_factors(Zbar, hyper, sizes, depth):
+    """Parameters H1 [d, N], W1 … W_L of a deep linear UFM whose product is Zbar ⊗ 1ᵀ [K, N], with
+    the factors balanced for the λ's (factor l carries σ^(1/M)·√(λ̄/λ_l) of each singular value σ
+    of the product: the minimum of Σ_l λ_l/2‖F_l‖² at that product). Needs d ≥ rank(Zbar)."""
+    K, n, d, M = sizes.K, sizes.n, sizes.d, depth + 1
+    Z = np.kron(np.asarray(Zbar, np.float64), np.ones((1, n)))
+    U, sig, Vt = np.linalg.svd(Z, full_matrices=False)
+    rho = int(np.sum(sig > 1e-12 * sig[0]))
+    if rho > d:
+        raise ValueError(f"d = {d} is below the construction's rank {rho}")
+    lams = [float(hyper["lam_H1"])] + [float(hyper[f"lam_W{layer}"])
+                                       for layer in range(1, depth + 1)]
+    lam_bar = math.prod(lams) ** (1.0 / M)
+    root = sig[:rho] ** (1.0 / M)
+    scale = [math.sqrt(lam_bar / lam) for lam in lams]
+    params = {"H1": np.zeros((d, sizes.N))}
+    params["H1"][:rho] = (root * scale[0])[:, None] * Vt[:rho]
+    for layer in range(1, depth):
+        W = np.zeros((d, d))
+        W[:rho, :rho] = np.diag(root * scale[layer])
+        params[f"W{layer}"] = W
+    last = np.zeros((K, d))
+    last[:, :rho] = U[:, :rho] * (root * scale[depth])[None, :]
+    params[f"W{depth}"] = last
+    return params
+
+
+def ce_shapes(K):
+    """The deep linear CE constructions defined at K classes: {name: S [K, K]}: DNC (S = P), the
+    low-rank blocks (K even: K/2 blocks [[1, −1], [−1, 1]]) and the triangular tight frame
+    (K = C(r, 2))."""
+    shapes = {"dnc": np.eye(K) - np.ones((K, K)) / K}
+    if K % 2 == 0:
+        shapes["low-rank"] = np.kron(np.eye(K // 2), np.array([[1.0, -1.0], [-1.0, 1.0]]))
+    r = triangular_rank(K)
+    if r is not None and r >= 5:  # T(3) is DNC's simplex, T(4) the blocks' octahedron
+        shapes["triangular"] = triangular_shape(r)
+    return shapes
+
+
+def deep_ce_constructions(hyper, sizes, depth):
+    """{name: Construction} of every shape of `ce_shapes` at these λ's, sizes and depth."""
+    return {name: deep_ce_construction(S, hyper, sizes, depth, name)
+            for name, S in ce_shapes(sizes.K).items()}
 
 
 class PerturbedPrediction(NamedTuple):
@@ -413,7 +516,8 @@ def landing(prediction, objective, tol=LANDING_TOL):
     """Where a run with final `objective` landed against the references of a prediction, as a
     JSON-ready dict, or None for predictions that are the optimum itself.
 
-    Deep linear CE: `reached` ('dnc', 'low-rank', 'zero' — the reference within a relative `tol`
+    Deep linear CE: `reached` ('dnc', 'low-rank', 'zero', 'triangular' — the reference within a
+    relative `tol`
     — or 'other'), `excess` = f − (the lowest reference) and each reference's relative gap.
     ReLU at any depth (the DNC value: the optimum by Theorem 4.2 at L ≤ 2, where a run below it
     would be a counterexample; a reference deeper): `dnc`, `below_dnc` (f below it by more than
@@ -422,7 +526,8 @@ def landing(prediction, objective, tol=LANDING_TOL):
     if prediction is None or not math.isfinite(objective):
         return None
     if isinstance(prediction, DeepCrossEntropyPrediction):
-        refs = {"dnc": prediction.dnc, "low-rank": prediction.low_rank, "zero": prediction.zero}
+        refs = {"dnc": prediction.dnc, "low-rank": prediction.low_rank, "zero": prediction.zero,
+                "triangular": prediction.triangular}
         gaps = {k: (objective - v) / abs(v) for k, v in refs.items() if v is not None}
         closest = min(gaps, key=lambda k: (abs(gaps[k]), CE_PREFERENCE.index(k)))
         return {"reached": closest if abs(gaps[closest]) <= tol else "other",

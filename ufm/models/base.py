@@ -143,6 +143,9 @@ class Model(NamedTuple):
     # kinks(params, sizes) -> (pre-activations [d, N], …) at whose zeros the objective is not twice
     # differentiable (ReLU); None for a smooth model
     kinks: Optional[Callable] = None
+    # constructions(hyper, sizes) -> {name: params}: structured points a run can start from
+    # (`--init-from NAME`, docs/theory.md §6.5), or None
+    constructions: Optional[Callable] = None
 
     @property
     def hyper_names(self):

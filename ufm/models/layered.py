@@ -118,6 +118,21 @@ def _pattern(level):
     return lambda params: layered_features(params, "relu")[f"Z{level}"] > 0
 
 
+def ce_constructions(depth):
+    """constructions(hyper, sizes) -> {name: params} of the deep linear CE model: DNC, the
+    low-rank blocks and the triangular tight frame (theory.ce_shapes), each at its optimal scale,
+    factored with balanced factors (theory.balanced_factors)."""
+
+    def constructions(hyper, sizes):
+        if not sizes.balanced:
+            raise ValueError("the constructions are for balanced classes (one --n)")
+        found = theory.deep_ce_constructions(hyper, sizes, depth)
+        return {name: theory.balanced_factors(c.alpha * c.shape, hyper, sizes, depth)
+                for name, c in found.items() if c.rank <= sizes.d}
+
+    return constructions
+
+
 def pre_activations(params, sizes=None):
     """(Z_2, …, Z_L): the ReLU model's pre-activations, where it has kinks at 0."""
     levels = layered_features(params, "relu")
@@ -158,7 +173,8 @@ def layered_model(name, depth, activation, loss="mse"):
                  layered_measure(activation), hypers,
                  (lambda K: K - 1) if loss == "ce" else (lambda K: K), 0.1, prediction,
                  depth=depth, symmetries=layered_symmetries(depth, activation),
-                 kinks=None if activation == "linear" else pre_activations)
+                 kinks=None if activation == "linear" else pre_activations,
+                 constructions=ce_constructions(depth) if loss == "ce" else None)
 
 
 DEPTH = Option("depth", DEFAULT_DEPTH, "L, the weight matrices after H1 (default 3)")
