@@ -212,6 +212,35 @@ def check_saved_numbers(name, a, cfg, data):
         checked += _not_below(a["seed_objective"], a["optimum"][..., None])
         assert np.all(a["seed_lower_bound"] <= a["optimum"][..., None] * (1 + 1e-12))
         np.testing.assert_allclose(a["fraction_global"], a["seed_global"].mean(-1))
+    if name == "hessian_spectra":  # λ_min is the spectrum's, the kind follows from it
+        for row in cfg["rows"]:
+            ev = a[f"{row['key']}/eigenvalues"]
+            assert row["min_eigenvalue"] == ev.min() and np.all(np.diff(ev) >= 0)
+            assert row["kind"] == ("strict local minimum" if ev.min() > row["tol"] else
+                                   "saddle" if ev.min() < -row["tol"] else "degenerate")
+            K, L = row["K"], row["L"]
+            hyper = {"lam_H1": cfg["lam"], **{f"lam_W{l}": cfg["lam"] for l in range(1, L + 1)}}
+            ref = theory.deep_cross_entropy(hyper, Sizes(K, cfg["n"], cfg["d"]), L)
+            if row["name"] == "dnc":  # the construction's objective is the 1-D closed form
+                assert row["objective"] == pytest.approx(ref.dnc, abs=1e-10)
+            checked += 1
+    if name == "constructions":  # the shape objective reproduces the closed-form references
+        for i, L in enumerate(cfg["depths"]):
+            hyper = {"lam_H1": cfg["lam"], **{f"lam_W{l}": cfg["lam"] for l in range(1, L + 1)}}
+            for j, r in enumerate(cfg["rs"]):
+                K = r * (r - 1) // 2
+                ref = theory.deep_cross_entropy(hyper, Sizes(K, cfg["n"], K), L)
+                assert a["f_dnc"][i, j] == pytest.approx(ref.dnc, abs=1e-10)
+                assert a["f_tri"][i, j] == pytest.approx(ref.triangular, abs=1e-12)
+                if K % 2 == 0:
+                    assert a["f_lr"][i, j] == pytest.approx(ref.low_rank, abs=1e-10)
+                checked += 1
+    if name == "landscape_basins":  # every seed rated once; kinds agree with their eigenvalues
+        np.testing.assert_allclose(a["fraction"].sum(-1), 1.0, atol=1e-12)
+        kind, lo, tol = a["second_order_kind"], a["min_eigenvalue"], a["second_order_tol"]
+        assert np.all(lo[kind == "strict local minimum"] > tol[kind == "strict local minimum"])
+        assert np.all(lo[kind == "saddle"] < -tol[kind == "saddle"])
+        checked += 1
     return checked
 
 

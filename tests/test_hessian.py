@@ -324,3 +324,38 @@ def test_init_from_a_construction_or_a_file_and_its_refusals(tmp_path):
               **hyper)
     with pytest.raises(ValueError, match="not with --restarts"):
         train("deep-linear-ce", K=10, n=2, d=9, depth=3, init_from="dnc", restarts=2, **hyper)
+
+
+def smaller_root(beta, M):
+    """The other positive root s of s^(2M−2) − s^(M−2) + β (a local maximum of φ_β), t = s^M."""
+    coeffs = np.zeros(2 * M - 1)
+    coeffs[0], coeffs[M], coeffs[-1] = 1.0, -1.0, beta
+    roots = np.roots(coeffs)
+    real = np.sort(roots[(np.abs(roots.imag) < 1e-9) & (roots.real > 0)].real)
+    return real[0] ** M
+
+
+@pytest.mark.parametrize("beta", [0.30, 0.45])  # below the window, and in it (β_c < β < β_max)
+def test_three_factor_stationary_points_classify_as_the_scalar_problem_says(beta):
+    """Linear extended model (M = 3), K = 3: `fit` classes at a stationary point t of the scalar
+    problem φ_β (docs/theory.md §3.10), the rest at 0. All classes at φ's local minimiser t*: a
+    strict local minimum modulo symmetry; the origin too (three factors: no second-order fit term
+    at 0); at φ's local maximum (the smaller root) a saddle. With 0 < fit < K classes at t* the
+    point is degenerate: exactly fit·(K − fit) zero eigenvalues beyond the symmetries (a zero
+    class may borrow a fit class's path at no second-order cost; the objective grows like t⁴)."""
+    K, n, d, M = 3, 4, 4, 3
+    lam = beta / (K * n ** (1 / M))  # balanced: β = K·(n·λ³)^(1/3)
+    hyper = {"lam_H1": lam, "lam_W1": lam, "lam_W2": lam}
+    model, sizes = get_model("linear-extended"), Sizes(K, n, d)
+    t_min, t_max = theory.nonzero_stationary(beta, M), smaller_root(beta, M)
+    cases = [(t_min, 3, "strict local minimum"), (t_max, 3, "saddle"), (0.0, 0,
+             "strict local minimum"), (t_min, 2, "degenerate"), (t_min, 1, "degenerate")]
+    for t, fit, kind in cases:
+        Zbar = np.diag([t] * fit + [0.0] * (K - fit))
+        params = (theory.balanced_factors(Zbar, hyper, sizes, 2) if fit else
+                  {"H1": np.zeros((d, K * n)), "W1": np.zeros((d, d)), "W2": np.zeros((K, d))})
+        so = hessian.classify(model, sizes, hyper, params, method="dense")
+        assert so.grad_norm < 1e-10  # the scalar problem's stationary points are the model's
+        assert so.kind == kind, (t, fit, so.min_eigenvalue, so.tol)
+        if kind == "degenerate":
+            assert np.sum(np.abs(np.array(so.eigenvalues)) <= so.tol) == fit * (K - fit)
