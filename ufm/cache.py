@@ -12,7 +12,8 @@ second run of the same command loads them instead.
   simulator modules — the library never changes JAX's configuration behind the caller's back.
 - Where: `UFM_CACHE_DIR`, else `$XDG_CACHE_HOME/ufm/jax`, else `~/.cache/ufm/jax`. Its size is
   not capped (JAX's cap needs the `filelock` package, not a dependency): `ufm cache` shows it.
-- `ufm cache` shows it; `ufm cache --clear` removes it (exported programs included).
+- `ufm cache` shows it; `ufm cache --clear` removes what ufm wrote there (JAX's entries and the
+  exported programs), never anything else in the folder.
 
 JAX's own settings win: if the caller already set `jax_compilation_cache_dir` (or the
 JAX_COMPILATION_CACHE_DIR environment variable) that folder is used.
@@ -27,7 +28,7 @@ cache). Any failure to export, store or load falls back to the plain jitted func
 """
 import hashlib
 import os
-import shutil
+import re
 
 ENV = "UFM_COMPILATION_CACHE"
 DIR_ENV = "UFM_CACHE_DIR"
@@ -36,7 +37,10 @@ MIN_COMPILE_SECONDS = 0.2  # programs faster to compile than this are not worth 
 
 
 def cache_dir():
-    """The folder ufm keeps compiled programs in (XDG conventions)."""
+    """The folder ufm keeps compiled programs in: JAX's own JAX_COMPILATION_CACHE_DIR when the
+    caller set it (it wins in training too), else UFM_CACHE_DIR, else XDG conventions."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.path.abspath(os.environ["JAX_COMPILATION_CACHE_DIR"])
     if os.environ.get(DIR_ENV):
         return os.path.abspath(os.environ[DIR_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -61,7 +65,16 @@ def enable_compilation_cache(path=None, min_compile_seconds=MIN_COMPILE_SECONDS)
     if current:
         return current
     folder = os.path.abspath(path) if path else cache_dir()
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(f"{folder} is not writable")
+    except OSError as err:  # the cache must never cost a run: without it, once said
+        import sys
+
+        print(f"ufm: warning: no compilation cache ({folder} cannot be a cache folder: "
+              f"{err.strerror or err}); runs compile from scratch", file=sys.stderr)
+        return None
     jax.config.update("jax_compilation_cache_dir", folder)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the caller's wins
         jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
@@ -152,27 +165,57 @@ def program(fn, args, what):
         return fn
 
 
-def size(path=None):
-    """(files, bytes) held in the cache folder."""
+# What ufm writes there, and nothing else is counted or removed: JAX's entries
+# (<name>-<64 hex digits>-cache, and -atime where JAX keeps access times) and the exported
+# programs (programs/<40 hex digits>.jaxexport). The folder may be shared with the user's files.
+JAX_ENTRY = re.compile(r"^.+-[0-9a-f]{64}-(cache|atime)$")
+PROGRAM_ENTRY = re.compile(r"^[0-9a-f]{40}\.jaxexport$")
+
+
+def entries(path=None):
+    """The files ufm wrote in the cache folder (none if it is not a folder)."""
     folder = path or cache_dir()
+    if not os.path.isdir(folder):
+        return []
+    found = [os.path.join(folder, n) for n in os.listdir(folder) if JAX_ENTRY.match(n)]
+    programs = os.path.join(folder, "programs")
+    if os.path.isdir(programs):
+        found += [os.path.join(programs, n) for n in os.listdir(programs)
+                  if PROGRAM_ENTRY.match(n)]
+    return [f for f in found if os.path.isfile(f) and not os.path.islink(f)]
+
+
+def size(path=None):
+    """(files, bytes) of ufm's entries in the cache folder."""
     files = total = 0
-    for root, _, names in os.walk(folder):
-        for name in names:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-                files += 1
-            except OSError:
-                pass
+    for f in entries(path):
+        try:
+            total += os.path.getsize(f)
+            files += 1
+        except OSError:
+            pass
     return files, total
 
 
 def clear(path=None):
-    """Remove the cache folder; returns (files, bytes) removed."""
+    """Remove ufm's entries from the cache folder (and programs/ and the folder itself if that
+    leaves them empty); anything else there is left alone. Returns (files, bytes) removed."""
     folder = path or cache_dir()
-    held = size(folder)
-    shutil.rmtree(folder, ignore_errors=True)
-    return held
+    files = total = 0
+    for f in entries(folder):
+        try:
+            nbytes = os.path.getsize(f)
+            os.remove(f)
+            files, total = files + 1, total + nbytes
+        except OSError:
+            pass
+    for empty in (os.path.join(folder, "programs"), folder):
+        try:
+            os.rmdir(empty)  # only if empty
+        except OSError:
+            pass
+    return files, total
 
 
-__all__ = ["cache_dir", "clear", "enable_compilation_cache", "enable_programs", "program",
+__all__ = ["cache_dir", "clear", "entries", "enable_compilation_cache", "enable_programs", "program",
            "program_key", "size", "wanted"]

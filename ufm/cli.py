@@ -883,9 +883,15 @@ def cmd_cache(args):
     from ufm import cache
 
     folder = cache.cache_dir()
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        print(f"compilation cache: {folder} is a file, not a folder: nothing is cached there"
+              f"{' and nothing was removed' if args.clear else ''} (set {cache.DIR_ENV} to a "
+              f"folder)")
+        return 0
     if args.clear:
         files, size = cache.clear(folder)
-        print(f"removed {folder} ({files} files, {size / 1e6:.1f} MB)")
+        print(f"removed ufm's {files} files ({size / 1e6:.1f} MB) from {folder}; anything else "
+              f"there is left")
         return 0
     files, size = cache.size(folder)
     state = "on" if cache.wanted(True) else f"off ({cache.ENV}={os.environ.get(cache.ENV)})"

@@ -1,0 +1,74 @@
+"""Hardening, round 4 (the caches): `ufm cache --clear` removes only what ufm wrote, a cache
+folder that cannot be one never costs a run, and `ufm cache` shows the folder training uses."""
+import os
+import subprocess
+import sys
+
+from ufm import cache
+from ufm.cli import main
+
+JAX_ENTRY = "jit_f-" + "ab" * 32 + "-cache"
+PROGRAM = "cd" * 20 + ".jaxexport"
+
+
+def _plant(folder):
+    """A cache folder shared with a user's files: ufm's entries, and things it did not write."""
+    (folder / "programs").mkdir(parents=True)
+    (folder / JAX_ENTRY).write_bytes(b"x" * 10)
+    (folder / "programs" / PROGRAM).write_bytes(b"y" * 20)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "programs" / "mine.jaxexport").write_text("not hex")
+    (folder / "data").mkdir()
+    (folder / "data" / ("jit_g-" + "ef" * 32 + "-cache")).write_text("below the top: not JAX's")
+
+
+def test_clear_removes_only_ufm_entries_and_counts_only_them(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "shared"
+    _plant(folder)
+    monkeypatch.setenv("UFM_CACHE_DIR", str(folder))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert cache.size() == (2, 30)
+    assert main(["cache"]) == 0
+    assert "(2 files" in capsys.readouterr().out
+    assert main(["cache", "--clear"]) == 0
+    assert "removed ufm's 2 files" in capsys.readouterr().out
+    assert not (folder / JAX_ENTRY).exists() and not (folder / "programs" / PROGRAM).exists()
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert (folder / "programs" / "mine.jaxexport").exists()
+    assert len(list((folder / "data").iterdir())) == 1
+
+
+def test_clear_of_the_current_directory_leaves_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "work.py").write_text("x = 1")
+    (tmp_path / JAX_ENTRY).write_bytes(b"z")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UFM_CACHE_DIR", ".")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert main(["cache", "--clear"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["work.py"]
+
+
+def test_a_cache_folder_that_is_a_file_costs_no_run(tmp_path):
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("a file")
+    env = dict(os.environ, UFM_CACHE_DIR=str(blocker), UFM_COMPILATION_CACHE="1",
+               UFM_PROGRAM_CACHE="1")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    run = lambda *args: subprocess.run([sys.executable, "-m", "ufm.cli", *args],
+                                       capture_output=True, text=True, env=env, timeout=300)
+    proc = run("train", "bias-free", "--steps", "20", "--log-every", "10", "--quiet", "--out",
+               str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no compilation cache" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "run" / "result.json").exists()
+    proc = run("cache", "--clear")
+    assert proc.returncode == 0 and "is a file, not a folder" in proc.stdout
+    assert blocker.read_text() == "a file"
+
+
+def test_ufm_cache_shows_the_folder_jax_was_told_to_use(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jaxs"))
+    monkeypatch.setenv("UFM_CACHE_DIR", str(tmp_path / "ufms"))
+    assert cache.cache_dir() == str(tmp_path / "jaxs")
+    assert main(["cache"]) == 0
+    assert str(tmp_path / "jaxs") in capsys.readouterr().out
