@@ -72,3 +72,49 @@ def test_ufm_cache_shows_the_folder_jax_was_told_to_use(tmp_path, monkeypatch, c
     assert cache.cache_dir() == str(tmp_path / "jaxs")
     assert main(["cache"]) == 0
     assert str(tmp_path / "jaxs") in capsys.readouterr().out
+
+
+# --- sweeps keyed by content ---------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ufm import sweep  # noqa: E402
+
+
+def _targets_sweep(path, out, progress=None, chunk=None):
+    return sweep.run_grid("scaled-target", {"K": [3], "d": [4], "n": [2]}, {},
+                          {"lam_H": np.array([1e-3, 1e-2, 3e-2, 1e-1])}, order=["lam_H"],
+                          steps=20, lr=0.1, options={"targets": str(path)}, out=str(out),
+                          progress=progress, chunk=chunk)
+
+
+def test_a_sweep_is_keyed_by_the_targets_file_contents_not_its_name(tmp_path):
+    path, out = tmp_path / "T.npy", tmp_path / "sweep"
+    np.save(path, np.eye(3))
+    first, config = _targets_sweep(path, out)
+    assert config["options"]["targets"] == ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    np.save(path, 2 * np.eye(3))  # same name, other contents
+    with pytest.raises(ValueError, match="holds a finished sweep of another configuration"):
+        _targets_sweep(path, out)
+    np.save(path, np.eye(3))  # the same contents again: the finished sweep is loaded
+    again, config = _targets_sweep(path, out)
+    assert config["work"]["computed_points"] == 0
+    np.testing.assert_array_equal(again["objective"], first["objective"])
+
+
+def test_a_killed_sweep_does_not_resume_with_another_targets_matrix(tmp_path):
+    path, out = tmp_path / "T.npy", tmp_path / "sweep"
+    np.save(path, np.eye(3))
+
+    class Killed(Exception):
+        pass
+
+    def stop(done, total):
+        raise Killed  # after the first chunk is stored, as a kill would
+
+    with pytest.raises(Killed):
+        _targets_sweep(path, out, progress=stop, chunk=1)
+    np.save(path, 2 * np.eye(3))
+    with pytest.raises(ValueError, match="unfinished chunks of another sweep configuration"):
+        _targets_sweep(path, out, chunk=1)

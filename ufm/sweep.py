@@ -518,8 +518,11 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
         limits.check_fits(2 * total, f"this sweep's results ({len(plans)} static combinations × "
                                      f"{plans[0][1]['grid'].size:,} points, kept on the host "
                                      f"and assembled into one set of arrays)")
+    # file-valued options by their content (the model holds them converted), never their path:
+    # a changed file is another configuration, for a finished sweep and for resumed chunks alike
+    content = {k: v for k, v in plans[0][1]["model"].options if k in (options or {})}
     mark = sweep_fingerprint(model_name, static, lams, axes, steps, lr, init_scale,
-                             (loss, alpha, mask_softmax, *sorted((options or {}).items())), kw)
+                             (loss, alpha, mask_softmax, *sorted(content.items())), kw)
     parts, configs = [], []
     with (folder_lock(out) if out else contextlib.nullcontext()):
         finished = out and store.finished(out, mark)
@@ -537,6 +540,8 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
             configs.append(dict(config, combination={k: _json_value(v) for k, v in values.items()}))
         arrays, config = _assemble(parts, static, axes, order, kw["seeds"], configs)
         config["fingerprint"] = mark
+        if content:
+            config["options"] = content  # e.g. the targets matrix itself, not the file's name
         if out:  # written, and chunks/ removed, before the lock is released
             write_sweep(arrays, config, out)
     return arrays, config
