@@ -86,6 +86,8 @@ def penalised_bound(M, b, lam_W, lam_H, counts, loss, bias=None, lam_b=0.0, targ
     N = n.sum()
     T = np.eye(K) if targets is None else np.asarray(targets, np.float64)
     mu = math.sqrt(lam_W * lam_H)
+    if bias == "regularized" and lam_b == 0:
+        bias = "free"  # an unpenalised bias is a free one: its dual needs Γn = 0, not b = 0
     U = M if b is None else M + np.asarray(b, np.float64)[:, None]
     Gamma = loss_gradient(U, T, n, loss)
     if bias == "free":
@@ -235,8 +237,9 @@ def _dual_value(problem, bias, hyper, A, b, n, N, T, mu):
         G = (U - T) / N
     else:
         G = (jax.nn.softmax(U, axis=0) - T) / N
-    if bias == "free":
-        G = G - (G @ n / N)[:, None]
+    if bias is not None:  # a free bias (or λ_b = 0: unpenalised, so free) needs Gn = 0
+        centred = G - (G @ n / N)[:, None]
+        G = centred if bias == "free" else jnp.where(hyper["lam_b"] == 0, centred, G)
     op = linalg.singular_values(G * jnp.sqrt(n)[None, :])[0]
     s = jnp.minimum(1.0, mu / jnp.where(op > 0, op, 1.0))
     G = s * G
@@ -248,7 +251,9 @@ def _dual_value(problem, bias, hyper, A, b, n, N, T, mu):
         value = -jnp.sum(n * jnp.sum(jnp.where(Q > 0, Q * jnp.log(jnp.where(Q > 0, Q, 1.0)), 0.0),
                                      axis=0)) / N
     if bias == "regularized":
-        value = value - jnp.sum(ones * ones) / (2 * hyper["lam_b"])
+        lam_b = hyper["lam_b"]
+        value = value - jnp.where(lam_b > 0, jnp.sum(ones * ones) /
+                                  (2 * jnp.where(lam_b > 0, lam_b, 1.0)), 0.0)
     return value
 
 
