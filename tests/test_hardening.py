@@ -75,8 +75,18 @@ CASES = [
     (["figures", "--only", "nope"], "only (--only)"),
     (["measure", "/nonexistent/features.npz"], "FILE"),
     (["bench", "--only", "nope"], "--only"),
+    # round 4 (issue 35): each was a traceback
+    (["train", "fixed-etf", "--sessions", "2", "--optimizer", "convex"], "sessions (--sessions)"),
+    (["sweep", "fixed-orthogonal", "--sessions", "2", "--optimizer", "convex"],
+     "sessions (--sessions)"),
+    # the second-order certificate (issue 31)
+    (["train", "fixed-etf", "--hessian"], "constrained model"),
+    (["train", "bias-free", "--init-from", "nowhere.npz"], "init_from (--init-from)"),
+    (["train", "deep-linear-ce", "--init-from", "spiral"], "init_from (--init-from)"),
+    (["sweep", "bias-free", "--hessian", "0"], "hessian (--hessian)"),
+    (["hessian", "/nonexistent/run"], "is not a ufm train output"),
 ]
-NO_OUT = {"figures", "bench"}
+NO_OUT = {"figures", "bench", "hessian"}
 
 
 @pytest.mark.parametrize("argv, needle", CASES, ids=[" ".join(a) for a, _ in CASES])

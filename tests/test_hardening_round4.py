@@ -145,3 +145,27 @@ def test_convex_solver_with_an_unpenalised_bias_stops_at_its_gap():
     assert run.certificate["global"] and run.certificate["converged_at"] < cap
     lbfgs = train("ce-bias", K=4, n=(20, 20, 2, 2), d=6, lam_b=0.0, optimizer="lbfgs")
     assert run.final["objective"] == pytest.approx(lbfgs.final["objective"], rel=1e-9)
+
+
+# --- ufm plot --out in a place it cannot write ------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["file", "unwritable", "folder"])
+def test_plot_out_that_cannot_be_written_is_one_line(where, tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_text(json.dumps({"model": "bias-free", "config": {},
+                                                 "history": {"step": [0, 1],
+                                                             "objective": [1.0, 0.5]}}))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    out = {"file": blocker / "p.png", "unwritable": locked / "p.png", "folder": tmp_path}[where]
+    if where == "unwritable" and os.access(locked, os.W_OK):
+        pytest.skip("running as a user who can write anywhere (root)")
+    assert main(["plot", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "out (--out)" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -871,6 +871,10 @@ def cmd_plot(args):
     from ufm import plot
 
     try:
+        if args.out is not None:  # the PNG's folder must be one we can write in
+            if os.path.isdir(args.out):
+                raise UsageError(f"out (--out) {args.out} is a folder: give the PNG's file name")
+            check_out(os.path.dirname(os.path.abspath(args.out)), None)
         made = plot.plot(args.path, args.out, array=args.array, x=args.x, y=args.y, at=args.at,
                          reduce=args.reduce)
     except ValueError as err:

@@ -184,8 +184,9 @@ def session_groups(sessions, K):
     return groups
 
 
-def check_sessions(model, sessions, distill, K, restarts):
-    """Validate `sessions`/`distill` for `model`; the class groups, or None without sessions."""
+def check_sessions(model, sessions, distill, K, restarts, optimizer=None):
+    """Validate `sessions`/`distill` for `model` (and the optimiser, an `Optimizer`, when given);
+    the class groups, or None without sessions."""
     distill = float(distill)
     if not (math.isfinite(distill) and distill >= 0):
         raise ValueError(f"distill (--distill) must be finite and >= 0, got {distill}")
@@ -199,6 +200,10 @@ def check_sessions(model, sessions, distill, K, restarts):
                          f"fixed-orthogonal), not {model.name!r}")
     if restarts != 1:
         raise ValueError(f"restarts (--restarts) must be 1 with --sessions, got {restarts}")
+    if optimizer is not None and optimizer.solve is not None:
+        raise ValueError(f"sessions (--sessions) train session by session with gradient steps; "
+                         f"--optimizer {optimizer.name} solves the whole problem at once: use "
+                         f"gd, momentum, adam or lbfgs with --sessions")
     return session_groups(sessions, K)
 
 

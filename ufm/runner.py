@@ -76,7 +76,7 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     limits.check_run(spec, sizes, opt, restarts, steps // log_every + 2)
     prediction = cert_mod.checked_prediction(spec, sizes, hyper)
     distill = float(distill)
-    groups = config.check_sessions(spec, sessions, distill, K, restarts)
+    groups = config.check_sessions(spec, sessions, distill, K, restarts, opt)
     if groups is not None and tol is not None:
         raise ValueError("tol (--tol) does not apply with --sessions: each session runs its "
                          "--steps")

@@ -293,7 +293,8 @@ def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, 
           allow_small_d, n_devices, micro, sessions, distill, tol, hessian=None):
     """Every check of one static combination, before anything is computed or written: the plan
     `_execute` runs (a dict)."""
-    groups = check_sessions(model, sessions, distill, sizes.K, restarts)
+    groups = check_sessions(model, sessions, distill, sizes.K, restarts,
+                            optimise.get_optimizer(optimizer, model))
     optimizer = optimise.get_optimizer(optimizer, model).name
     check_tol(tol)
     if groups is not None and tol is not None:
