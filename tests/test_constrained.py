@@ -223,7 +223,7 @@ def test_train_writes_E_and_sessions(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "fixed-etf", "--E-H", "0"], "E_H (--E-H) must be > 0"),
-    (["train", "lpm", "--E-W", "-1"], "E_W (--E-W) must be finite and >= 0"),
+    (["train", "lpm", "--E-W", "-1"], "E_W (--E-W) must be finite and > 0"),
     (["train", "fixed-etf", "--K", "4", "--n", "1,2,3"], "1,2,3 has 3 per-class counts but K (--K) is 4"),
     (["train", "fixed-etf", "--K", "4", "--sessions", "2,1"], "every class must be in one session"),
     (["train", "fixed-etf", "--K", "4", "--sessions", "5"], "between 1 and K=4"),

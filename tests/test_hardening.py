@@ -79,6 +79,7 @@ CASES = [
     (["train", "fixed-etf", "--sessions", "2", "--optimizer", "convex"], "sessions (--sessions)"),
     (["sweep", "fixed-orthogonal", "--sessions", "2", "--optimizer", "convex"],
      "sessions (--sessions)"),
+    (["train", "scaled-target", "--gamma", "-2"], "gamma (--gamma) must be finite and > 0"),
     # the second-order certificate (issue 31)
     (["train", "fixed-etf", "--hessian"], "constrained model"),
     (["train", "bias-free", "--init-from", "nowhere.npz"], "init_from (--init-from)"),

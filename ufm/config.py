@@ -99,12 +99,14 @@ def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_smal
                  "restarts": restarts}[name]
         if value < 1:
             raise ValueError(f"{named(name)} must be >= 1, got {value}")
+    positive = {spec.name for spec in model.hypers if spec.positive} | {"lr"}
     for name, value in hyper.items():
         for part, v in (value.items() if isinstance(value, dict) else [(None, value)]):
             v = float(v)
             if not math.isfinite(v) or v < 0:
                 what = named(name) if part is None else f"{named(name)}[{part!r}]"
-                raise ValueError(f"{what} must be finite and >= 0, got {v}")
+                bound = "> 0" if name in positive else ">= 0"  # what is allowed, not half of it
+                raise ValueError(f"{what} must be finite and {bound}, got {v}")
     for spec in model.hypers:
         if spec.positive and float(hyper[spec.name]) <= 0:
             raise ValueError(f"{named(spec.name)} must be > 0, got {float(hyper[spec.name])}")
