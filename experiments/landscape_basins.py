@@ -20,17 +20,23 @@ NAME = "landscape_basins"
 FULL = dict(K=10, n=2, depths=[2, 3, 4], widths=[9, 16, 32], lam=2.0 ** -9, seeds=64,
             steps=2000, init_scale=0.5, lanczos=100)
 SMOKE = dict(FULL, depths=[3], widths=[9], seeds=2, steps=30, lanczos=20)
-CLASSES = ("DNC, local min", "low rank, local min", "other local min", "saddle",
+CLASSES = ("DNC", "low-rank blocks", "triangular frame", "other local min", "saddle",
            "degenerate", "not stationary")
 
 
 def rate(kind, reached):
-    """The class of one end point (CLASSES) from its certificate's kind and its landing."""
+    """The class of one end point (CLASSES) from its certificate's kind and its landing: a
+    strict local minimum by the reference it sits on (theory.landing), the rest by kind."""
     if kind == "strict local minimum":
-        if reached == "dnc":
-            return CLASSES[0]
-        return CLASSES[1] if reached in ("low-rank", "triangular") else CLASSES[2]
-    return {"saddle": CLASSES[3], "degenerate": CLASSES[4]}.get(kind, CLASSES[5])
+        return {"dnc": CLASSES[0], "low-rank": CLASSES[1],
+                "triangular": CLASSES[2]}.get(str(reached), CLASSES[3])
+    return {"saddle": CLASSES[4], "degenerate": CLASSES[5]}.get(str(kind), CLASSES[6])
+
+
+def fractions(kinds, reached):
+    """[..., len(CLASSES)]: the fraction of seeds (last axis of the inputs) in each class."""
+    rated = np.vectorize(rate)(kinds, reached)
+    return np.stack([(rated == c).mean(axis=-1) for c in CLASSES], axis=-1)
 
 
 def main(argv=None):
@@ -48,8 +54,6 @@ def main(argv=None):
     keep = ("objective", "second_order_kind", "min_eigenvalue", "second_order_tol", "reached",
             "rank_centred_logits", "grad_norm")
     out = {k: arrays[k].reshape(shape) for k in keep}
-    rated = np.vectorize(rate)(out["second_order_kind"], out["reached"])
-    out["fraction"] = np.stack([(rated == c).mean(axis=-1) for c in CLASSES], axis=-1)
     refs = {name: [] for name in ("dnc", "low-rank", "triangular")}
     for L in cfg["depths"]:
         hyper = {"lam_H1": cfg["lam"], **{f"lam_W{l}": cfg["lam"] for l in range(1, L + 1)}}
@@ -58,8 +62,7 @@ def main(argv=None):
             refs[name].append(found[name].objective)
     out.update({f"f_{k.replace('-', '_')}": np.asarray(v) for k, v in refs.items()})
     out.update(depth=np.asarray(cfg["depths"]), d=np.asarray(cfg["widths"]))
-    common.save(args.out, NAME, out, dict(cfg, classes=list(CLASSES),
-                                          certificate_tol=config["certificate_tol"]))
+    common.save(args.out, NAME, out, dict(cfg, certificate_tol=config["certificate_tol"]))
     return plot(args.out)
 
 
@@ -68,13 +71,14 @@ def plot(out):
     a, cfg = common.load(out, NAME)
     depths, widths = list(a["depth"]), list(a["d"])
     fig, axes = plt.subplots(1, len(depths), figsize=(5.5 * len(depths), 4.6), squeeze=False)
-    colors = ["#1f77b4", "#2ca02c", "#9467bd", "#d62728", "#ff7f0e", "#7f7f7f"]
+    colors = ["#1f77b4", "#2ca02c", "#17becf", "#9467bd", "#d62728", "#ff7f0e", "#7f7f7f"]
+    share = fractions(a["second_order_kind"], a["reached"])  # [L, d, class]
     for i, L in enumerate(depths):
         ax = axes[0, i]
         bottom = np.zeros(len(widths))
         x = np.arange(len(widths))
-        for c, name in enumerate(cfg["classes"]):
-            frac = a["fraction"][i, :, c]
+        for c, name in enumerate(CLASSES):
+            frac = share[i, :, c]
             ax.bar(x, frac, bottom=bottom, color=colors[c], label=name if i == 0 else None)
             bottom += frac
         best = np.nanmin(a["objective"][i], axis=-1)
@@ -85,7 +89,7 @@ def plot(out):
         ax.set_ylabel("fraction of seeds")
         ax.set_title(f"L = {L}: f_DNC {a['f_dnc'][i]:.4f}, f_LR {a['f_low_rank'][i]:.4f}, "
                      f"f_TRI {a['f_triangular'][i]:.4f}", fontsize=9)
-    fig.legend(loc="lower center", ncol=len(cfg["classes"]), fontsize=8)
+    fig.legend(loc="lower center", ncol=len(CLASSES), fontsize=8)
     fig.suptitle(f"Deep linear CE UFM, K = {cfg['K']}, n = {cfg['n']}, every λ = {cfg['lam']:g}: "
                  f"where {cfg['seeds']} L-BFGS seeds (std {cfg['init_scale']:g}, ≤ {cfg['steps']} "
                  f"steps) end, by second-order certificate ({cfg['lanczos']} Lanczos steps) and "

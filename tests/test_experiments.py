@@ -236,7 +236,10 @@ def check_saved_numbers(name, a, cfg, data):
                     assert a["f_lr"][i, j] == pytest.approx(ref.low_rank, abs=1e-10)
                 checked += 1
     if name == "landscape_basins":  # every seed rated once; kinds agree with their eigenvalues
-        np.testing.assert_allclose(a["fraction"].sum(-1), 1.0, atol=1e-12)
+        from experiments.landscape_basins import fractions
+
+        share = fractions(a["second_order_kind"], a["reached"])
+        np.testing.assert_allclose(share.sum(-1), 1.0, atol=1e-12)
         kind, lo, tol = a["second_order_kind"], a["min_eigenvalue"], a["second_order_tol"]
         assert np.all(lo[kind == "strict local minimum"] > tol[kind == "strict local minimum"])
         assert np.all(lo[kind == "saddle"] < -tol[kind == "saddle"])

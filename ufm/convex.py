@@ -32,10 +32,26 @@ def _softmax(U):
     return E / E.sum(axis=0, keepdims=True)
 
 
-def _entropy(Q):
-    """Entropy of every column of Q [K, K] (columns in the simplex)."""
+def _entropy(Q, deficit=None):
+    """Entropy of every column of Q [K, K] (columns in the simplex). deficit [K, K]: 1 − Q where
+    it was computed without cancellation (NaN elsewhere): an entry near 1 contributes
+    −(1 − δ)·log1p(−δ), not −q·log q with q = 1 − δ rounded (a vertex keeps its digits)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.sum(np.where(Q > 0, Q * np.log(np.where(Q > 0, Q, 1.0)), 0.0), axis=0)
+        terms = np.where(Q > 0, Q * np.log(np.where(Q > 0, Q, 1.0)), 0.0)
+        if deficit is not None:
+            near = np.isfinite(deficit)
+            d = np.where(near, deficit, 0.0)
+            terms = np.where(near, (1.0 - d) * np.log1p(-d), terms)
+        return -np.sum(terms, axis=0)
+
+
+def _p_minus_t(U, T):
+    """softmax(U) − T [K, K] per column, without cancellation where a target entry is near 1 (at
+    most one per column): there p − t = (1 − t) − Σ_(i≠j) p_i, a sum of small numbers."""
+    P = _softmax(U)
+    K = U.shape[0]
+    others = (np.ones((K, K)) - np.eye(K)) @ P  # others[j, k] = Σ_(i≠j) P[i, k], summed directly
+    return np.where(T > 0.5, (1.0 - T) - others, P - T)
 
 
 def loss_gradient(U, targets, counts, loss):
@@ -46,7 +62,7 @@ def loss_gradient(U, targets, counts, loss):
     N = float(np.sum(counts))
     if loss == "mse":
         return (U - targets) / N
-    return (_softmax(U) - targets) / N
+    return _p_minus_t(U, targets) / N
 
 
 def conjugate_bound(Gamma, targets, counts, loss):
@@ -60,7 +76,8 @@ def conjugate_bound(Gamma, targets, counts, loss):
     Q = targets + N * Gamma
     if np.any(Q < -1e-15):
         return -math.inf
-    return float(np.sum(n * _entropy(np.clip(Q, 0.0, None))) / N)
+    deficit = np.where(targets > 0.5, (1.0 - targets) - N * Gamma, np.nan)  # 1 − Q near a vertex
+    return float(np.sum(n * _entropy(np.clip(Q, 0.0, None), deficit)) / N)
 
 
 def _simplex_cap(Gamma, N, targets):
@@ -214,8 +231,9 @@ def _reduced_loss(problem, bias, hyper, sizes):
         U = A / jnp.sqrt(n)[None, :] + b[:, None]
         if problem.loss == "mse":
             value = jnp.sum(n * jnp.sum((U - T) ** 2, axis=0)) / (2 * N)
-        else:
-            value = jnp.sum(n * (jax.nn.logsumexp(U, axis=0) - jnp.sum(T * U, axis=0))) / N
+        else:  # Σ_k n_k·CE(u_k, t_k)/N, without cancellation (metrics.shifted_logsumexp)
+            c = jnp.sum(T * U, axis=0)
+            value = jnp.sum(n * metrics.shifted_logsumexp(U - c[None, :])) / N
         if bias == "regularized":
             value = value + hyper["lam_b"] / 2 * jnp.sum(b * b)
         return value

@@ -20,6 +20,48 @@ from ufm.geometry import centering, etf_distance, of_distance
 
 
 
+def shifted_logsumexp(V):
+    """log Σ_j e^(V_j) over axis 0 of V [K, N], without cancellation when one entry dominates:
+    m + log1p(expm1(V_a − m) + Σ_(j≠a) e^(V_j − m)) with a the argmax and m = V_a held constant
+    (so the value and every derivative are those of the log-sum-exp). With V = z − z_y it is the
+    cross-entropy of z at label y as it is, not as lse(z) − z_y: a CE of 1e-10 keeps its digits
+    (docs/theory.md §5.1)."""
+    m = jax.lax.stop_gradient(jnp.max(V, axis=0))
+    a = jax.lax.stop_gradient(jnp.argmax(V, axis=0))
+    top = jnp.take_along_axis(V, a[None, :], axis=0)[0]
+    rest = jnp.where(jnp.arange(V.shape[0])[:, None] == a[None, :], 0.0, jnp.exp(V - m[None, :]))
+    return m + jnp.log1p(jnp.expm1(top - m) + jnp.sum(rest, axis=0))
+
+
+@jax.custom_jvp
+def cross_entropy(logits, targets):
+    """Σ_i CE(z_i, t_i) for logits [K, N] and target distributions targets [K, N] (one-hot or
+    soft): lse(z − c) − ⟨t, z − c⟩ with c = ⟨t, z⟩, so the second term is 0 and no two numbers
+    near each other are subtracted (`shifted_logsumexp`). Its derivative is softmax(z) − t with
+    the same care (`softmax_minus`): through c, automatic differentiation would take it as
+    p_y − (p_y + Σ_(j≠y) p_j) and lose the small sum's digits."""
+    c = jnp.sum(targets * logits, axis=0)
+    return jnp.sum(shifted_logsumexp(logits - c[None, :]))
+
+
+def softmax_minus(logits, targets):
+    """softmax(z) − t [K, N] per column, without cancellation where a target entry is near 1 (at
+    most one per column): there p − t = (1 − t) − Σ_(i≠j) p_i, a sum of small numbers."""
+    P = jax.nn.softmax(logits, axis=0)
+    K = logits.shape[0]
+    others = (jnp.ones((K, K), P.dtype) - jnp.eye(K, dtype=P.dtype)) @ P
+    return jnp.where(targets > 0.5, (1.0 - targets) - others, P - targets)
+
+
+@cross_entropy.defjvp
+def _cross_entropy_jvp(primals, tangents):
+    logits, targets = primals
+    d_logits, d_targets = tangents
+    value = cross_entropy(logits, targets)
+    slope = jnp.sum(softmax_minus(logits, targets) * d_logits) - jnp.sum(logits * d_targets)
+    return value, slope
+
+
 def nuclear_norm(A):
     """‖A‖_* = Σ singular values."""
     return jnp.sum(linalg.singular_values(A))

@@ -1,9 +1,7 @@
 """The cross-entropy UFM, bias-free or with a regularized bias (Zhu et al. 2021; docs/theory.md
 §2.3, §3.5)."""
-import jax
-import jax.numpy as jnp
 
-from ufm import convex, theory
+from ufm import convex, metrics, theory
 from ufm.models.base import (TWO_FACTOR_SYMMETRY, Model, balanced_only, one_hot_targets,
                              register, sq)
 from ufm.models.plain import (LAM_B, TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
@@ -22,7 +20,7 @@ def objective(params, hyper, sizes, session=None):
         logits = logits + params["b"][:, None]
         penalty = penalty + hyper["lam_b"] / 2 * sq(params["b"])
     Y = one_hot_targets(sizes, logits.dtype)
-    ce = -jnp.sum(Y * jax.nn.log_softmax(logits, axis=0)) / sizes.N
+    ce = metrics.cross_entropy(logits, Y) / sizes.N
     return ce + penalty
 
 

@@ -52,7 +52,7 @@ def layered_objective(activation, loss="mse"):
             penalty = penalty + hyper[f"lam_W{layer}"] / 2 * sq(params[f"W{layer}"])
         Y = one_hot_targets(sizes, logits.dtype)
         if loss == "ce":
-            return -jnp.sum(Y * jax.nn.log_softmax(logits, axis=0)) / sizes.N + penalty
+            return metrics.cross_entropy(logits, Y) / sizes.N + penalty
         return sq(logits - Y) / (2 * sizes.N) + penalty
 
     return objective
