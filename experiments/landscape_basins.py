@@ -19,7 +19,7 @@ from experiments import common
 NAME = "landscape_basins"
 FULL = dict(K=10, n=2, depths=[2, 3, 4], widths=[9, 16, 32], lam=2.0 ** -9, seeds=64,
             steps=2000, init_scale=0.5, lanczos=100)
-SMOKE = dict(FULL, depths=[3], widths=[9], seeds=2, steps=30, lanczos=20)
+SMOKE = dict(FULL, depths=[2, 3], widths=[9], seeds=2, steps=30, lanczos=20)
 CLASSES = ("DNC", "low-rank blocks", "triangular frame", "other local min", "saddle",
            "degenerate", "not stationary")
 

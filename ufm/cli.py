@@ -1011,6 +1011,52 @@ def cmd_figures(args):
                            cwd=os.path.dirname(folder))
 
 
+DISTRIBUTED_WAIT = 300  # seconds the coordinator waits for every process to join
+
+
+def check_coordinator(address):
+    """(host, port) of a --coordinator HOST:PORT whose host resolves; ValueError naming the flag
+    otherwise (JAX's service would wait minutes on an unresolvable host, or crash on a bad
+    port)."""
+    import socket
+
+    host, sep, port = (address or "").rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"coordinator (--coordinator) must be HOST:PORT with a port in 1 … "
+                         f"65535, got {address!r}")
+    try:
+        socket.getaddrinfo(host, int(port))
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"coordinator (--coordinator) {address!r}: the host {host!r} does not "
+                         f"resolve ({err})") from None
+    return host, int(port)
+
+
+def start_distributed(coordinator, num_processes, process_id):
+    """jax.distributed.initialize with the flags given (or JAX's cluster detection when none
+    are), saying what it waits for; its errors become one ValueError line."""
+    import jax
+
+    if coordinator is not None:
+        check_coordinator(coordinator)
+        print(f"waiting for {num_processes} processes at {coordinator} (up to "
+              f"{DISTRIBUTED_WAIT} s)", file=sys.stderr)
+    given = dict(coordinator_address=coordinator, num_processes=num_processes,
+                 process_id=process_id)
+    try:
+        jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None},
+                                   initialization_timeout=DISTRIBUTED_WAIT)
+    except Exception as err:  # noqa: BLE001 - JAX's service raises several kinds
+        said = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if coordinator is None:  # JAX's cluster detection (SLURM, Open MPI, TPU, …) found none
+            raise ValueError(f"distributed (--distributed) found no cluster to join ({said}): "
+                             f"give --coordinator HOST:PORT, --num-processes and --process-id"
+                             ) from None
+        raise ValueError(f"distributed (--distributed): could not join the {num_processes} "
+                         f"processes at {coordinator} ({said})") from None
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
@@ -1024,14 +1070,17 @@ def main(argv=None):
         if not args.distributed or None in manual:
             return _error("coordinator (--coordinator), num-processes (--num-processes) and "
                           "process-id (--process-id) go together, with --distributed")
+        if args.num_processes < 1:
+            return _error(f"num-processes (--num-processes) must be >= 1, got "
+                          f"{args.num_processes}")
         if not 0 <= args.process_id < args.num_processes:
             return _error(f"process-id (--process-id) must be in 0 … {args.num_processes - 1}, "
                           f"got {args.process_id}")
     if getattr(args, "distributed", False):
-        import jax
-
-        given = dict(zip(("coordinator_address", "num_processes", "process_id"), manual))
-        jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+        try:
+            start_distributed(*manual)
+        except ValueError as err:
+            return _error(err)
     if getattr(args, "x64", False):
         import jax  # the CLI is the caller: it may choose float64 for the whole process
 

@@ -633,13 +633,42 @@ def _solved(problem, key, hyper, steps):
     opt = problem.optimizer
     tol = problem.tol if problem.tol is not None else dict(opt.stop_tol)[
         str(jnp.dtype(jnp.result_type(float)))]
-    params, iterations, gap = opt.solve(problem.model, problem.sizes, hyper, steps, tol, key)
+    model, sizes = problem.model, problem.sizes
+    need = model.convex_min_d(sizes.K) if model.convex_min_d is not None else sizes.d
+    if model.two_factor is not None and sizes.d < need:
+        return _solved_below_rank(problem, key, hyper, steps, tol, need)
+    params, iterations, gap = opt.solve(model, sizes, hyper, steps, tol, key)
     iterations = jnp.asarray(iterations, jnp.int32)
     rec = record(problem, params, hyper)
     finite = jnp.isfinite(rec["objective"]) & _all_finite(params)
     return Trajectory(params, iterations[None], jax.tree.map(lambda v: v[None], rec),
                       jnp.where(finite, -1, iterations), jnp.where(gap <= tol, iterations, -1),
                       certify(problem, params, hyper), bound_inputs(problem, params))
+
+
+POLISH_STEPS = 2000  # L-BFGS iterations after the convex solution's top-d truncation
+
+
+def _solved_below_rank(problem, key, hyper, steps, tol, need):
+    """`--optimizer convex` at d below the convex solution's rank (a two-factor model): solve the
+    convex problem at d = `need`, keep its top-d directions, and polish them by L-BFGS on the
+    factorised model (at most POLISH_STEPS iterations, to L-BFGS's own tolerance) — at least as
+    good a point as the truncation. The bound's inputs are the convex solution's, so the lower
+    bound reported is (up to its gap) the convex problem's minimum: a bound at any d."""
+    model, sizes = problem.model, problem.sizes
+    full, iterations, _ = problem.optimizer.solve(model, sizes._replace(d=need), hyper, steps,
+                                                  tol, key)
+    d = sizes.d
+    start = {k: (v[:, :d] if k == "W" else v[:d] if k == "H" else v) for k, v in full.items()}
+    minus_one = -jnp.ones((), jnp.int32)
+    begin = State(start, None, jnp.asarray(iterations, jnp.int32), minus_one, minus_one)
+    polish = Problem(model, sizes, LBFGS, dict(LBFGS.stop_tol)[
+        str(jnp.dtype(jnp.result_type(float)))])
+    state = _first_state(polish, key, hyper, None, begin)
+    state, (at, hist) = _recorded_steps(polish, state, hyper, [POLISH_STEPS], None)
+    params = state.params
+    return Trajectory(params, at, hist, state.diverged_at, state.converged_at,
+                      certify(polish, params, hyper), bound_inputs(problem, full))
 
 
 @functools.lru_cache(maxsize=None)
