@@ -226,3 +226,25 @@ def test_convex_solver_below_the_solution_rank_polishes_and_reports_the_convex_m
     assert convex_run.certificate["lower_bound"] <= convex_run.final["objective"]
     assert all(convex_run.certificate["lower_bound"] >= r.certificate["lower_bound"]
                for r in seeds)
+
+
+# --- targets files that are not real matrices --------------------------------------------------
+
+@pytest.mark.parametrize("content, needle", [
+    (np.eye(3) * (1 + 1j), "must hold real numbers, got complex128"),
+    (np.array([["a", "b", "c"]] * 3), "must hold real numbers, got <U1"),
+    ("", "must be a finite K×K matrix"),
+    ("a b c\nd e f\ng h i\n", "cannot be read as a K×K matrix"),
+])
+def test_targets_that_are_not_a_real_matrix_are_one_line(content, needle, tmp_path, capsys):
+    if isinstance(content, str):
+        path = tmp_path / "T.txt"
+        path.write_text(content)
+    else:
+        path = tmp_path / "T.npy"
+        np.save(path, content)
+    rc = main(["train", "scaled-target", "--K", "3", "--targets", str(path), "--quiet", "--out",
+               str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "targets (--targets)" in err and needle in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@ one-hot labels by default, T = I; any K×K matrix from a file with `--targets`).
 whole model: its objective, its closed form (any counts) and its registration (the worked example
 of docs/architecture.md; docs/theory.md §3.11)."""
 import math
+import warnings
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -28,10 +29,16 @@ def read_targets(value):
                 with np.load(value, allow_pickle=False) as f:
                     value = f["targets"]
             else:
-                value = np.loadtxt(value, delimiter="," if value.endswith(".csv") else None,
-                                   ndmin=2)
+                with warnings.catch_warnings():  # an empty file: our message, not numpy's
+                    warnings.simplefilter("ignore")
+                    value = np.loadtxt(value, delimiter="," if value.endswith(".csv") else None,
+                                       ndmin=2)
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(f"{what} cannot be read as a K×K matrix: {err}") from None
+    kind = np.asarray(value).dtype.kind
+    if kind not in "biuf":  # complex (the imaginary part would be dropped), strings, objects
+        raise ValueError(f"targets (--targets) must hold real numbers, got "
+                         f"{np.asarray(value).dtype} entries")
     T = np.asarray(value, np.float64)
     if T.ndim != 2 or T.shape[0] != T.shape[1] or not np.all(np.isfinite(T)):
         raise ValueError(f"targets (--targets) must be a finite K×K matrix (column k: class k's "
