@@ -248,3 +248,17 @@ def test_targets_that_are_not_a_real_matrix_are_one_line(content, needle, tmp_pa
     err = capsys.readouterr().err
     assert rc == 2 and "targets (--targets)" in err and needle in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_plot_of_a_foreign_result_and_of_a_one_point_sweep(tmp_path, capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "result.json").write_text('{"a": 1}')
+    assert main(["plot", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert "not a ufm train result" in err and "--log-every" not in err
+    one = tmp_path / "one"
+    assert main(["sweep", "bias-free", "--K", "2", "--n", "2", "--d", "2", "--steps", "5",
+                 "--quiet", "--out", str(one)]) == 0
+    assert main(["plot", str(one)]) == 0
+    assert (one / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -128,7 +128,10 @@ def history_series(history):
 
 
 def plot_run(doc, png):
-    history = doc.get("history") or {}
+    if not isinstance(doc.get("history"), dict) or "step" not in doc["history"]:
+        raise ValueError("path (PATH): this result.json has no history of steps: it is not a "
+                         "ufm train result")
+    history = doc["history"]
     step = _numbers(history.get("step", []))
     if step.size == 0:
         raise ValueError("path (PATH): the run's history is empty (no step was recorded: "
@@ -283,6 +286,8 @@ def plot_sweep(config, arrays, png, *, array=None, x=None, y=None, at=(), reduce
     values = sweep_values(arrays, array)
     if values.ndim != len(axes):
         raise ValueError(f"array (--array) {array!r} has {values.ndim} axes, the sweep {len(axes)}")
+    if not axes:  # a one-point sweep: its value, as a bar
+        return _one_point(config, values, array, png)
     at = parse_at(at, axes)
     free = [n for n in names if n not in at]
     x = x or (free[0] if free else None)
@@ -417,6 +422,17 @@ def plot_proof(doc, png):
 
 
 # --- entry point ------------------------------------------------------------------------------
+
+def _one_point(config, values, array, png):
+    """The plot of a sweep with no axis: its one value of `array`, labelled."""
+    value = float(np.asarray(values).reshape(-1)[0])
+    fig, (ax,) = _figure(1, sweep_title(config), width=5.0)
+    ax.bar([array], [value])
+    ax.annotate(f"{value:.6g}", (0, value), ha="center", va="bottom")
+    ax.set(ylabel=array, title="one configuration (a sweep with no axis)")
+    _save(fig, png)
+    return Plot(png, "sweep", {array: np.asarray([value])}, sweep_title(config))
+
 
 def plot(path, out=None, **sweep_options):
     """Plot the output at `path` (a folder written by ufm train/sweep/measure/proof, or its JSON
