@@ -262,3 +262,35 @@ def test_plot_of_a_foreign_result_and_of_a_one_point_sweep(tmp_path, capsys):
                  "--quiet", "--out", str(one)]) == 0
     assert main(["plot", str(one)]) == 0
     assert (one / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- plots a person can read ---------------------------------------------------------------------
+
+def test_run_plot_groups_measurements_and_floors_exact_zeros():
+    from matplotlib.figure import Figure
+
+    from ufm import plot
+
+    groups = plot.group_series({k: None for k in ("nc1_H", "nc4_mismatch", "rank_H2",
+                                                  "norm_W", "cos_margin", "equinorm_H", "xyz")})
+    assert groups == {"collapse (NC1–NC4)": ["nc1_H", "nc4_mismatch"],
+                      "ranks (linear scale)": ["rank_H2"],
+                      "norms, angles and the bias": ["norm_W", "cos_margin", "equinorm_H"],
+                      "other measurements": ["xyz"]}
+    ax = Figure().add_subplot()
+    step = np.arange(5.0)
+    plot._floored(ax, step, np.array([1e-2, 1e-3, 0.0, 0.0, 1e-4]), "nc4_mismatch", {})
+    ax.set_yscale("log")
+    assert ax.get_ylim()[0] > 1e-7  # zeros at a decade below 1e-4, not at 1e-308
+
+
+def test_lbfgs_run_records_a_curve_by_default(tmp_path):
+    """L-BFGS stops after tens of iterations: with the GD default (every 500 steps) its history
+    was two records joined by a straight line."""
+    out = tmp_path / "run"
+    assert main(["train", "bias-free", "--K", "3", "--n", "4", "--d", "4", "--optimizer",
+                 "lbfgs", "--quiet", "--out", str(out)]) == 0
+    import json
+
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["config"]["log_every"] == 10 and len(doc["history"]["step"]) >= 3

@@ -230,8 +230,10 @@ def build_parser(layers=(), lean=False):
     _add_size_flags(p)
     _add_lambda_flags(p, layers, grid=False)
     _add_run_flags(p)
-    p.add_argument("--log-every", type=int, default=DEFAULTS["log_every"],
-                   help="record measurements every this many steps (default 500)")
+    p.add_argument("--log-every", type=int, default=None,
+                   help=f"record measurements every this many steps (default "
+                        f"{DEFAULTS['log_every']}; {LBFGS_LOG_EVERY} for L-BFGS, which stops "
+                        f"early, so its history is still a curve)")
     p.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--plot", action="store_true", help="also write plot.png beside the data "
@@ -591,6 +593,7 @@ def convergence_warning(result):
             f"{cert['grad_norm']:.1e} > tol {cert['tol']:.0e}{far}; try {' or '.join(tries)}")
 
 
+LBFGS_LOG_EVERY = 10  # L-BFGS stops after tens of iterations: record often enough to draw them
 SHORT_RUN = 1e10  # steps × multiply-adds per step under which a run takes about a second
 
 
@@ -622,7 +625,10 @@ def cmd_train(args):
                           mask_softmax=args.mask_softmax, depth=args.depth, **_other_options(args))
         lams = _lambda_flags(args)
         sessions, distill = _session_args(args)
-        kw = dict(K=args.K, n=args.n, d=args.d, steps=args.steps, log_every=args.log_every,
+        log_every = args.log_every
+        if log_every is None:
+            log_every = LBFGS_LOG_EVERY if args.optimizer == "lbfgs" else DEFAULTS["log_every"]
+        kw = dict(K=args.K, n=args.n, d=args.d, steps=args.steps, log_every=log_every,
                   seed=args.seed, lr=_lr_for(args), init_scale=args.init_scale,
                   restarts=1 if args.restarts is None else args.restarts,
                   optimizer=args.optimizer, allow_small_d=args.allow_small_d, loss=args.loss,

@@ -127,6 +127,39 @@ def history_series(history):
     return out
 
 
+SHORT_HISTORY = 30  # records up to which a run's curves are drawn with markers
+GROUPS = (("collapse (NC1–NC4)", ("nc", "cdnv", "han_", "self_duality", "mismatch", "ncc")),
+          ("ranks (linear scale)", ("rank",)),
+          ("norms, angles and the bias", ("norm", "cos", "angle", "equi", "b_", "rho",
+                                          "nuclear")))
+
+
+def group_series(series):
+    """{panel title: [names]}: the measurements in panels by what they measure (collapse, ranks,
+    norms and angles, the rest), empty panels left out."""
+    out = {title: [] for title, _ in GROUPS}
+    out["other measurements"] = []
+    for name in series:
+        low = name.lower()
+        title = next((t for t, keys in GROUPS if any(k in low for k in keys)),
+                     "other measurements")
+        out[title].append(name)
+    return {t: names for t, names in out.items() if names}
+
+
+def _floored(ax, step, values, label, style):
+    """|values| on a log axis; exact zeros drawn as ▼ at a floor a decade below the smallest
+    nonzero value in the axis (not at 1e-308, which would squash every other curve)."""
+    mag = np.abs(np.asarray(values, np.float64))
+    positive = mag[np.isfinite(mag) & (mag > 0)]
+    floor = positive.min() / 10 if positive.size else 1e-16
+    line, = ax.plot(step, np.where(mag > 0, mag, np.nan), label=label, lw=1, **style)
+    zero = mag == 0
+    if zero.any():
+        ax.plot(step[zero], np.full(zero.sum(), floor), "v", color=line.get_color(), ms=4,
+                label=f"{label} = 0 (▼ at {floor:.0e})")
+
+
 def plot_run(doc, png):
     if not isinstance(doc.get("history"), dict) or "step" not in doc["history"]:
         raise ValueError("path (PATH): this result.json has no history of steps: it is not a "
@@ -146,23 +179,29 @@ def plot_run(doc, png):
         reference, ref_name = float(theory["objective"]), "closed form"
     elif isinstance(cert.get("lower_bound"), (int, float)):
         reference, ref_name = float(cert["lower_bound"]), "global lower bound"
-    fig, (ax_f, ax_m) = _figure(2, run_title(doc), width=6.0)
+    groups = group_series(series)
+    fig, axes = _figure(1 + len(groups), run_title(doc), width=6.0)
+    ax_f = axes[0]
+    style = dict(marker="o", ms=3) if step.size <= SHORT_HISTORY else {}  # a few records: show them
     if objective is not None:
         data["objective"] = objective
-        ax_f.plot(step, _log_ready(objective), label="objective f")
+        ax_f.plot(step, _log_ready(objective), label="objective f", **style)
         if reference is not None:
             gap = (objective - reference) / max(abs(reference), TINY)
             data["gap"] = gap
-            ax_f.plot(step, _log_ready(gap), label=f"|f − f*|/|f*| ({ref_name} f* = "
-                                                    f"{reference:.6g})")
+            _floored(ax_f, step, gap, f"|f − f*|/|f*| ({ref_name} f* = {reference:.6g})", style)
     ax_f.set(xlabel="step", yscale="log", title="objective")
     ax_f.legend(fontsize=7)
-    for name, values in series.items():
-        data[name] = values
-        ax_m.plot(step, _log_ready(values), label=name, lw=1)
-    ax_m.set(xlabel="step", yscale="log", title="measurements (|value|, log scale)")
-    if series:
-        ax_m.legend(fontsize=6, ncol=2)
+    for ax, (title, members) in zip(axes[1:], groups.items()):
+        linear = title.startswith("ranks")
+        for name in members:
+            data[name] = series[name]
+            if linear:
+                ax.plot(step, series[name], label=name, lw=1, **style)
+            else:
+                _floored(ax, step, series[name], name, style)
+        ax.set(xlabel="step", yscale="linear" if linear else "log", title=title)
+        ax.legend(fontsize=6, ncol=2 if len(members) > 6 else 1)
     _save(fig, png)
     return Plot(png, "train", data, run_title(doc))
 
