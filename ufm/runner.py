@@ -41,7 +41,7 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
           log_every=DEFAULTS["log_every"], seed=0, lr=DEFAULTS["lr"], init_scale=None,
           restarts=1, optimizer="gd", allow_small_d=False, progress=None, loss=None, alpha=None,
           mask_softmax=False, sessions=None, distill=0.0, tol=None, depth=None, options=None,
-          hessian=None, escape=False, init_from=None, **lams):
+          hessian=None, escape=False, init_from=None, limit=False, **lams):
     """Validate, run the optimiser compiled (R restarts vmapped, best kept), return a Result.
 
     lams: the model's λ's by name (lam_W, lam_H, lam_b, lam_W1, lam_W2, lam_H1, E_H, E_W); unset
@@ -59,8 +59,11 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     ufm.hessian.line_search) and run again from there (at most MAX_ESCAPES times); the
     certificate lists the escapes. init_from: start from these parameters instead of a random
     draw: a params .npz file (a run's params.npz) or the name of one of the model's constructions
-    (deep-linear-ce: dnc, low-rank, triangular).
+    (deep-linear-ce: dnc, low-rank, triangular). limit: solve the λ → 0 limit instead, the
+    UFM-SVM (ufm.limit; `ce` only): W, H its margin-1 direction, the λ's ignored.
     """
+    if limit:
+        return _limit_result(model, K, n, d, steps, tol, options)
     spec = get_model(model, loss=loss, alpha=alpha, mask_softmax=mask_softmax, depth=depth,
                      **(options or {}))
     opt = optimise.get_optimizer(optimizer, spec)
@@ -167,6 +170,50 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
         restart_objectives=restart_obj, restart_global=restart_global, sessions=session_info,
         certificate=cert, second_order=second_order,
         reference=theory_mod.landing(prediction, float(history["objective"][-1])))
+
+
+LIMIT_MODELS = ("ce",)  # models whose λ → 0 limit ufm.limit solves
+LIMIT_TOL = {"float32": 1e-4, "float64": 1e-10}  # the UFM-SVM's relative duality gap
+
+
+def _limit_result(name, K, n, d, steps, tol, options):
+    """The λ → 0 limit of a CE model as a Result: the UFM-SVM's margin-1 direction (W, H), its
+    value ‖Z‖_*, the dual bound and gap, the smallest margin and the distance of its centred
+    logits from SELI (docs/theory.md §5.4)."""
+    from ufm import limit as limit_mod
+
+    if name not in LIMIT_MODELS:
+        raise ValueError(f"limit (--limit) solves the λ → 0 limit of {', '.join(LIMIT_MODELS)}, "
+                         f"not {name!r}")
+    spec = get_model(name, **(options or {}))
+    limits.check_steps(steps)
+    cert_mod.check_tol(tol)
+    n = config.parse_counts(n, K if isinstance(K, (int, np.integer)) else None)
+    sizes = Sizes(K, n, d)
+    if isinstance(d, (int, np.integer)) and isinstance(K, (int, np.integer)) and d < K - 1:
+        raise ValueError(f"d (--d)={d}: the limit direction has rank K − 1 = {K - 1}, so "
+                         f"--limit needs d >= K − 1")
+    config.check_config(spec, sizes, dict(spec.defaults(), lr=1.0, init_scale=1.0), steps,
+                        allow_small_d=True)  # the limit's own need is checked above
+    stop = LIMIT_TOL[str(jnp.result_type(float))] if tol is None else float(tol)
+    sol = jax.jit(lambda: limit_mod.solve_svm(tuple(sizes.counts), max_iter=steps, tol=stop))()
+    M = np.asarray(sol.M, np.float64)
+    params = jax.tree.map(np.asarray, limit_mod.factors(M, sizes))
+    hyper = dict(spec.defaults(), lr=1.0, init_scale=1.0)
+    measured = {k: _number(v) for k, v in
+                jax.tree.map(np.asarray, spec.measure(params, hyper, sizes)).items()}
+    value, bound, gap = float(sol.value), float(sol.bound), float(sol.gap)
+    margins = np.diag(M)[None, :] - M + np.eye(K) * 1e300
+    cert = {"limit": True, "value": value, "lower_bound": bound, "gap": gap, "tol": stop,
+            "converged": bool(gap <= stop), "iterations": int(sol.iterations),
+            "min_margin": float(margins.min()), "seli_error": limit_mod.seli_error(M),
+            "seli_value": limit_mod.seli(tuple(sizes.counts))[1]}
+    final = dict(objective=value, **measured)
+    cfg = dict(model=name, K=K, n=n, d=d, steps=steps, limit=True, tol=stop,
+               dtype=str(jnp.result_type(float)))
+    return Result(model=name, config=cfg, params=params, steps=np.array([int(sol.iterations)]),
+                  history={k: np.array([v]) for k, v in final.items()}, final=final,
+                  theory=None, diverged_at=None, restart_objectives=[value], certificate=cert)
 
 
 def _start_from(model, sizes, hyper, init_from, restarts, groups):
