@@ -294,3 +294,51 @@ def test_lbfgs_run_records_a_curve_by_default(tmp_path):
 
     doc = json.loads((out / "result.json").read_text())
     assert doc["config"]["log_every"] == 10 and len(doc["history"]["step"]) >= 3
+
+
+# --- a new model's options reach it (issue 34's silent drop) ------------------------------------
+
+@pytest.fixture
+def scaled_model():
+    """A model registered as a new contributor would (one file's worth): the bias-free objective
+    times `power` (an integer option) with a `--flavour` choice; removed after the test."""
+    from ufm.models import base, plain
+
+    def build(power=2, flavour="plain"):
+        model = plain.plain_model("power-test", None)
+        objective = model.objective
+        return model._replace(
+            name="power-test", description=f"bias-free × {power} ({flavour})",
+            objective=lambda p, h, s, session=None: power * objective(p, h, s),
+            theory=lambda hyper, sizes: None, lower_bound=None, bound_inputs=None,
+            solver=None, two_factor=None)
+
+    options = (base.Option("power", 2, "a multiplier"),
+               base.Option("flavour", "plain", "a choice", choices=("plain", "spicy")))
+    base.register("power-test", options)(build)
+    yield
+    del base.REGISTRY["power-test"]
+    base._build.cache_clear()
+
+
+def test_a_new_models_int_and_choice_options_reach_it(scaled_model, tmp_path, capsys):
+    import json
+
+    outs = {}
+    for power in ("1", "3"):
+        out = tmp_path / power
+        assert main(["train", "power-test", "--power", power, "--flavour", "spicy", "--K", "2",
+                     "--n", "2", "--d", "2", "--lr", "1e-12", "--steps", "1", "--log-every",
+                     "1", "--quiet",
+                     "--out", str(out)]) == 0
+        assert f"bias-free × {power} (spicy)" in capsys.readouterr().out
+        outs[power] = json.loads((out / "result.json").read_text())
+    assert outs["1"]["config"]["power"] == 1 and outs["3"]["config"]["flavour"] == "spicy"
+    f1, f3 = (outs[p]["history"]["objective"][0] for p in ("1", "3"))
+    assert f3 == pytest.approx(3 * f1, rel=1e-12)  # the same initial point, power applied
+    assert main(["sweep", "power-test", "--power", "3", "--K", "2", "--n", "2", "--d", "2",
+                 "--steps", "1", "--quiet", "--out", str(tmp_path / "sw")]) == 0
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["options"]["power"] == 3
+    assert main(["sweep", "power-test", "--power", "x", "--quiet", "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "power (--power) must be an integer" in capsys.readouterr().err

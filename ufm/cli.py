@@ -391,12 +391,28 @@ def check_out(path, default):
     return path
 
 
+NAMED_OPTIONS = ("loss", "alpha", "mask_softmax", "depth")  # passed by name (depth: a sweep axis)
+
+
 def _other_options(args):
-    """The model options of kinds the CLI passes through as given (files): {name: value}."""
+    """Every other static option a model declares, as given on the command line: {name: value}
+    (files as their paths, which the model's `convert` reads; a sweep's integers parsed here) —
+    so an option a new model file declares reaches it with no edit here."""
     from ufm.models import option_specs
 
-    return {name: getattr(args, name) for name, (option, _) in option_specs().items()
-            if option.convert is not None and getattr(args, name, None) is not None}
+    out = {}
+    for name, (option, _) in option_specs().items():
+        value = getattr(args, name, None)
+        if name in NAMED_OPTIONS or value is None or value is False:
+            continue
+        if isinstance(value, str) and option.convert is None and option.choices is None:
+            try:  # a sweep parses integer flags as text (depth may be an axis; these may not)
+                value = int(value)
+            except ValueError:
+                raise UsageError(f"{name} ({option.flag}) must be an integer >= 1, got "
+                                 f"{value!r}") from None
+        out[name] = value
+    return out
 
 
 def _lambda_flags(args):
