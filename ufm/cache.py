@@ -82,6 +82,17 @@ def enable_compilation_cache(path=None, min_compile_seconds=MIN_COMPILE_SECONDS)
     return folder
 
 
+SERIALIZED = []  # (NamedTuple type, name) a kept program may return: registered by their modules
+
+
+def serializable(cls, name):
+    """Declare a NamedTuple type that kept programs return (the optimiser's Trajectory), so this
+    module never imports the modules whose programs it keeps."""
+    if (cls, name) not in SERIALIZED:
+        SERIALIZED.append((cls, name))
+    return cls
+
+
 PROGRAMS_ENV = "UFM_PROGRAM_CACHE"
 _PROGRAMS = None  # the folder exported programs are kept in, once `enable_programs` ran
 _SOURCE = None
@@ -142,14 +153,13 @@ def program(fn, args, what):
     try:
         from jax import export
 
-        from ufm import optimise
         from ufm.files import atomic_write
 
-        try:
-            export.register_namedtuple_serialization(optimise.Trajectory,
-                                                     serialized_name="ufm.Trajectory")
-        except ValueError:
-            pass  # already registered
+        for cls, name in SERIALIZED:
+            try:
+                export.register_namedtuple_serialization(cls, serialized_name=name)
+            except ValueError:
+                pass  # already registered
         path = os.path.join(_PROGRAMS, program_key(args, what))
         if os.path.isfile(path):
             try:

@@ -201,6 +201,9 @@ class Trajectory(NamedTuple):
     bound: Any = None  # the global bound's inputs at the final parameters (model.bound_inputs)
 
 
+cache.serializable(Trajectory, "ufm.Trajectory")  # a kept `ufm train` program returns one
+
+
 class Problem(NamedTuple):
     """What one run optimises and how (all static): the model at its sizes, the optimiser, and the
     stopping tolerance (None: every step runs)."""

@@ -87,7 +87,7 @@ def _padded(X, codes, start, stop, rows):
 
 def accumulate(X, codes, K, W, b, chunks, name, progress, offset):
     """`ufm.measure.accumulate`'s statistics with JAX: the same dict, in float64."""
-    from ufm.measure import _rows, span_basis, statistics
+    from ufm.measure.passes import _rows, span_basis, statistics
 
     N, d = X.shape
     rows = chunks[0][1] - chunks[0][0]
