@@ -341,3 +341,40 @@ def test_a_new_models_int_and_choice_options_reach_it(scaled_model, tmp_path, ca
     assert main(["sweep", "power-test", "--power", "x", "--quiet", "--out",
                  str(tmp_path / "bad")]) == 2
     assert "power (--power) must be an integer" in capsys.readouterr().err
+
+
+# --- ufm measure: labels and W, and a faulty reference -------------------------------------------
+
+def _features(labels, W=None, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(len(labels), 6))
+    return X, np.asarray(labels), W
+
+
+def test_measure_says_how_w_rows_pair_with_labels_and_refuses_ignore_labels():
+    from ufm import measure
+
+    X, y, _ = _features(np.repeat([0, 1, 2, 7], 10))
+    W = np.random.default_rng(1).normal(size=(4, 6))
+    out = measure.measure_arrays(X, y, W)
+    assert out["classifier_rows"].startswith("row k is the k-th smallest label")
+    assert "3↔7" in out["classifier_rows"] and "3↔7" in measure.format_report(out)
+    plain = measure.measure_arrays(X, np.repeat([0, 1, 2, 3], 10), W)
+    assert plain["classifier_rows"] == "row k is label k"
+    with pytest.raises(ValueError, match="labels must be >= 0: -1 appears in 10 rows"):
+        measure.measure_arrays(X, np.repeat([0, 1, 2, -1], 10))
+    with pytest.raises(ValueError, match=r"name 4 of W's 5 classes .* W\[\[0, 1, 3, 4\]\]"):
+        measure.measure_arrays(X, np.repeat([0, 1, 3, 4], 10),
+                               np.random.default_rng(2).normal(size=(5, 6)))
+
+
+def test_a_nan_in_the_reference_is_the_references_fault(tmp_path, capsys):
+    X, y, _ = _features(np.repeat([0, 1, 2, 3], 10))
+    bad = X.copy()
+    bad[3, 2] = np.nan
+    np.savez(tmp_path / "test.npz", features=X, labels=y)
+    np.savez(tmp_path / "train.npz", features=bad, labels=y)
+    assert main(["measure", str(tmp_path / "test.npz"), "--reference", str(tmp_path / "train.npz"),
+                 "--quiet", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"reference (--reference) {tmp_path / 'train.npz'}" in err and "row 3" in err

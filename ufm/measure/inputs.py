@@ -41,6 +41,13 @@ def encode_labels(labels):
         if as_int is None or not np.array_equal(as_int, labels):
             raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
         labels = as_int
+    if labels.size and labels.min() < 0:
+        bad = labels[labels < 0]
+        value = int(bad[0])
+        raise ValueError(f"labels must be >= 0: {value} appears in {int(np.sum(labels == value))} "
+                         f"rows — negative labels (−1, −100) usually mean 'ignore this row', so "
+                         f"ufm does not measure them as a class: drop those rows "
+                         f"(features[labels >= 0], labels[labels >= 0]) first")
     classes, codes = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"labels must name at least 2 classes, got {len(classes)} "
@@ -61,12 +68,22 @@ def _check_layer(X, name, N):
         raise ValueError(f"features {name!r} must be numeric, got dtype {X.dtype}")
 
 
-def _check_classifier(W, b, K, d, layer):
+def _check_classifier(W, b, K, d, layer, classes=None):
+    """W [K, d] and b [K] as float64, checked. W's row k is the class of the k-th smallest label
+    (docs/usage.md: the report says so when the labels are not 0 … K − 1); a W with more rows
+    than the labels' classes (a split missing a class) is refused, naming the rows to pass."""
     if W is None:
         if b is not None:
             raise ValueError("b was given without W")
         return None, None
     W = np.asarray(_as_numpy(W, "W"), np.float64)
+    if (classes is not None and W.ndim == 2 and W.shape[0] > K
+            and np.issubdtype(classes.dtype, np.integer) and classes.max() < W.shape[0]):
+        shown = ", ".join(map(str, classes[:8])) + (", …" if K > 8 else "")
+        raise ValueError(f"the labels name {K} of W's {W.shape[0]} classes ({shown}): a split "
+                         f"missing a class cannot be measured with the full classifier yet "
+                         f"(its decisions range over every row); pass W's rows of the classes "
+                         f"present, W[[{shown}]], and b's")
     if W.shape != (K, d):
         hint = " (transposed?)" if W.shape == (d, K) else ""
         raise ValueError(f"W must have shape [K, d] = [{K}, {d}] to read layer {layer!r}, got "
@@ -241,6 +258,9 @@ def format_report(result):
     for n in names:
         for key, why in result["layers"][n]["undefined"].items():
             lines.append(f"undefined: {n}.{key}: {why}")
+    pairing = result.get("classifier_rows")
+    if pairing and pairing != "row k is label k":
+        lines.append(f"classifier: W's {pairing}")
     return "\n".join(lines)
 
 

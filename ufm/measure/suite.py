@@ -74,11 +74,15 @@ def reference_statistics(path, layers=None, stream=False, chunk_rows=None, budge
     K = len(classes)
     stats = {}
     for name, X in arrays.items():
-        _check_layer(X, name, len(codes))
-        stats[name] = accumulate(X, codes, K, chunk_rows=chunk_rows, name=name,
-                                 budget_bytes=budget_bytes)
+        try:  # its faults are the reference's, and say so
+            _check_layer(X, name, len(codes))
+            stats[name] = accumulate(X, codes, K, chunk_rows=chunk_rows, name=name,
+                                     budget_bytes=budget_bytes)
+        except ValueError as err:
+            raise ValueError(f"reference (--reference) {path}: {err}") from None
     if W is not None:
-        W, b = _check_classifier(W, b, K, arrays[list(arrays)[-1]].shape[1], list(arrays)[-1])
+        W, b = _check_classifier(W, b, K, arrays[list(arrays)[-1]].shape[1], list(arrays)[-1],
+                                 classes)
     return {"file": os.path.abspath(path), "classes": classes, "layers": stats, "W": W, "b": b}
 
 
@@ -235,7 +239,8 @@ def measure_layers(layers, labels, W=None, b=None, classifier_layer=None, global
     if classifier_layer not in layers:
         raise ValueError(f"classifier_layer must be one of {list(layers)}, got "
                          f"{classifier_layer!r}")
-    W, b = _check_classifier(W, b, K, layers[classifier_layer].shape[1], classifier_layer)
+    W, b = _check_classifier(W, b, K, layers[classifier_layer].shape[1], classifier_layer,
+                             classes)
     for name, X in layers.items():
         check_memory(N, X.shape[1], K, chunk_rows or rows_per_chunk(X.shape[1], K, budget_bytes),
                      name, budget_bytes)
@@ -265,7 +270,20 @@ def measure_layers(layers, labels, W=None, b=None, classifier_layer=None, global
             "N": N, "K": K, "classes": classes.tolist(),
             "counts": np.bincount(codes, minlength=K).tolist(),
             "classifier_layer": classifier_layer if W is not None else None,
+            "classifier_rows": _pairing(classes, W),
             "has_bias": b is not None, "layers": result}
+
+
+def _pairing(classes, W):
+    """How W's rows are read: None without W; else row k ↔ the k-th smallest label, said in
+    words when the labels are not 0 … K − 1 (the rows are then paired by rank, not by value)."""
+    if W is None:
+        return None
+    if np.array_equal(classes, np.arange(len(classes))):
+        return "row k is label k"
+    shown = ", ".join(f"{k}↔{c}" for k, c in enumerate(classes[:6].tolist()))
+    return (f"row k is the k-th smallest label, not label k ({shown}"
+            f"{', …' if len(classes) > 6 else ''})")
 
 
 def _measure_against(out, reference, name, X, labels, uses_W, W, b, global_mean, pinv_rtol,
