@@ -19,6 +19,7 @@ import ufm
 from ufm import convex
 from ufm.cli import main
 from ufm.models import Sizes
+from ufm.models.plain import MSE_LOSS
 
 # (model, K, counts, d, λ's): imbalanced CE and MSE, with every kind of bias, and scaled targets
 IMBALANCED = [
@@ -186,7 +187,7 @@ def test_dual_bound_by_hand():
     M* = (1 − c)I, Γ = −cI/N, s = 1, −⟨G, Y⟩ − (N/2)‖G‖² = c − c²/2."""
     K, n, lam = 4, 5, 5e-3
     c = K * math.sqrt(n * lam * lam)
-    bound = convex.penalised_bound((1 - c) * np.eye(K), None, lam, lam, (n,) * K, "mse")
+    bound = convex.penalised_bound((1 - c) * np.eye(K), None, lam, lam, (n,) * K, MSE_LOSS)
     assert bound == pytest.approx(c - c * c / 2, rel=1e-14)
 
 

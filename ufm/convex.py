@@ -32,71 +32,50 @@ def _softmax(U):
     return E / E.sum(axis=0, keepdims=True)
 
 
-def _entropy(Q, deficit=None):
-    """Entropy of every column of Q [K, K] (columns in the simplex). deficit [K, K]: 1 − Q where
-    it was computed without cancellation (NaN elsewhere): an entry near 1 contributes
-    −(1 − δ)·log1p(−δ), not −q·log q with q = 1 − δ rounded (a vertex keeps its digits)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(Q > 0, Q * np.log(np.where(Q > 0, Q, 1.0)), 0.0)
-        if deficit is not None:
-            near = np.isfinite(deficit)
-            d = np.where(near, deficit, 0.0)
-            terms = np.where(near, (1.0 - d) * np.log1p(-d), terms)
-        return -np.sum(terms, axis=0)
+class Loss(NamedTuple):
+    """A loss convex in the logits, as the convex layer needs it (defined next to its model:
+    this module names none). Per class column k of the class logits U [K, K] (targets T [K, K],
+    counts n [K], N = Σn), with L(Z) = (1/N)·Σ_i ℓ(z_i, t_(y_i)) over the samples:
 
+    value(U, T, n, N) -> []          L at class-constant logits (JAX: the solver's primal)
+    gradient(U, T, n) -> Γ [K, K]    ∂L/∂z_i of a sample of class k, as column k (numpy)
+    conjugate(G, T, n) -> float      −L*(G·E) for a dual point G [K, K] (numpy; −inf outside its
+                                     domain)
+    conjugate_traced(G, T, n, N)     the same in JAX, at a G in the domain (the stopping test)
+    cap(G, T, N) -> float            the largest s with s·G in the conjugate's domain (inf: none)
+    curvature(K) -> float            a bound on ℓ's curvature in one column (the solver's step)
+    quadratic                        −L*(s·G) is a concave quadratic in s (its best s is exact)
+    """
 
-def _p_minus_t(U, T):
-    """softmax(U) − T [K, K] per column, without cancellation where a target entry is near 1 (at
-    most one per column): there p − t = (1 − t) − Σ_(i≠j) p_i, a sum of small numbers."""
-    P = _softmax(U)
-    K = U.shape[0]
-    others = (np.ones((K, K)) - np.eye(K)) @ P  # others[j, k] = Σ_(i≠j) P[i, k], summed directly
-    return np.where(T > 0.5, (1.0 - T) - others, P - T)
+    name: str
+    value: Callable
+    gradient: Callable
+    conjugate: Callable
+    conjugate_traced: Callable
+    cap: Callable
+    curvature: Callable
+    quadratic: bool = False
 
 
 def loss_gradient(U, targets, counts, loss):
-    """Γ [K, K]: ∂L/∂z_i for a sample of class k is column k (the same for every sample of it).
-
-    L = (1/2N)‖Z − T‖² (MSE, targets T [K, K] per class) or (1/N) Σ [lse(z_i) − ⟨t_{y_i}, z_i⟩]
-    (CE against the target distributions T's columns: one-hot, or smoothed)."""
-    N = float(np.sum(counts))
-    if loss == "mse":
-        return (U - targets) / N
-    return _p_minus_t(U, targets) / N
+    """Γ [K, K]: ∂L/∂z_i for a sample of class k is column k (the same for every sample of it)."""
+    return loss.gradient(U, targets, np.asarray(counts, np.float64))
 
 
 def conjugate_bound(Gamma, targets, counts, loss):
-    """−L*(G) for G = Γ·E: MSE −⟨G, T⟩ − (N/2)‖G‖²; CE (1/N) Σ_i Entropy(t_{y_i} + N g_i) (−inf
-    where a column leaves the simplex)."""
-    n = np.asarray(counts, np.float64)
-    N = n.sum()
-    if loss == "mse":
-        return float(-np.sum(n * np.sum(Gamma * targets, axis=0))
-                     - N / 2 * np.sum(n * np.sum(Gamma * Gamma, axis=0)))
-    Q = targets + N * Gamma
-    if np.any(Q < -1e-15):
-        return -math.inf
-    deficit = np.where(targets > 0.5, (1.0 - targets) - N * Gamma, np.nan)  # 1 − Q near a vertex
-    return float(np.sum(n * _entropy(np.clip(Q, 0.0, None), deficit)) / N)
-
-
-def _simplex_cap(Gamma, N, targets):
-    """The largest s with t_k + N·s·Γ_{:,k} ≥ 0 for every k (inf if none binds)."""
-    Q0, dQ = targets, N * Gamma
-    with np.errstate(divide="ignore", invalid="ignore"):
-        caps = np.where(dQ < 0, Q0 / -dQ, np.inf)
-    return float(np.min(caps))
+    """−L*(G) for G = Γ·E (−inf where G leaves the conjugate's domain)."""
+    return loss.conjugate(Gamma, targets, np.asarray(counts, np.float64))
 
 
 def penalised_bound(M, b, lam_W, lam_H, counts, loss, bias=None, lam_b=0.0, targets=None):
     """A lower bound on min P ≤ the UFM's global minimum, from the class logits M = W·H̄ [K, K]
     (and the bias b [K]) of any point.
 
-    loss: 'mse' or 'ce' (targets T [K, K]: per class, the regression target or the target
-    distribution; default I); bias: None, 'free' or 'regularized'. The
-    dual point is s·Γ, Γ the loss gradient at M + b1ᵀ (row-centred, Γn = 0, for a free bias), with
-    s ∈ [0, s_max] chosen to maximise the bound (closed form for MSE, golden section for CE, whose
-    bound is concave in s); s_max puts ‖Γ D^½‖_op·s ≤ μ and, for CE, the columns in the simplex.
+    loss: a `Loss` (targets T [K, K]: per class, the regression target or the target
+    distribution; default I); bias: None, 'free' or 'regularized'. The dual point is s·Γ, Γ the
+    loss gradient at M + b1ᵀ (row-centred, Γn = 0, for a free bias), with s ∈ [0, s_max] chosen to
+    maximise the bound (exactly for a quadratic conjugate, by golden section otherwise: the bound
+    is concave in s); s_max puts ‖Γ D^½‖_op·s ≤ μ and s·Γ in the conjugate's domain.
     """
     K = M.shape[0]
     n = np.asarray(counts, np.float64)
@@ -110,22 +89,27 @@ def penalised_bound(M, b, lam_W, lam_H, counts, loss, bias=None, lam_b=0.0, targ
     if bias == "free":
         Gamma = Gamma - np.outer(Gamma @ n / N, np.ones(K))
     op = np.linalg.norm(Gamma * np.sqrt(n)[None, :], 2)
-    s_max = mu / op if op > 0 else 1.0
-    if loss == "ce":
-        s_max = min(s_max, _simplex_cap(Gamma, N, T))
+    s_max = min(mu / op if op > 0 else 1.0, loss.cap(Gamma, T, N))
     ones = Gamma @ n  # G1
     bias_term = (lambda s: 0.0) if bias != "regularized" else (
         (lambda s: -s * s * float(ones @ ones) / (2 * lam_b)) if lam_b > 0 else
         (lambda s: 0.0 if s == 0 or float(ones @ ones) == 0 else -math.inf))
     value = lambda s: conjugate_bound(s * Gamma, T, n, loss) + bias_term(s)
-    if loss == "mse":
-        lin = -float(np.sum(n * np.sum(Gamma * T, axis=0)))
-        quad = N * float(np.sum(n * np.sum(Gamma * Gamma, axis=0)))
+    if loss.quadratic:  # value(s) = lin·s − quad·s²/2 (value(0) = 0): its maximiser on [0, s_max]
+        lin, quad = _quadratic_slopes(Gamma, T, n, loss)
         if bias == "regularized":
             quad += float(ones @ ones) / lam_b if lam_b > 0 else (math.inf if ones @ ones else 0)
         s = s_max if quad == 0 else min(max(lin / quad, 0.0), s_max)
         return value(s)
     return _golden_max(value, 0.0, s_max)
+
+
+def _quadratic_slopes(Gamma, T, n, loss):
+    """(lin, quad) of a quadratic conjugate φ(s) = −L*(s·Γ) = lin·s − quad·s²/2, read off
+    φ(1) and φ(2) (φ(0) = 0): quad = 2φ(1) − φ(2), lin = φ(1) + quad/2."""
+    one, two = loss.conjugate(Gamma, T, n), loss.conjugate(2 * Gamma, T, n)
+    quad = 2 * one - two
+    return one + quad / 2, quad
 
 
 def _golden_max(fn, lo, hi, evaluations=80):
@@ -212,10 +196,10 @@ def layer_peeled_bound(W, Hbar, counts, E_W, E_H, alpha="none"):
 # --- the convex solver of the penalised two-factor models (`--optimizer convex`) -------------
 
 class TwoFactor(NamedTuple):
-    """What the convex solver needs of a penalised two-factor model: its loss of the logits
-    ('mse' or 'ce') and, for MSE, its targets per class (hyper, sizes) -> [K, K] (None: I)."""
+    """What the convex layer needs of a penalised two-factor model: its loss of the logits (a
+    `Loss`) and its targets per class (hyper, sizes) -> [K, K] (None: I)."""
 
-    loss: str
+    loss: Loss
     targets: Optional[Callable] = None
 
 
@@ -229,11 +213,7 @@ def _reduced_loss(problem, bias, hyper, sizes):
 
     def F(A, b):
         U = A / jnp.sqrt(n)[None, :] + b[:, None]
-        if problem.loss == "mse":
-            value = jnp.sum(n * jnp.sum((U - T) ** 2, axis=0)) / (2 * N)
-        else:  # Σ_k n_k·CE(u_k, t_k)/N, without cancellation (metrics.shifted_logsumexp)
-            c = jnp.sum(T * U, axis=0)
-            value = jnp.sum(n * metrics.shifted_logsumexp(U - c[None, :])) / N
+        value = problem.loss.value(U, T, n, N)
         if bias == "regularized":
             value = value + hyper["lam_b"] / 2 * jnp.sum(b * b)
         return value
@@ -251,10 +231,7 @@ def _dual_value(problem, bias, hyper, A, b, n, N, T, mu):
     """The dual bound at the gradient of the current point (s = largest feasible ≤ 1), traced:
     the solver's stopping test (the host's `penalised_bound` refines s, not needed at the end)."""
     U = A / jnp.sqrt(n)[None, :] + b[:, None]
-    if problem.loss == "mse":
-        G = (U - T) / N
-    else:
-        G = (jax.nn.softmax(U, axis=0) - T) / N
+    G = jax.grad(lambda V: problem.loss.value(V, T, n, N))(U) / n[None, :]
     if bias is not None:  # a free bias (or λ_b = 0: unpenalised, so free) needs Gn = 0
         centred = G - (G @ n / N)[:, None]
         G = centred if bias == "free" else jnp.where(hyper["lam_b"] == 0, centred, G)
@@ -262,12 +239,7 @@ def _dual_value(problem, bias, hyper, A, b, n, N, T, mu):
     s = jnp.minimum(1.0, mu / jnp.where(op > 0, op, 1.0))
     G = s * G
     ones = G @ n
-    if problem.loss == "mse":
-        value = -jnp.sum(n * jnp.sum(G * T, axis=0)) - N / 2 * jnp.sum(n * jnp.sum(G * G, axis=0))
-    else:
-        Q = jnp.clip(T + N * G, 0.0, None)
-        value = -jnp.sum(n * jnp.sum(jnp.where(Q > 0, Q * jnp.log(jnp.where(Q > 0, Q, 1.0)), 0.0),
-                                     axis=0)) / N
+    value = problem.loss.conjugate_traced(G, T, n, N)
     if bias == "regularized":
         lam_b = hyper["lam_b"]
         value = value - jnp.where(lam_b > 0, jnp.sum(ones * ones) /
@@ -288,7 +260,7 @@ def solve(model, sizes, hyper, max_iter, tol, key=None, check_every=10):
     F, n, N, T = _reduced_loss(problem, bias, hyper, sizes)
     K, dtype = sizes.K, jnp.result_type(float)
     mu = jnp.sqrt(hyper["lam_W"] * hyper["lam_H"])
-    curvature = 1.0 if problem.loss == "mse" else 0.5  # of the loss in each logit column
+    curvature = problem.loss.curvature(K)  # of the loss in each logit column
     coupled = 2.0 if bias is not None else 1.0  # (A, b) blocks coupled: twice the block bounds
     step_A = N / (curvature * coupled)
     step_b = 1.0 / (coupled * (curvature + (hyper["lam_b"] if bias == "regularized" else 0.0)))

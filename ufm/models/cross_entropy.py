@@ -1,6 +1,11 @@
 """The cross-entropy UFM, bias-free or with a regularized bias (Zhu et al. 2021; docs/theory.md
 §2.3, §3.5)."""
 
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
 from ufm import convex, metrics, theory
 from ufm.models.base import (TWO_FACTOR_SYMMETRY, Model, balanced_only, one_hot_targets,
                              register, sq)
@@ -24,7 +29,63 @@ def objective(params, hyper, sizes, session=None):
     return ce + penalty
 
 
-CE = convex.TwoFactor("ce")
+def _entropy(Q, deficit=None):
+    """Entropy of every column of Q [K, K] (columns in the simplex). deficit [K, K]: 1 − Q where
+    it was computed without cancellation (NaN elsewhere): an entry near 1 contributes
+    −(1 − δ)·log1p(−δ), not −q·log q with q = 1 − δ rounded (a vertex keeps its digits)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(Q > 0, Q * np.log(np.where(Q > 0, Q, 1.0)), 0.0)
+        if deficit is not None:
+            near = np.isfinite(deficit)
+            d = np.where(near, deficit, 0.0)
+            terms = np.where(near, (1.0 - d) * np.log1p(-d), terms)
+        return -np.sum(terms, axis=0)
+
+
+def _p_minus_t(U, T):
+    """softmax(U) − T [K, K] per column, without cancellation where a target entry is near 1 (at
+    most one per column): there p − t = (1 − t) − Σ_(i≠j) p_i, a sum of small numbers."""
+    P = convex._softmax(U)
+    K = U.shape[0]
+    others = (np.ones((K, K)) - np.eye(K)) @ P  # others[j, k] = Σ_(i≠j) P[i, k], summed directly
+    return np.where(T > 0.5, (1.0 - T) - others, P - T)
+
+
+def _ce_value(U, T, n, N):
+    """(1/N)·Σ_k n_k·CE(u_k, t_k) at class-constant logits, without cancellation (JAX)."""
+    c = jnp.sum(T * U, axis=0)
+    return jnp.sum(n * metrics.shifted_logsumexp(U - c[None, :])) / N
+
+
+def _ce_conjugate(G, T, n):
+    """−L*(G·E) = (1/N)·Σ_k n_k·Entropy(t_k + N·g_k), −inf where a column leaves the simplex;
+    an entry near 1 by log1p (`_entropy`)."""
+    N = n.sum()
+    Q = T + N * G
+    if np.any(Q < -1e-15):
+        return -math.inf
+    deficit = np.where(T > 0.5, (1.0 - T) - N * G, np.nan)  # 1 − Q near a vertex
+    return float(np.sum(n * _entropy(np.clip(Q, 0.0, None), deficit)) / N)
+
+
+def _ce_conjugate_traced(G, T, n, N):
+    Q = jnp.clip(T + N * G, 0.0, None)
+    return -jnp.sum(n * jnp.sum(jnp.where(Q > 0, Q * jnp.log(jnp.where(Q > 0, Q, 1.0)), 0.0),
+                                axis=0)) / N
+
+
+def _simplex_cap(G, T, N):
+    """The largest s with t_k + N·s·g_k ≥ 0 for every k (inf if none binds)."""
+    dQ = N * G
+    with np.errstate(divide="ignore", invalid="ignore"):
+        caps = np.where(dQ < 0, T / -dQ, np.inf)
+    return float(np.min(caps))
+
+
+CE_LOSS = convex.Loss("ce", _ce_value, gradient=lambda U, T, n: _p_minus_t(U, T) / n.sum(),
+                      conjugate=_ce_conjugate, conjugate_traced=_ce_conjugate_traced,
+                      cap=_simplex_cap, curvature=lambda K: 0.5)
+CE = convex.TwoFactor(CE_LOSS)
 
 
 def cross_entropy_model(name, bias):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from ufm import convex, metrics
 from ufm.models.base import (TWO_FACTOR_SYMMETRY, Hyper, Model, balanced_only, one_hot_targets,
                              register, sq)
+from ufm.models.cross_entropy import CE_LOSS
 from ufm.models.plain import (TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                              two_factor_measurements)
 
@@ -62,7 +63,7 @@ def theory(hyper, sizes):
                                max(p, 1 / K), x)
 
 
-REDUCED = convex.TwoFactor("ce", lambda hyper, sizes: smoothed_targets(hyper, sizes.K))
+REDUCED = convex.TwoFactor(CE_LOSS, lambda hyper, sizes: smoothed_targets(hyper, sizes.K))
 
 register("ce-smoothing")(lambda: Model(
     "ce-smoothing", "(1/N)Σ CE(Wh, (1 − ε)e_y + ε/K) + λ_W/2‖W‖² + λ_H/2‖H‖² (label smoothing)",

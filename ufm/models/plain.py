@@ -1,5 +1,7 @@
 """The plain MSE UFM: bias-free, with an unregularized bias, with a regularized bias
 (Tirer & Bruna, ICML 2022, eqs. 5, 14 and 3; docs/theory.md §2.1, §3.1–3.3)."""
+import math
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -82,7 +84,22 @@ def penalised_bound(problem, bias):
     return lower_bound
 
 
-MSE = convex.TwoFactor("mse")  # targets Y
+def _mse_value(U, T, n, N):
+    """(1/2N)·Σ_k n_k‖u_k − t_k‖²: the squared error at class-constant logits U [K, K] (JAX)."""
+    return jnp.sum(n * jnp.sum((U - T) ** 2, axis=0)) / (2 * N)
+
+
+def _mse_conjugate(G, T, n):
+    """−L*(G·E) = −⟨G, T⟩_n − (N/2)‖G‖²_n for the squared error (any G)."""
+    return float(-np.sum(n * np.sum(G * T, axis=0)) - n.sum() / 2 * np.sum(n * np.sum(G * G, 0)))
+
+
+MSE_LOSS = convex.Loss(
+    "mse", _mse_value, gradient=lambda U, T, n: (U - T) / n.sum(), conjugate=_mse_conjugate,
+    conjugate_traced=lambda G, T, n, N: (-jnp.sum(n * jnp.sum(G * T, axis=0))
+                                          - N / 2 * jnp.sum(n * jnp.sum(G * G, axis=0))),
+    cap=lambda G, T, N: math.inf, curvature=lambda K: 1.0, quadratic=True)
+MSE = convex.TwoFactor(MSE_LOSS)  # targets Y
 TWO_FACTOR = (lam("lam_W", "λ_W, the classifier's weight decay"),
               lam("lam_H", "λ_H, the features' weight decay"))
 LAM_B = lam("lam_b", "λ_b, the bias's weight decay")

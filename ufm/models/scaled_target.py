@@ -11,7 +11,7 @@ import numpy as np
 
 from ufm import convex, metrics
 from ufm.models.base import TWO_FACTOR_SYMMETRY, Hyper, Model, Option, register, sq
-from ufm.models.plain import (TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
+from ufm.models.plain import (MSE_LOSS, TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                              two_factor_measurements)
 
 GAMMA = Hyper("gamma", 1.0, "γ, the scale of the targets γY (default 1)", positive=True)
@@ -99,7 +99,7 @@ def scaled_target_model(targets=None):
             raise ValueError(f"targets (--targets) is {T.shape[0]}×{T.shape[0]} but K (--K) is "
                              f"{sizes.K}")
 
-    reduced = convex.TwoFactor("mse", per_class)
+    reduced = convex.TwoFactor(MSE_LOSS, per_class)
     fit = "γY" if targets is None else "γT·E (targets from --targets)"
     return Model(
         "scaled-target", f"1/(2N)‖WH − {fit}‖² + λ_W/2‖W‖² + λ_H/2‖H‖² (a regression UFM)",
