@@ -147,7 +147,7 @@ def test_convex_solver_with_an_unpenalised_bias_stops_at_its_gap():
     assert run.final["objective"] == pytest.approx(lbfgs.final["objective"], rel=1e-9)
 
 
-# --- ufm plot --out in a place it cannot write ------------------------------------------------------
+# --- ufm plot --out in a place it cannot write --------------------------------------------------
 
 @pytest.mark.parametrize("where", ["file", "unwritable", "folder"])
 def test_plot_out_that_cannot_be_written_is_one_line(where, tmp_path, capsys):

@@ -272,7 +272,7 @@ def test_shape_objective_reproduces_the_dnc_and_low_rank_references(depth):
     found = theory.deep_ce_constructions(ce_lams(depth, lam), sizes, depth)
     assert found["dnc"].objective == pytest.approx(th.dnc, abs=1e-10)
     assert found["low-rank"].objective == pytest.approx(th.low_rank, abs=1e-10)
-    assert "triangular" not in found  # T(4) is the blocks' octahedron: not a construction of its own
+    assert "triangular" not in found  # T(4) is the blocks' octahedron, not a new construction
 
 
 @pytest.mark.parametrize("r", [5, 6])

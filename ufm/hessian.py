@@ -723,4 +723,5 @@ def load_run(path):
 
 
 __all__ = ["classify", "SecondOrder", "orbit", "lanczos", "ritz", "spectral_density",
-           "dense_hessian", "flat_point", "hvp", "kind_names", "line_search", "load_run", "traced_classifier", "KINDS", "DENSE_MAX"]
+           "dense_hessian", "flat_point", "hvp", "kind_names", "line_search", "load_run",
+           "traced_classifier", "KINDS", "DENSE_MAX"]

@@ -3,7 +3,8 @@
 As the weight decay vanishes the CE minimiser diverges and its direction converges to the
 max-margin problem
 
-    min ½(‖W‖² + ‖H‖²)  s.t.  (w_(y_i) − w_k)ᵀh_i ≥ 1   ⇔   min ‖Z‖_*  s.t.  z_(y_i, i) − z_(k, i) ≥ 1,
+    min ½(‖W‖² + ‖H‖²)  s.t.  (w_(y_i) − w_k)ᵀh_i ≥ 1
+    ⇔  min ‖Z‖_*  s.t.  z_(y_i, i) − z_(k, i) ≥ 1
 
 (Thrampoulidis, Kini, Vakilian & Behnia 2022). By convexity and the symmetry within a class it has
 a class-constant minimiser Z = M·E, and in A = M·D^½ (D = diag n, so ‖Z‖_* = ‖A‖_*) it is

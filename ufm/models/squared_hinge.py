@@ -48,7 +48,8 @@ def _gradient(U, T, n):
 def _conjugate(G, T, n):
     N = n.sum()
     S = np.where(T > 0, 0.0, N * G)
-    if np.any(S < -1e-15) or np.any(np.abs((N * G).sum(axis=0)) > 1e-12 * max(1.0, np.abs(S).max())):
+    unbalanced = np.abs((N * G).sum(axis=0)) > 1e-12 * max(1.0, np.abs(S).max())
+    if np.any(S < -1e-15) or np.any(unbalanced):  # outside ℓ*'s domain
         return -math.inf
     return float(np.sum(n * np.sum(S - 0.5 * S * S, axis=0)) / N)
 
