@@ -25,7 +25,9 @@ The package, by idea (no module imports one that imports it back):
   pairs       the class-pair measures from tiles of Gram rows
   suite       the suite from the passes' statistics, per layer, against a reference, from files
   jax_engine  the same two passes with JAX on its default device (`--engine jax`)
+  collector   the same statistics fed batch by batch (a training loop), mergeable shards
 """
+from ufm.measure.collector import Collector
 from ufm.measure.inputs import (GLOBAL_MEANS, RESERVED, STDS, csv_rows, encode_labels,
                                 format_report, load_file, write, write_csv)
 from ufm.measure.pairs import pair_measures, tile_rows  # noqa: F401
@@ -35,7 +37,7 @@ from ufm.measure.screens import Decisions  # noqa: F401
 from ufm.measure.suite import (accumulate, measure_arrays, measure_file,  # noqa: F401
                                measure_layers, measure_pooled, reference_statistics, suite)
 
-__all__ = ["measure_layers", "measure_arrays", "measure_file", "measure_pooled", "load_file",
+__all__ = ["Collector", "measure_layers", "measure_arrays", "measure_file", "measure_pooled", "load_file",
            "accumulate", "against", "suite", "statistics", "span_basis", "pair_measures",
            "tile_rows", "reference_statistics", "encode_labels", "write", "write_csv",
            "csv_rows", "format_report", "rows_per_chunk", "Shards", "Decisions", "GLOBAL_MEANS",

@@ -19,11 +19,24 @@ RESERVED = ("labels", "W", "b")  # npz keys that are not layers
 # --- input ------------------------------------------------------------------------------------
 
 def _as_numpy(a, name):
-    """A numpy view of a numpy/JAX array (or anything np.asarray takes)."""
+    """A numpy view of a numpy/JAX array, of anything np.asarray takes (__array__), or of a
+    DLPack producer (a PyTorch tensor: on a GPU it is copied to the host by its own `.cpu()`,
+    which ufm calls without importing torch)."""
+    if isinstance(a, np.ndarray):
+        return a
     try:
-        return a if isinstance(a, np.ndarray) else np.asarray(a)
-    except Exception as e:  # noqa: BLE001 - report what the argument was
-        raise ValueError(f"{name} must be an array, got {type(a).__name__}: {e}") from None
+        if hasattr(a, "__dlpack__") and not hasattr(a, "__array__"):
+            return np.from_dlpack(a)
+        return np.asarray(a)
+    except Exception as first:  # noqa: BLE001 - a device tensor: bring it to the host, or report
+        mover = getattr(a, "cpu", None) or getattr(a, "get", None)  # torch / cupy
+        if callable(mover):
+            try:
+                moved = mover()
+                return np.from_dlpack(moved) if hasattr(moved, "__dlpack__") else np.asarray(moved)
+            except Exception:  # noqa: BLE001 - report the first failure below
+                pass
+        raise ValueError(f"{name} must be an array, got {type(a).__name__}: {first}") from None
 
 
 def encode_labels(labels):
