@@ -81,3 +81,66 @@ def test_layer_peeled_certificate_away_from_unit_norms(E_H, E_W):
     margin = math.sqrt(E_H * E_W) * K / (K - 1)  # ⟨w_k − w_j, h_k⟩ at an ETF
     expected = math.log1p((K - 1) * math.exp(-margin))
     assert r.final["objective"] == pytest.approx(expected, rel=1e-8)
+
+
+def test_screens_with_features_and_classifier_scaled_apart():
+    """Features of size 1e-41 (float32 subnormals) read by a classifier of size 1e3: the screens'
+    subnormal term must scale with the classifier, not with the features; every count equals
+    the plain float64 rules."""
+    from test_measure_scale import _screened_and_exact
+
+    from ufm import measure
+
+    rng = np.random.default_rng(11)
+    K, d, n = 4, 8, 2000
+    means = rng.normal(size=(K, d)) * 1e-41
+    y = rng.integers(0, K, n)
+    raw = means[y] + rng.normal(size=(n, d)) * 1e-41
+    W = rng.normal(size=(K, d)) * 1e3
+    with np.errstate(under="ignore"):
+        screened, exact = _screened_and_exact(means, measure.span_basis(means), W, None,
+                                              np.zeros(d), raw, y)
+    assert screened == exact
+
+
+def test_offset_rule_at_a_spread_of_1e10_and_an_offset_of_1e19():
+    """Rows 1e19 + (class means and noise of size 1e10): the offset is taken (‖o‖ > the spread)
+    and the class means and tr Σ_W equal the direct float64 computation on the centred rows."""
+    from ufm import measure
+
+    rng = np.random.default_rng(12)
+    K, d, n = 3, 5, 300
+    y = np.arange(n) % K
+    local = rng.normal(size=(K, d))[y] * 1e10 + rng.normal(size=(n, d)) * 1e9
+    base = np.full(d, 1e19)
+    out = measure.accumulate(base + local, y, K)
+    assert np.any(out["offset"])  # the rule moved the rows
+    direct = np.array([local[y == k].mean(axis=0) for k in range(K)])
+    np.testing.assert_allclose(out["means"] - base, direct, rtol=0, atol=1e19 * 2e-16 * 4)
+    within = sum(np.sum((local[y == k] - direct[k]) ** 2) for k in range(K)) / n
+    assert out["trace_w"] == pytest.approx(within, rel=1e-6)  # rows rounded at 1e19·ε ≈ 2e3
+
+
+def test_smoothing_reports_the_uniform_probability_at_the_zero_solution():
+    """Past its threshold the label-smoothed optimum is zero: the reported correct-class
+    probability is 1/K, the softmax of zero logits (a formula without the floor goes below)."""
+    from ufm.models.label_smoothing import theory
+
+    K, n = 4, 5
+    hyper = {"lam_W": 0.2, "lam_H": 0.2, "smoothing": 0.1}
+    th = theory(hyper, Sizes(K, n, 6))
+    assert th.structure == "zero" and th.p == pytest.approx(1 / K, abs=1e-15)
+    r = ufm.train("ce-smoothing", K=K, n=n, d=6, optimizer="convex", steps=20000,
+                  log_every=20000, **hyper)
+    assert r.certificate["global"] and np.abs(r.params["W"] @ r.params["H"]).max() < 1e-8
+
+
+def test_a_sweep_point_that_blew_up_is_not_converged(tmp_path):
+    """A grid point whose objective exploded (a step far too large) has a tiny relative
+    gradient (the objective is huge); it must read converged: False, diverged: True."""
+    from ufm import sweep
+
+    arrays, _ = sweep.run_grid("bias-free", {"K": [3], "d": [3], "n": [2]}, {},
+                               {"lr": np.array([0.1, 200.0])}, order=["lr"], steps=200)
+    assert not arrays["diverged"][0] and arrays["diverged"][1]
+    assert not arrays["converged"][1]
