@@ -379,3 +379,21 @@ def test_a_nan_in_the_reference_is_the_references_fault(tmp_path, capsys):
                  "--quiet", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"reference (--reference) {tmp_path / 'train.npz'}" in err and "row 3" in err
+
+
+def test_a_malformed_declaration_is_an_error_naming_the_file():
+    from ufm.models import base, plain
+
+    def build():
+        model = plain.plain_model("broken-test", None)
+        return model._replace(name="broken-test",
+                              hypers=model.hypers + (base.Hyper("gamma", -1.0, "a scale",
+                                                                positive=True),))
+
+    base.register("broken-test")(build)
+    try:
+        with pytest.raises(TypeError, match=r"test_hardening_round4 \(model 'broken-test'\): "
+                                            r"malformed Hyper 'gamma': its default must be"):
+            base.get_model("broken-test")
+    finally:
+        del base.REGISTRY["broken-test"]

@@ -250,7 +250,42 @@ def _models_phrase(names):
 @functools.lru_cache(maxsize=None)
 def _build(name, options):
     model = REGISTRY[name].build(**dict(options))
+    _check_record(REGISTRY[name], model)
     return model._replace(options=options)
+
+
+def _check_record(entry, model):
+    """A malformed declaration is an error when the model is first built (at import, for every
+    default variant), naming the file that declared it — not a TypeError deep in a run."""
+    where = f"{entry.family} (model {entry.name!r})"
+    if not isinstance(model, Model):
+        raise TypeError(f"{where}: its build function must return a Model, got "
+                        f"{type(model).__name__}")
+    names = []
+    for h in model.hypers:
+        if not isinstance(h, Hyper):
+            raise TypeError(f"{where}: hypers must be Hyper records, got {h!r}")
+        problems = []
+        if not (isinstance(h.name, str) and h.name.isidentifier()):
+            problems.append("its name must be an identifier")
+        if isinstance(h.default, bool) or not isinstance(h.default, (int, float)) or not \
+                np.isfinite(h.default) or h.default < 0 or (h.positive and h.default <= 0):
+            bound = "> 0" if h.positive else ">= 0"
+            problems.append(f"its default must be a finite number {bound}")
+        if not isinstance(h.help, str) or not h.help:
+            problems.append("it needs a help text")
+        if h.below is not None and (isinstance(h.below, bool) or not isinstance(
+                h.below, (int, float)) or h.default >= h.below):
+            problems.append("`below` must be a number above the default")
+        if problems:
+            raise TypeError(f"{where}: malformed Hyper {h.name!r}: {'; '.join(problems)}")
+        names.append(h.name)
+    if len(set(names)) != len(names):
+        raise TypeError(f"{where}: a hyperparameter is declared twice: {names}")
+    for o in entry.options:
+        if o.choices is not None and o.default not in o.choices:
+            raise TypeError(f"{where}: Option {o.name!r}'s default {o.default!r} is not one of "
+                            f"its choices {o.choices}")
 
 
 def models():
