@@ -132,3 +132,39 @@ def test_bad_batches_are_refused_whole():
         c.update(X[:5], y[:5])
     with pytest.raises(ValueError, match="different K"):
         measure.Collector(6).merge(measure.Collector(7))
+
+
+def test_a_multi_host_evaluation_merges_second_passes_and_reports_once(tmp_path, capsys):
+    """Shards: first passes saved and merged; the merged state loaded on every shard; each
+    replays its own rows; second-pass states saved; `ufm measure --merge` reports once — the
+    same numbers as one collector over all rows."""
+    from ufm.cli import main
+
+    X, y, W, b = _data(seed=9)
+    whole = _collect(measure.Collector(6, W, b), _batches(X, y))
+    shards = np.array_split(np.arange(len(y)), 3)
+    for i, rows in enumerate(shards):
+        c = measure.Collector(6, W, b)
+        c.update(X[rows], y[rows])
+        c.save(tmp_path / f"first_{i}.npz")
+    merged = measure.Collector.load(tmp_path / "first_0.npz")
+    for i in (1, 2):
+        merged.merge(measure.Collector.load(tmp_path / f"first_{i}.npz"))
+    merged.save(tmp_path / "first.npz")
+    for i, rows in enumerate(shards):
+        c = measure.Collector.load(tmp_path / "first.npz")
+        c.second_pass()
+        c.update(X[rows], y[rows])
+        c.save(tmp_path / f"second_{i}.npz")
+    assert main(["measure", "--merge", *[str(tmp_path / f"second_{i}.npz") for i in range(3)],
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "merged 3 states" in capsys.readouterr().out
+    import json
+
+    doc = json.loads((tmp_path / "out" / "measure.json").read_text())
+    for key, v in whole["layers"]["features"].items():
+        if isinstance(v, float) and np.isfinite(v):
+            assert doc["layers"]["features"][key] == pytest.approx(v, rel=1e-10, abs=1e-16), key
+    assert main(["measure", "--merge", str(tmp_path / "first_0.npz"), "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "takes second-pass states" in capsys.readouterr().err

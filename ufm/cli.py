@@ -160,6 +160,9 @@ def _add_measure_parser(sub):
                         "nc4_mismatch_reference, accuracy_reference")
     m.add_argument("--pool", action="store_true",
                    help="measure the files as shards of one data set (their rows together)")
+    m.add_argument("--merge", action="store_true",
+                   help="the files are saved Collector states (ufm.measure.Collector.save) of "
+                        "shards' second passes: merge them and report once")
     m.add_argument("--budget", type=float, default=None, metavar="MB",
                    help="working memory in MB (default 64): the chunks of rows in flight and a "
                         "tile of class pairs fit in it; peak memory is set by it, not by N or K")
@@ -950,10 +953,33 @@ def cmd_cache(args):
 
 # --- measure, bench, figures ------------------------------------------------------------------
 
+def _measure_merged(measure, args):
+    """`ufm measure --merge state_*.npz`: the shards' second-pass Collector states, merged, and
+    the report of all their rows."""
+    try:
+        out = check_out(args.out, os.path.join("runs", "measure"))
+        states = [measure.Collector.load(f) for f in args.file]
+        if any(c.phase != 2 for c in states):
+            raise UsageError("merge (--merge) takes second-pass states: after second_pass() and "
+                             "the shard's batches replayed, save() each shard's collector")
+        merged = states[0]
+        for other in states[1:]:
+            merged.merge(other)
+        doc = merged.result()
+    except ValueError as err:
+        return _error(err)
+    measure.write(doc, out)
+    print(measure.format_report(doc))
+    print(f"merged {len(states)} states; wrote {out}/measure.json")
+    return 0
+
+
 def cmd_measure(args):
     from ufm import measure
 
     files = args.file
+    if args.merge:
+        return _measure_merged(measure, args)
     try:
         out = check_out(args.out, os.path.join("runs", "measure"))
         if len(files) > 1 and any(f.endswith(".npy") for f in files):

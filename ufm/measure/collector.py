@@ -194,13 +194,17 @@ class Collector:
     # --- shards: merge, save, load ---------------------------------------------------------
 
     def merge(self, other):
-        """Add another collector's first pass (another process's or machine's shard): counts
-        and sums add, the sums moved to this collector's offsets. Both must be in pass 1 with
-        the same K, layers, d, classifier and conventions."""
+        """Add another collector's shard (another process's or machine's). In pass 1 counts and
+        sums add, the sums moved to this collector's offsets; in pass 2 (both started from the
+        same merged first pass) Σ_W, the spreads and the decisions add. Both must have the same
+        K, layers, d, classifier and conventions."""
         if not isinstance(other, Collector):
             raise ValueError(f"merge() takes a Collector, got {type(other).__name__}")
+        if self.phase == 2 and other.phase == 2:
+            return self._merge_second(other)
         if self.phase != 1 or other.phase != 1:
-            raise ValueError("merge() combines first passes: merge before second_pass()")
+            raise ValueError("merge() combines first passes (before second_pass()) or second "
+                             "passes over one merged first pass, not one of each")
         if other.K != self.K or other.conventions != self.conventions:
             raise ValueError(f"collectors of different K or conventions cannot merge: K "
                              f"{self.K} {self.conventions} against {other.K} {other.conventions}")
@@ -226,12 +230,31 @@ class Collector:
         self.counts += other.counts
         return self
 
+    def _merge_second(self, other):
+        same = (other.K == self.K and np.array_equal(other.counts, self.counts)
+                and set(other.layers) == set(self.layers)
+                and all(np.array_equal(other.layers[n]["sums"], self.layers[n]["sums"])
+                        and np.array_equal(other.layers[n]["offset"], self.layers[n]["offset"])
+                        for n in self.layers))
+        if not same:
+            raise ValueError("second passes merge only over the same first pass: load the "
+                             "merged first-pass state on every shard before second_pass()")
+        for name, r in self.replay["layers"].items():
+            theirs = other.replay["layers"][name]
+            r["scatter"] = r["scatter"] + theirs["scatter"]
+            r["within"] += theirs["within"]
+            for key, value in theirs["decisions"].items():
+                r["decisions"][key] += value
+        self.replay["counts"] += other.replay["counts"]
+        return self
+
     def save(self, path):
-        """The first pass's state as an .npz (atomically): merge shards with `load` + `merge`,
-        (`ufm measure --merge` of such files is not built yet)."""
-        if self.phase != 1:
-            raise ValueError("save() keeps a first pass: save before second_pass()")
+        """The state as an .npz (atomically), in pass 1 or pass 2: shards merge with `load` +
+        `merge`, and `ufm measure --merge state_*.npz` reports second-pass shards."""
+        if self.phase == 3:
+            raise ValueError("save() after result(): nothing left to merge")
         arrays = {"format": np.array(FORMAT), "K": np.array(self.K), "counts": self.counts,
+                  "phase": np.array(self.phase),
                   "layers": np.array(list(self.layers)),
                   "global_mean": np.array(self.conventions["global_mean"]),
                   "std": np.array(self.conventions["std"]),
@@ -243,11 +266,19 @@ class Collector:
             arrays["b"] = self.b
         for i, (name, layer) in enumerate(self.layers.items()):
             arrays[f"offset_{i}"], arrays[f"sums_{i}"] = layer["offset"], layer["sums"]
+            if self.phase == 2:
+                r = self.replay["layers"][name]
+                arrays[f"scatter_{i}"] = np.asarray(r["scatter"], np.float64)
+                arrays[f"within_{i}"] = r["within"]
+                for key, value in r["decisions"].items():
+                    arrays[f"decision_{i}_{key}"] = np.array(value)
+        if self.phase == 2:
+            arrays["replayed"] = self.replay["counts"]
         write_npz(path, arrays)
 
     @classmethod
     def load(cls, path):
-        """A collector from `save`'s file, in pass 1 (merge more into it, or go on)."""
+        """A collector from `save`'s file, in the pass it was saved in."""
         try:
             with np.load(path, allow_pickle=False) as f:
                 a = {k: f[k] for k in f.files}
@@ -259,8 +290,20 @@ class Collector:
         new = cls(int(a["K"]), a.get("W"), a.get("b"), global_mean=str(a["global_mean"]),
                   std=str(a["std"]), pinv_rtol=None if math.isnan(rtol) else rtol)
         new.counts = a["counts"].astype(np.int64)
-        for i, name in enumerate(a["layers"].tolist()):
-            new.layers[str(name)] = {"offset": a[f"offset_{i}"], "sums": a[f"sums_{i}"]}
+        names = [str(name) for name in a["layers"].tolist()]
+        for i, name in enumerate(names):
+            new.layers[name] = {"offset": a[f"offset_{i}"], "sums": a[f"sums_{i}"]}
+        if int(a.get("phase", 1)) == 2:  # a shard's second pass: rebuild, then add its sums
+            new.second_pass()
+            for i, name in enumerate(names):
+                r = new.replay["layers"][name]
+                scatter = a[f"scatter_{i}"]
+                r["scatter"] = scatter if scatter.ndim else float(scatter)
+                r["within"] = a[f"within_{i}"]
+                for key in r["decisions"]:
+                    if f"decision_{i}_{key}" in a:
+                        r["decisions"][key] = a[f"decision_{i}_{key}"].item()
+            new.replay["counts"] = a["replayed"].astype(np.int64)
         return new
 
 
