@@ -359,3 +359,19 @@ def test_three_factor_stationary_points_classify_as_the_scalar_problem_says(beta
         assert so.kind == kind, (t, fit, so.min_eigenvalue, so.tol)
         if kind == "degenerate":
             assert np.sum(np.abs(np.array(so.eigenvalues)) <= so.tol) == fit * (K - fit)
+
+
+@pytest.mark.parametrize("K, n, d, lam_W, lam_H", [(3, 4, 5, 1e-2, 2e-2), (4, 3, 6, 1e-2, 1e-2),
+                                                    (3, 2, 4, 5e-3, 3e-2), (2, 5, 2, 1e-3, 4e-2),
+                                                    (5, 1, 7, 2e-2, 1e-2)])
+def test_restricted_spectrum_at_the_bias_free_optimum_is_the_closed_form(K, n, d, lam_W, lam_H):
+    """Every eigenvalue of the dense restricted Hessian at Theorem 3.1's optimum, with its
+    multiplicity, against theory.bias_free_hessian (derived in docs/theory.md §6.4)."""
+    hyper = {"lam_W": lam_W, "lam_H": lam_H}
+    params, _ = bias_free_optimum(K, n, d, hyper, seed=K + d)
+    so = hessian.classify(get_model("bias-free"), Sizes(K, n, d), hyper, params, method="dense")
+    predicted = np.concatenate([[v] * m for v, m in theory.bias_free_hessian(hyper,
+                                                                            Sizes(K, n, d))])
+    assert len(predicted) == len(so.eigenvalues)  # the orbit's zeros are exactly what was removed
+    np.testing.assert_allclose(np.sort(so.eigenvalues), np.sort(predicted), rtol=1e-10,
+                               atol=1e-12)

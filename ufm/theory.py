@@ -331,6 +331,37 @@ def deep_cross_entropy(hyper, sizes, depth):
                                       exact=L == 1, triangular=triangular)
 
 
+def bias_free_hessian(hyper, sizes):
+    """The whole Hessian spectrum of the balanced bias-free MSE UFM at its nonzero optimum
+    (c < 1), as [(eigenvalue, multiplicity)] on the orthogonal complement of the symmetry orbit
+    (docs/theory.md §6.4, derived there): with c = K√(nλ_Wλ_H), x = 1 − c, s_H = √(λ_W/(nλ_H)),
+    a² = x/s_H (W = a·R, R Rᵀ = I_K), β = s_H·a (h_(k,i) = β·r_k), N = Kn:
+
+      λ_H                      K(n − 1)(d − K)   within-class moves outside W's row space
+      λ_H + a²/N               K²(n − 1)         within-class moves inside it
+      λ_W + λ_H                K(d − K)          class means and classifier leaving it together
+      eig [[A, √n(1 − 2c)/N], [·, B]]   each K(K + 1)/2   the symmetric class-pair blocks
+      A + B                    K(K − 1)/2        the antisymmetric ones (their other root is 0: a
+                                                 rotation of the orbit)
+    with A = nβ²/N + λ_W and B = a²/N + λ_H; the orbit adds K(d − K) + K(K − 1)/2 zeros."""
+    K, n, d = sizes.K, sizes.n, sizes.d
+    lam_W, lam_H = float(hyper["lam_W"]), float(hyper["lam_H"])
+    c = K * math.sqrt(n * lam_W * lam_H)
+    if not sizes.balanced or c >= 1 or d < K:
+        return None
+    N = K * n
+    s_H = math.sqrt(lam_W / (n * lam_H))
+    a2 = (1 - c) / s_H
+    beta2 = s_H * s_H * a2
+    A, B = n * beta2 / N + lam_W, a2 / N + lam_H
+    off = math.sqrt(n) * (1 - 2 * c) / N
+    mid, half = (A + B) / 2, math.sqrt(((A - B) / 2) ** 2 + off ** 2)
+    out = [(lam_H, K * (n - 1) * (d - K)), (lam_H + a2 / N, K * K * (n - 1)),
+           (lam_W + lam_H, K * (d - K)), (mid - half, K * (K + 1) // 2),
+           (mid + half, K * (K + 1) // 2), (A + B, K * (K - 1) // 2)]
+    return sorted((v, m) for v, m in out if m > 0)
+
+
 class Construction(NamedTuple):
     """A structured solution of a deep linear UFM: class-mean logits α·S for a fixed shape S
     [K, K], with its exact objective minimised over the free scale α (docs/theory.md §6.5)."""
