@@ -4,7 +4,8 @@ the logits α·S at the best α, factored with balanced factors) and certified b
 spectrum on the orthogonal complement of the symmetry orbit.
 
 Panels: K = 4, L = 3 (where the low-rank blocks beat DNC) at DNC and at the low-rank solution;
-K = 10, L = 3 at DNC and at the triangular tight frame (rank 4). Each spectrum is drawn as a
+K = 10, L = 3 at DNC and at the triangular tight frame (rank 4); and the bias-free MSE optimum
+with its closed-form spectrum drawn (theory.bias_free_hessian: every eigenvalue predicted). Each spectrum is drawn as a
 histogram of |λ| on a log axis, negative eigenvalues in red, with λ_min and the kind. The same for
 one point from the command line:
   ufm train deep-linear-ce --depth 3 --K 10 --n 5 --d 16 --lam-H1 0.001953125 \
@@ -19,8 +20,8 @@ from experiments import common
 
 NAME = "hessian_spectra"
 FULL = dict(cases=[[4, 3, "dnc"], [4, 3, "low-rank"], [10, 3, "dnc"], [10, 3, "triangular"]],
-            n=5, d=12, lam=2.0 ** -9)
-SMOKE = dict(FULL, cases=[[4, 3, "dnc"], [4, 3, "low-rank"]], n=2, d=4)
+            n=5, d=12, lam=2.0 ** -9, bias_free=[4, 5, 6], bias_free_lam=[1e-2, 2e-2])
+SMOKE = dict(FULL, cases=[[4, 3, "dnc"], [4, 3, "low-rank"]], n=2, d=4, bias_free=[3, 2, 4])
 
 
 def main(argv=None):
@@ -41,16 +42,44 @@ def main(argv=None):
                          min_eigenvalue=so.min_eigenvalue, symmetry_dim=so.symmetry_dim,
                          grad_norm=so.grad_norm, rank=construction.rank,
                          objective=construction.objective, parameters=so.parameters))
+    out.update(_bias_free(cfg, rows))
     common.save(args.out, NAME, out, dict(cfg, rows=rows))
     return plot(args.out)
+
+
+def _bias_free(cfg, rows):
+    """The bias-free MSE optimum (Theorem 3.1's W = a·R, h = β·r_k) with its closed-form spectrum
+    (theory.bias_free_hessian): computed and predicted eigenvalues, for the last panel."""
+    import math
+
+    K, n, d = cfg["bias_free"]
+    lam = cfg["bias_free_lam"]
+    hyper, sizes = {"lam_W": lam[0], "lam_H": lam[1]}, Sizes(K, n, d)
+    x = theory.plain(hyper, sizes, None).x
+    s_H = math.sqrt(hyper["lam_W"] / (n * hyper["lam_H"]))
+    R = np.linalg.qr(np.random.default_rng(0).normal(size=(d, K)))[0].T
+    W = math.sqrt(x / s_H) * R
+    params = {"W": W, "H": s_H * np.repeat(W.T, n, axis=1)}
+    so = hessian.classify(get_model("bias-free"), sizes, hyper, params, method="dense")
+    predicted = theory.bias_free_hessian(hyper, sizes)
+    rows.append(dict(key="bias_free", K=K, L=1, name="bias-free MSE optimum", kind=so.kind,
+                     tol=so.tol, min_eigenvalue=so.min_eigenvalue, symmetry_dim=so.symmetry_dim,
+                     grad_norm=so.grad_norm, rank=K, objective=theory.plain(hyper, sizes).objective,
+                     parameters=so.parameters))
+    return {"bias_free/eigenvalues": np.asarray(so.eigenvalues),
+            "bias_free/predicted": np.array([v for v, m in predicted for _ in range(m)])}
 
 
 def plot(out):
     plt = common.pyplot()
     a, cfg = common.load(out, NAME)
     rows = cfg["rows"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.6 * len(rows), 4.2), squeeze=False)
-    for ax, row in zip(axes[0], rows):
+    cols = min(3, len(rows))
+    grid = -(-len(rows) // cols)
+    fig, axes = plt.subplots(grid, cols, figsize=(5.2 * cols, 4.2 * grid), squeeze=False)
+    for ax in axes.ravel()[len(rows):]:
+        ax.axis("off")
+    for ax, row in zip(axes.ravel(), rows):
         ev = a[f"{row['key']}/eigenvalues"]
         mags = np.abs(ev[ev != 0])
         bins = np.logspace(np.log10(max(mags.min(), 1e-16)), np.log10(mags.max()) + 0.1, 50)
@@ -59,8 +88,13 @@ def plot(out):
             ax.hist(np.abs(ev[ev < 0]), bins=bins, color="#d62728", label="λ < 0 (|λ|)")
         ax.axvline(abs(row["min_eigenvalue"]), color="k", ls="--", lw=1,
                    label=f"|λ_min| = {abs(row['min_eigenvalue']):.3g}")
-        ax.axvline(row["tol"], color="0.5", ls=":", lw=1, label=f"tol {row['tol']:.1g}")
+        ax.plot([], [], " ", label=f"tol {row['tol']:.1g} (λ_min > tol: strict)")
+        if f"{row['key']}/predicted" in a:  # the closed form (docs/theory.md §6.4)
+            for i, v in enumerate(np.unique(np.round(a[f"{row['key']}/predicted"], 12))):
+                ax.axvline(v, color="#d62728", ls="--", lw=0.8,
+                           label="closed form" if i == 0 else None)
         ax.set_xscale("log")
+        ax.set_xlim(mags.min() / 2, mags.max() * 2)
         ax.set_yscale("log")
         ax.set_xlabel("|eigenvalue| of the restricted Hessian")
         ax.set_ylabel("count")
@@ -68,9 +102,9 @@ def plot(out):
                      f"f = {row['objective']:.6f}\n{row['kind']}; {row['symmetry_dim']} symmetry "
                      f"directions removed of {row['parameters']}", fontsize=8)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Deep linear CE UFM: restricted Hessian spectra at the constructions (n = "
-                 f"{cfg['n']}, d = {cfg['d']}, every λ = {cfg['lam']:g}; dense, float64)  "
-                 f"[our setting]", fontsize=10)
+    fig.suptitle(f"Restricted Hessian spectra (dense, float64): the deep linear CE constructions "
+                 f"(n = {cfg['n']}, d = {cfg['d']}, every λ = {cfg['lam']:g}) and the bias-free "
+                 f"MSE optimum against its closed form  [our setting]", fontsize=10)
     common.tight_layout(fig, rect=(0, 0, 1, 0.92))
     return common.save_figure(fig, out, NAME)
 
