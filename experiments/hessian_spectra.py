@@ -50,16 +50,10 @@ def main(argv=None):
 def _bias_free(cfg, rows):
     """The bias-free MSE optimum (Theorem 3.1's W = a·R, h = β·r_k) with its closed-form spectrum
     (theory.bias_free_hessian): computed and predicted eigenvalues, for the last panel."""
-    import math
-
     K, n, d = cfg["bias_free"]
     lam = cfg["bias_free_lam"]
     hyper, sizes = {"lam_W": lam[0], "lam_H": lam[1]}, Sizes(K, n, d)
-    x = theory.plain(hyper, sizes, None).x
-    s_H = math.sqrt(hyper["lam_W"] / (n * hyper["lam_H"]))
-    R = np.linalg.qr(np.random.default_rng(0).normal(size=(d, K)))[0].T
-    W = math.sqrt(x / s_H) * R
-    params = {"W": W, "H": s_H * np.repeat(W.T, n, axis=1)}
+    params = theory.bias_free_minimiser(hyper, sizes)
     so = hessian.classify(get_model("bias-free"), sizes, hyper, params, method="dense")
     predicted = theory.bias_free_hessian(hyper, sizes)
     rows.append(dict(key="bias_free", K=K, L=1, name="bias-free MSE optimum", kind=so.kind,

@@ -614,17 +614,11 @@ HESSIAN_LARGE = Sizes(100, 100, 100)  # P = 1,010,000
 
 
 def _closed_form_optimum(sizes, lam):
-    """The bias-free minimiser of Theorem 3.1 at (λ_W, λ_H) = (lam, lam): W = √(x/s)·R with R a
-    random row frame, h_(k,i) = s·w_k (docs/theory.md §3.1)."""
+    """The bias-free minimiser at (λ_W, λ_H) = (lam, lam) (theory.bias_free_minimiser)."""
     from ufm import theory
 
-    K, n, d = sizes
     hyper = {"lam_W": lam, "lam_H": lam}
-    x = theory.plain(hyper, sizes, None).x
-    s = (lam / (n * lam)) ** 0.5
-    R = np.linalg.qr(np.random.default_rng(0).normal(size=(d, K)))[0].T
-    W = (x / s) ** 0.5 * R
-    return hyper, {"W": W, "H": s * np.repeat(W.T, n, axis=1)}
+    return hyper, theory.bias_free_minimiser(hyper, sizes)
 
 
 def hessian_times(quick=False):

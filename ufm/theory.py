@@ -331,6 +331,18 @@ def deep_cross_entropy(hyper, sizes, depth):
                                       exact=L == 1, triangular=triangular)
 
 
+def bias_free_minimiser(hyper, sizes, seed=0):
+    """A minimiser of the balanced bias-free MSE UFM (Theorem 3.1): W = a·R with R a random row
+    frame (R Rᵀ = I_K, from `seed`), a² = x/s_H, and h_(k,i) = s_H·w_k; every other minimiser is
+    its rotation WQ, QᵀH. {"W": [K, d], "H": [d, N]} (float64 numpy); needs d ≥ K."""
+    K, n, d = sizes.K, sizes.n, sizes.d
+    x = plain(hyper, sizes, None).x
+    s_H = math.sqrt(float(hyper["lam_W"]) / (n * float(hyper["lam_H"])))
+    R = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, K)))[0].T
+    W = math.sqrt(x / s_H) * R
+    return {"W": W, "H": s_H * np.repeat(W.T, n, axis=1)}
+
+
 def bias_free_hessian(hyper, sizes):
     """The whole Hessian spectrum of the balanced bias-free MSE UFM at its nonzero optimum
     (c < 1), as [(eigenvalue, multiplicity)] on the orthogonal complement of the symmetry orbit
