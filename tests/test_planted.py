@@ -144,3 +144,33 @@ def test_a_sweep_point_that_blew_up_is_not_converged(tmp_path):
                                {"lr": np.array([0.1, 200.0])}, order=["lr"], steps=200)
     assert not arrays["diverged"][0] and arrays["diverged"][1]
     assert not arrays["converged"][1]
+
+
+@pytest.mark.parametrize("name", ["bias-free", "ce", "squared-hinge"])
+def test_the_bound_takes_the_best_scale_of_its_dual_point(name):
+    """Away from the optimum the dual point s·Γ is scaled by the best s in [0, s_max] (the
+    bound's designed tightness), not by s_max: the returned bound is at least the bound at every
+    s of a fine grid, and — the grid's best lying inside — above the bound at s_max. It stays
+    below the certified minimum."""
+    from ufm import convex
+    from ufm.models import get_model
+
+    model = get_model(name)
+    K, n, d = 4, 5, 6
+    sizes, lam = Sizes(K, n, d), 1.0  # μ = 1: the ball does not bind, the best s is inside
+    hyper = {"lam_W": lam, "lam_H": lam}
+    f_star = ufm.train(name, K=K, n=n, d=d, optimizer="convex", steps=100000, log_every=100000,
+                       **hyper).final["objective"]
+    rng = np.random.default_rng(1)
+    M = 0.6 * np.eye(K) + 0.2 * rng.normal(size=(K, K))  # away from the optimum
+    counts = np.full(K, float(n))
+    loss = model.two_factor.loss
+    Gamma = convex.loss_gradient(M, np.eye(K), counts, loss)
+    op = np.linalg.norm(Gamma * np.sqrt(counts)[None, :], 2)
+    s_max = min(lam / op, loss.cap(Gamma, np.eye(K), counts.sum()))
+    grid = [convex.conjugate_bound(s * Gamma, np.eye(K), counts, loss)
+            for s in np.linspace(0.0, s_max, 401)]
+    bound = model.lower_bound({"M": M}, hyper, sizes)
+    assert bound >= max(grid) - 1e-9 * max(1.0, abs(max(grid)))
+    assert np.argmax(grid) < 400 and bound > grid[-1]  # the best scale is inside, and taken
+    assert bound <= f_star * (1 + 1e-12)
