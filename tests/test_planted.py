@@ -174,3 +174,21 @@ def test_the_bound_takes_the_best_scale_of_its_dual_point(name):
     assert bound >= max(grid) - 1e-9 * max(1.0, abs(max(grid)))
     assert np.argmax(grid) < 400 and bound > grid[-1]  # the best scale is inside, and taken
     assert bound <= f_star * (1 + 1e-12)
+
+
+def test_a_second_configurations_unmarked_partial_chunks_are_never_deleted(tmp_path):
+    """A folder whose chunks/ holds another static combination's partial chunks and no owner
+    mark (an older sweep's): a different sweep into it is refused, and those chunks stay."""
+    from ufm import sweep
+
+    out = tmp_path / "sw"
+    theirs = out / "chunks" / "K=9,d=3,n=2"
+    theirs.mkdir(parents=True)
+    chunk = theirs / "chunk_000000000_000000003.npz"
+    np.savez(chunk, index=np.arange(4))
+    with pytest.raises(ValueError, match=r"unfinished chunks of another sweep configuration "
+                                         r"\(K=9,d=3,n=2\)"):
+        sweep.run_grid("bias-free", {"K": [3], "d": [3], "n": [2]}, {},
+                       {"lam_W": np.array([1e-3, 1e-2])}, order=["lam_W"], steps=5,
+                       out=str(out))
+    assert chunk.exists() and not (out / "sweep.npz").exists()
