@@ -708,11 +708,12 @@ def second_order_line(so):
 def cmd_hessian(args):
     from ufm import hessian
     from ufm.files import write_json
+    from ufm.runner import read_result
 
     try:
         if isinstance(args.k, bool) or args.k < 1:
             raise ValueError(f"k (--k) must be an integer >= 1, got {args.k}")
-        model, sizes, hyper, params, doc = hessian.load_run(args.run)
+        model, sizes, hyper, params, doc = read_result(args.run)
         hessian.check_smooth(model)
         tol = (doc.get("certificate") or {}).get("tol")
         t0 = time.perf_counter()

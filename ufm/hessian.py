@@ -25,6 +25,7 @@ import scipy.sparse.linalg
 from jax.flatten_util import ravel_pytree
 
 from ufm import limits, linalg
+from ufm.krylov import lanczos, ritz, spectral_density, tridiagonal
 
 DENSE_MAX = 6000  # parameters up to which `method='auto'` computes the whole restricted spectrum
 MINRES_STEPS = 60  # the Newton step of the Lanczos path (it only sets the tolerance)
@@ -33,14 +34,7 @@ KINDS = ("strict local minimum", "saddle", "degenerate", "not stationary",
 STATIONARY_TOL = 1e-6  # relative gradient norm below which a float64 point counts as stationary
 
 
-def x64():
-    """JAX's scoped float64 switch (a context manager), whichever this JAX version offers."""
-    try:
-        return jax.enable_x64(True)
-    except (AttributeError, TypeError):
-        from jax.experimental import enable_x64
-
-        return enable_x64()
+x64 = linalg.float64_scope  # float64 inside, never for the caller
 
 
 class Point(NamedTuple):
@@ -55,16 +49,22 @@ class Point(NamedTuple):
     fixed: dict
 
 
+def as_float64(model, params, hyper):
+    """(variable blocks, fixed blocks, hyper) of a point as float64 JAX arrays (call inside
+    `x64()`); a per-block dict hyperparameter (init_scale) is left out: no objective reads it."""
+    as64 = lambda d: {k: jnp.asarray(np.asarray(v), jnp.float64) for k, v in d.items()}
+    var = as64({k: v for k, v in params.items() if k not in model.fixed_blocks})
+    fixed = as64({k: v for k, v in params.items() if k in model.fixed_blocks})
+    hyp = {k: jnp.asarray(float(v), jnp.float64) for k, v in hyper.items()
+           if not isinstance(v, dict)}
+    return var, fixed, hyp
+
+
 def flat_point(model, sizes, hyper, params):
     """The objective as a function of the flattened variable blocks (call inside `x64()`)."""
-    var = {k: jnp.asarray(np.asarray(v), jnp.float64) for k, v in params.items()
-           if k not in model.fixed_blocks}
-    fixed = {k: jnp.asarray(np.asarray(params[k]), jnp.float64) for k in model.fixed_blocks
-             if k in params}
-    hyp = {k: jnp.asarray(float(v), jnp.float64) for k, v in hyper.items()}
-    x, unravel = ravel_pytree(var)
-    f = lambda y: model.objective({**unravel(y), **fixed}, hyp, sizes)
-    return Point(f, x, unravel, fixed)
+    var, fixed, hyp = as_float64(model, params, hyper)
+    f, x = _objective_of(model, sizes, var, fixed, hyp)
+    return Point(f, x, ravel_pytree(var)[1], fixed)
 
 
 def hvp(f, x):
@@ -214,95 +214,6 @@ def _gram(blocks, pairs, split, masks, m):
         return jnp.concatenate(out)
 
     return jax.lax.map(apply, jnp.eye(m), batch_size=min(m, 256))
-
-
-# --- Lanczos ---------------------------------------------------------------------------------
-
-class Lanczos(NamedTuple):
-    """k Lanczos steps with full reorthogonalisation: the tridiagonal (alpha [k], beta [k]), the
-    Krylov basis V [k, P] and valid [k] (False for steps after the space was exhausted: V's row
-    is 0 there). Ritz pairs of T give eigenpairs of the operator with residual |beta_k · s_k|."""
-
-    alpha: Any
-    beta: Any
-    V: Any
-    valid: Any
-
-
-def lanczos(matvec, v0, steps, restrict=None):
-    """`steps` Lanczos steps from v0 [P] (traceable: vmap it over start vectors). Every new
-    vector is orthogonalised twice against all earlier ones (full reorthogonalisation); after a
-    breakdown (an invariant subspace found) the next vector is a fresh one orthogonal to them,
-    mapped by `restrict` first (the subspace the operator acts on, if not all of R^P); once no
-    fresh direction is left (the subspace exhausted) the remaining steps are marked invalid."""
-    P = v0.shape[0]
-    dtype = v0.dtype
-    tiny = jnp.sqrt(jnp.finfo(dtype).eps)
-    V = jnp.zeros((steps + 1, P), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    fresh = lambda j: jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(1), j), (P,), dtype)
-
-    def body(j, carry):
-        V, alpha, beta, valid = carry
-        w = matvec(V[j])
-        alpha = alpha.at[j].set(jnp.vdot(V[j], w))
-        for _ in range(2):  # twice is enough (Kahan–Parlett)
-            w = w if restrict is None else restrict(w)  # rounding must not leak out of it
-            w = w - V.T @ (V @ w)
-        b = jnp.linalg.norm(w)
-        scale = jnp.maximum(jnp.max(jnp.abs(alpha)), jnp.finfo(dtype).tiny)
-        broke = b <= 1e-12 * scale
-        def restart(_):  # only after a breakdown (a select under vmap)
-            start = fresh(j) if restrict is None else restrict(fresh(j))
-            out = start - V.T @ (V @ start)
-            out = out - V.T @ (V @ out)
-            r = jnp.linalg.norm(out)
-            left = r > tiny * jnp.linalg.norm(start)  # a direction outside the space remains
-            return jnp.where(left, out / jnp.where(left, r, 1.0), 0.0), left
-
-        nxt, left = jax.lax.cond(broke, restart, lambda _: (w / jnp.where(broke, 1.0, b), True),
-                                 None)
-        valid = valid.at[j + 1].set(valid[j] & (~broke | left))
-        return V.at[j + 1].set(nxt), alpha, beta.at[j].set(jnp.where(broke, 0.0, b)), valid
-
-    valid = jnp.zeros(steps + 1, bool).at[0].set(True)
-    V, alpha, beta, valid = jax.lax.fori_loop(
-        0, steps, body, (V, jnp.zeros(steps, dtype), jnp.zeros(steps, dtype), valid))
-    return Lanczos(alpha, beta, V[:steps], valid[:steps])
-
-
-def tridiagonal(run):
-    """The Lanczos matrix T [k, k] with the invalid steps' entries decoupled (β = 0) and set to
-    α₀, a Rayleigh quotient of the operator: they add copies of a value inside its spectrum, so
-    the extreme Ritz values are those of the valid steps (traceable)."""
-    alpha = jnp.where(run.valid, run.alpha, run.alpha[0])
-    beta = jnp.where(run.valid[1:], run.beta[:-1], 0.0)
-    return jnp.diag(alpha) + jnp.diag(beta, 1) + jnp.diag(beta, -1)
-
-
-def ritz(run):
-    """(values [k] ascending, vectors [k, P], residual bounds [k]) of a Lanczos run's valid
-    steps (host)."""
-    valid = np.asarray(run.valid)
-    alpha, beta = np.asarray(run.alpha)[valid], np.asarray(run.beta)[valid]
-    theta, S = scipy.linalg.eigh_tridiagonal(alpha, beta[:-1])
-    residual = np.abs(beta[-1] * S[-1, :])
-    return theta, (S.T @ np.asarray(run.V)[valid]), residual
-
-
-def spectral_density(matvec, P, key, vectors=16, steps=64, dtype=jnp.float64):
-    """Stochastic Lanczos quadrature: (nodes [vectors, steps], weights [vectors, steps]) with
-    Σ weights = 1 per vector, so (1/vectors)·Σ w·δ(t − node) estimates the spectral density
-    (1/P)·Σ_i δ(t − λ_i) (Ubaru, Chen & Saad 2017). Start vectors are Rademacher; the weights are
-    the squared first components of the Ritz vectors (0 for steps past an exhausted space)."""
-    starts = jax.random.rademacher(key, (vectors, P), dtype)
-    runs = jax.jit(jax.vmap(lambda v: lanczos(matvec, v, steps)))(starts)
-    nodes, weights = np.zeros((vectors, steps)), np.zeros((vectors, steps))
-    for r in range(vectors):
-        valid = np.asarray(runs.valid[r])
-        theta, S = scipy.linalg.eigh_tridiagonal(np.asarray(runs.alpha[r])[valid],
-                                                 np.asarray(runs.beta[r])[valid][:-1])
-        nodes[r, :len(theta)], weights[r, :len(theta)] = theta, S[0, :] ** 2
-    return nodes, weights
 
 
 # --- the certificate -------------------------------------------------------------------------
@@ -464,11 +375,7 @@ def classify(model, sizes, hyper, params, *, method="auto", k=6, stationary_tol=
     if kink_rtol is None:
         kink_rtol = math.sqrt(run_eps)
     with x64():
-        as64 = lambda d: {k: jnp.asarray(np.asarray(v), jnp.float64) for k, v in d.items()}
-        var = as64({k: v for k, v in params.items() if k not in model.fixed_blocks})
-        fixed = as64({k: v for k, v in params.items() if k in model.fixed_blocks})
-        hyp = {k: jnp.asarray(float(v), jnp.float64) for k, v in hyper.items()
-               if not isinstance(v, dict)}
+        var, fixed, hyp = as_float64(model, params, hyper)
         prog = _programs(model, sizes)
         value, g = prog["gradient"](var, fixed, hyp)
         value, g = float(value), np.asarray(g)
@@ -683,45 +590,6 @@ def traced_classifier(model, sizes, steps=100, stationary_tol=STATIONARY_TOL):
     return classify_point
 
 
-# --- saved runs ------------------------------------------------------------------------------
-
-def load_run(path):
-    """(model, sizes, hyper, params, document) of a `ufm train` output folder (or its
-    result.json): the model rebuilt from the configuration it recorded. ValueError naming the
-    path for anything else."""
-    import json
-    import os
-
-    from ufm.models import REGISTRY, Sizes, get_model
-
-    folder = os.path.dirname(path) if path.endswith(".json") else path
-    doc_path, npz_path = os.path.join(folder, "result.json"), os.path.join(folder, "params.npz")
-    if not (os.path.isfile(doc_path) and os.path.isfile(npz_path)):
-        raise ValueError(f"run {path!r} is not a ufm train output: it needs result.json and "
-                         f"params.npz")
-    try:
-        with open(doc_path) as fh:
-            doc = json.load(fh)
-        cfg = doc["config"]
-        name = doc["model"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"run {path!r}: result.json is not a ufm train result ({err})") from None
-    if name not in REGISTRY:
-        raise ValueError(f"run {path!r} names the model {name!r}, which this ufm does not have")
-    if doc.get("sessions") is not None:
-        raise ValueError(f"run {path!r} ran class-incremental sessions: each session solves "
-                         f"another problem; --hessian classifies single runs")
-    hashable = lambda v: tuple(hashable(x) for x in v) if isinstance(v, list) else v
-    options = {o.name: hashable(cfg[o.name]) for o in REGISTRY[name].options if o.name in cfg}
-    model = get_model(name, **options)
-    n = cfg["n"]
-    sizes = Sizes(int(cfg["K"]), tuple(n) if isinstance(n, list) else int(n), int(cfg["d"]))
-    hyper = {h: float(cfg[h]) for h in model.hyper_names}
-    with np.load(npz_path, allow_pickle=False) as f:
-        params = {k: np.asarray(f[k]) for k in f.files}
-    return model, sizes, hyper, params, doc
-
-
 __all__ = ["classify", "SecondOrder", "orbit", "lanczos", "ritz", "spectral_density",
-           "dense_hessian", "flat_point", "hvp", "kind_names", "line_search", "load_run",
+           "dense_hessian", "flat_point", "hvp", "kind_names", "line_search",
            "traced_classifier", "KINDS", "DENSE_MAX"]

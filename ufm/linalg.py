@@ -18,6 +18,18 @@ import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
 
 
+def float64_scope():
+    """JAX's scoped float64 switch (a context manager), whichever this JAX version offers: for
+    computations that need float64 (the second-order certificate, the JAX measure engine)
+    without flipping the caller's global x64 setting."""
+    try:
+        return jax.enable_x64(True)
+    except (AttributeError, TypeError):
+        from jax.experimental import enable_x64
+
+        return enable_x64()
+
+
 def one_matrix_at_a_time(fn):
     """`fn` (arrays -> arrays) whose batching rule on CPU is a sequential `lax.map` over the
     batch instead of one batched LAPACK call; elsewhere it batches as `jax.vmap(fn)` would."""

@@ -327,6 +327,14 @@ def check_simulation(model, sizes, hyper, steps, log_every):
                          f"{list(model.hyper_names) + ['lr', 'init_scale']})")
 
 
+def start_state(params, step=0):
+    """A State that starts at `params` (step `step`, not stopped, not diverged), its optimiser
+    state left for `simulate(…, start=…)` to make fresh: a run continued or started from given
+    parameters."""
+    minus_one = -jnp.ones((), jnp.int32)
+    return State(params, None, jnp.asarray(step, jnp.int32), minus_one, minus_one)
+
+
 def init_state(problem, key, hyper):
     """Gaussian initialisation with std hyper['init_scale'] (a scalar or a dict per block),
     projected onto the constraint set of a constrained model."""
@@ -663,8 +671,7 @@ def _solved_below_rank(problem, key, hyper, steps, tol, need):
                                                   tol, key)
     d = sizes.d
     start = {k: (v[:, :d] if k == "W" else v[:d] if k == "H" else v) for k, v in full.items()}
-    minus_one = -jnp.ones((), jnp.int32)
-    begin = State(start, None, jnp.asarray(iterations, jnp.int32), minus_one, minus_one)
+    begin = start_state(start, iterations)
     polish = Problem(model, sizes, LBFGS, dict(LBFGS.stop_tol)[
         str(jnp.dtype(jnp.result_type(float)))])
     state = _first_state(polish, key, hyper, None, begin)

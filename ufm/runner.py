@@ -246,9 +246,7 @@ def _start_from(model, sizes, hyper, init_from, restarts, groups):
         raise ValueError(f"init_from (--init-from) {init_from!r} holds blocks {have}; "
                          f"{model.name} at K={sizes.K}, d={sizes.d} needs {want}")
     dtype = jnp.result_type(float)
-    minus_one = -jnp.ones((), jnp.int32)
-    return optimise.State({k: jnp.asarray(v, dtype) for k, v in params.items()}, None,
-                          jnp.zeros((), jnp.int32), minus_one, minus_one)
+    return optimise.start_state({k: jnp.asarray(v, dtype) for k, v in params.items()})
 
 
 MAX_ESCAPES = 8  # saddles a run with escape=True steps away from before it gives up
@@ -277,9 +275,7 @@ def _escape_saddles(spec, sizes, key, jhyper, hyper, traj, opt, stop, steps, log
             break
         params = {k: jnp.asarray(v + t * so.direction[k] if k in so.direction else v, dtype)
                   for k, v in traj.params.items()}
-        minus_one = -jnp.ones((), jnp.int32)
-        start = optimise.State(params, None, jnp.asarray(int(traj.steps[-1]), jnp.int32),
-                               minus_one, minus_one)
+        start = optimise.start_state(params, int(traj.steps[-1]))
         nxt = optimise.trim(jax.tree.map(np.asarray, leg(key, jhyper, start)))
         traj = nxt._replace(
             steps=np.concatenate([traj.steps, nxt.steps]),
@@ -330,4 +326,40 @@ def write_result(result, out_dir):
     write_npz(os.path.join(out_dir, "params.npz"), result.params)
 
 
-__all__ = ["train", "Result", "write_result", "result_dict"]
+def read_result(path):
+    """(model, sizes, hyper, params, document) of a `ufm train` output folder (or its
+    result.json): the model rebuilt from the configuration it recorded. ValueError naming the
+    path for anything else."""
+    import json
+
+    from ufm.models import REGISTRY
+
+    folder = os.path.dirname(path) if path.endswith(".json") else path
+    doc_path, npz_path = os.path.join(folder, "result.json"), os.path.join(folder, "params.npz")
+    if not (os.path.isfile(doc_path) and os.path.isfile(npz_path)):
+        raise ValueError(f"run {path!r} is not a ufm train output: it needs result.json and "
+                         f"params.npz")
+    try:
+        with open(doc_path) as fh:
+            doc = json.load(fh)
+        cfg = doc["config"]
+        name = doc["model"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"run {path!r}: result.json is not a ufm train result ({err})") from None
+    if name not in REGISTRY:
+        raise ValueError(f"run {path!r} names the model {name!r}, which this ufm does not have")
+    if doc.get("sessions") is not None:
+        raise ValueError(f"run {path!r} ran class-incremental sessions: each session solves "
+                         f"another problem; --hessian classifies single runs")
+    hashable = lambda v: tuple(hashable(x) for x in v) if isinstance(v, list) else v
+    options = {o.name: hashable(cfg[o.name]) for o in REGISTRY[name].options if o.name in cfg}
+    model = get_model(name, **options)
+    n = cfg["n"]
+    sizes = Sizes(int(cfg["K"]), tuple(n) if isinstance(n, list) else int(n), int(cfg["d"]))
+    hyper = {h: float(cfg[h]) for h in model.hyper_names}
+    with np.load(npz_path, allow_pickle=False) as f:
+        params = {k: np.asarray(f[k]) for k in f.files}
+    return model, sizes, hyper, params, doc
+
+
+__all__ = ["read_result", "train", "Result", "write_result", "result_dict"]

@@ -21,18 +21,10 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from ufm import linalg
+
 DECISIONS = ("mismatch", "mismatch_nobias", "correct", "ncc_correct", "ncc_ties", "ties",
              "ties_nobias")
-
-
-def _x64():
-    """JAX's scoped float64 switch (a context manager), whichever this JAX version offers."""
-    try:
-        return jax.enable_x64(True)
-    except (AttributeError, TypeError):
-        from jax.experimental import enable_x64
-
-        return enable_x64()
 
 
 @functools.partial(jax.jit, static_argnums=3)
@@ -91,7 +83,7 @@ def accumulate(X, codes, K, W, b, chunks, name, progress, offset):
 
     N, d = X.shape
     rows = chunks[0][1] - chunks[0][0]
-    with _x64():
+    with linalg.float64_scope():
         device_offset = jnp.asarray(offset)
         sums, finite = jnp.zeros((K, d)), jnp.asarray(True)
         for start, stop in chunks:  # nothing read back per chunk: the device never waits
