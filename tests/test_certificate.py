@@ -172,8 +172,8 @@ def test_sweep_records_the_global_certificate(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "relu-extended", "--optimizer", "convex"], "has none (three or more factors"),
-    (["train", "deep-linear", "--optimizer", "convex"], "has none (three or more factors"),
+    (["train", "relu-extended", "--optimizer", "convex"], "declares none (its model file"),
+    (["train", "deep-linear", "--optimizer", "convex"], "declares none (its model file"),
     (["train", "ce", "--optimizer", "convex", "--lam-H", "0"], "must be > 0 for --optimizer convex"),
     (["train", "ce", "--optimizer", "convex", "--lr", "0.1"], "lr (--lr) does not apply"),
 ])

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from ufm import certificate, measure, optimise, store, sweep
-from ufm.cli import main, stationary_warning
+from ufm.certificate import stationary_warning
+from ufm.cli import main
 from ufm.models import get_model
 from ufm.runner import train
 
@@ -372,7 +373,8 @@ def test_the_results_of_all_static_combinations_are_checked_together(monkeypatch
 
 
 def test_a_run_that_never_moved_is_not_told_to_take_more_steps():
-    from ufm.cli import convergence_warning
+    from ufm.certificate import convergence_warning
+    from ufm.models import get_model
     from ufm.runner import Result
 
     cert = dict(converged=False, grad_norm=3e-3, tol=1e-3, steps_taken=50, closed_form_gap=0.4,
@@ -382,10 +384,10 @@ def test_a_run_that_never_moved_is_not_told_to_take_more_steps():
                params={}, steps=np.arange(3), history={"objective": np.full(3, 0.7)}, final={},
                undefined=None, theory=None, diverged_at=None, restart_objectives=[0.7],
                restart_global=None, sessions=None, certificate=cert, reference=None)
-    line = convergence_warning(r)
+    line = convergence_warning(r, get_model("bias-free"))
     assert "never moved" in line and "--x64" in line and "more --steps" not in line
     moved = r._replace(history={"objective": np.array([0.9, 0.8, 0.7])})
-    assert "more --steps" in convergence_warning(moved)
+    assert "more --steps" in convergence_warning(moved, get_model("bias-free"))
 
 
 def test_below_dnc_on_both_sides_and_the_relu_exact_flag():

@@ -1,6 +1,7 @@
 """What a run is judged against, and when it stops: the closed-form prediction (where a theorem
-applies), the stopping tolerance, and the convergence certificate written with every result
-(docs/theory.md §5: what `converged` and `global` guarantee)."""
+applies), the stopping tolerance, the convergence certificate written with every result
+(docs/theory.md §5: what `converged` and `global` guarantee), and the judgements the CLI prints
+from it (`convergence_warning`)."""
 import math
 
 import jax.numpy as jnp
@@ -112,8 +113,8 @@ def global_certificate(model, inputs, hyper, sizes, objective, dtype=None, sessi
     out = {"lower_bound": None, "global_gap": None, "global": None, "global_tol": tol,
            "global_note": None}
     if model.lower_bound is None:
-        out["global_note"] = (f"{model.name} has no convex reformulation (three or more factors "
-                              f"or a nonlinearity): no global bound")
+        out["global_note"] = (f"{model.name} declares no convex reformulation (its model file "
+                              f"gives no lower_bound): no global bound")
         return out
     if sessions:
         out["global_note"] = ("class-incremental sessions: each session solves another problem; "
@@ -136,3 +137,53 @@ def global_certificate(model, inputs, hyper, sizes, objective, dtype=None, sessi
                               f"which this model may not reach at this d, so the gap can stay "
                               f"open at its best point")
     return out
+
+
+FAR_FROM_OPTIMUM = 1e-2  # a converged run this far (relative) from the optimum is somewhere else
+
+
+def stationary_warning(cert, cfg):
+    """For a converged run: one line when it is far from the closed form or from the global
+    bound (a stationary point that is not the optimum: a saddle such as the origin that
+    `--init-scale 0` starts at, a local minimum, a stop at step 0), or None."""
+    gap, where = cert.get("closed_form_gap"), "the closed form"
+    if gap is None and cert.get("global") is False and cert.get("global_note") is None:
+        bound = cert["lower_bound"]
+        gap, where = cert["global_gap"] / max(abs(bound), 1e-6), "the certified global bound"
+    if gap is None or abs(gap) <= FAR_FROM_OPTIMUM:
+        return None
+    start = " (--init-scale 0 starts at the origin, a stationary point)" if cfg.get(
+        "init_scale") == 0 else ""
+    return (f"ufm: warning: the run converged (relative gradient norm {cert['grad_norm']:.1e} "
+            f"after {cert['steps_taken']} steps) but {gap:.1e} (relative) from {where}: a "
+            f"stationary point that is not the optimum{start}; try another --seed or "
+            f"--init-scale")
+
+
+def convergence_warning(result, model):
+    """One line saying that a run (a runner.Result of `model`) did not converge and what to try,
+    a converged one that is far from its optimum (`stationary_warning`), or None."""
+    cert = result.certificate
+    if cert is None or result.diverged_at is not None:
+        return None
+    if cert["converged"]:
+        return stationary_warning(cert, result.config)
+    cfg = result.config
+    f = np.asarray(result.history["objective"], np.float64)
+    if f.size > 1 and np.all(f == f[0]):  # more steps would not help
+        fix = "; try --x64" if cfg["dtype"] == "float32" else ""
+        return (f"ufm: warning: the run did not converge and never moved: the objective is "
+                f"{f[0]:.6g} at every record (relative gradient norm {cert['grad_norm']:.1e} > "
+                f"tol {cert['tol']:.0e}); {cfg['optimizer']} found no step that decreases it"
+                f"{fix or '; try another --optimizer'}")
+    gap = cert["closed_form_gap"]
+    far = f", and it ends {gap:.1e} (relative) from the closed form" if gap is not None else ""
+    tries = [f"more --steps (ran {cert['steps_taken']})"]
+    if cfg["optimizer"] != "lbfgs" and not model.constrained:
+        tries.insert(0, "--optimizer lbfgs")
+    if model.solver is not None and cfg["optimizer"] != "convex":
+        tries.insert(0, "--optimizer convex")
+    if cfg["optimizer"] == "gd":
+        tries.append("--optimizer momentum")
+    return (f"ufm: warning: the run did not converge: relative gradient norm "
+            f"{cert['grad_norm']:.1e} > tol {cert['tol']:.0e}{far}; try {' or '.join(tries)}")

@@ -564,105 +564,46 @@ def _by_reason(undefined):
     return out
 
 
-FAR_FROM_OPTIMUM = 1e-2  # a converged run this far (relative) from the optimum is somewhere else
-
-
-def stationary_warning(cert, cfg):
-    """For a converged run: one line when it is far from the closed form or from the global
-    bound (a stationary point that is not the optimum: a saddle such as the origin that
-    `--init-scale 0` starts at, a local minimum, a stop at step 0), or None."""
-    gap, where = cert.get("closed_form_gap"), "the closed form"
-    if gap is None and cert.get("global") is False and cert.get("global_note") is None:
-        bound = cert["lower_bound"]
-        gap, where = cert["global_gap"] / max(abs(bound), 1e-6), "the certified global bound"
-    if gap is None or abs(gap) <= FAR_FROM_OPTIMUM:
-        return None
-    start = " (--init-scale 0 starts at the origin, a stationary point)" if cfg.get(
-        "init_scale") == 0 else ""
-    return (f"ufm: warning: the run converged (relative gradient norm {cert['grad_norm']:.1e} "
-            f"after {cert['steps_taken']} steps) but {gap:.1e} (relative) from {where}: a "
-            f"stationary point that is not the optimum{start}; try another --seed or "
-            f"--init-scale")
-
-
-def convergence_warning(result):
-    """One line saying that a run did not converge and what to try, or None."""
-    from ufm.models import get_model
-
-    cert = result.certificate
-    if cert is None or result.diverged_at is not None:
-        return None
-    if cert["converged"]:
-        return stationary_warning(cert, result.config)
-    cfg = result.config
-    f = np.asarray(result.history["objective"], np.float64)
-    if f.size > 1 and np.all(f == f[0]):  # more steps would not help
-        fix = "; try --x64" if cfg["dtype"] == "float32" else ""
-        return (f"ufm: warning: the run did not converge and never moved: the objective is "
-                f"{f[0]:.6g} at every record (relative gradient norm {cert['grad_norm']:.1e} > "
-                f"tol {cert['tol']:.0e}); {cfg['optimizer']} found no step that decreases it"
-                f"{fix or '; try another --optimizer'}")
-    gap = cert["closed_form_gap"]
-    far = f", and it ends {gap:.1e} (relative) from the closed form" if gap is not None else ""
-    tries = [f"more --steps (ran {cert['steps_taken']})"]
-    model = get_model(cfg["model"])
-    if cfg["optimizer"] != "lbfgs" and not model.constrained:
-        tries.insert(0, "--optimizer lbfgs")
-    if model.solver is not None and cfg["optimizer"] != "convex":
-        tries.insert(0, "--optimizer convex")
-    if cfg["optimizer"] == "gd":
-        tries.append("--optimizer momentum")
-    return (f"ufm: warning: the run did not converge: relative gradient norm "
-            f"{cert['grad_norm']:.1e} > tol {cert['tol']:.0e}{far}; try {' or '.join(tries)}")
-
-
 LBFGS_LOG_EVERY = 10  # L-BFGS stops after tens of iterations: record often enough to draw them
 SHORT_RUN = 1e10  # steps × multiply-adds per step under which a run takes about a second
 
 
-def _short_run(model, args):
+def _short_run(spec):
     """Whether a run is short enough to go without a progress bar: one compiled program then,
     instead of chunks with reports in between (each chunk, start and end is a program of its own
     to trace and load: about a second more than the run itself). Multiply-adds per step: the
     products of K×d by d×N and d×d by d×N of every layer, forward and backward."""
-    from ufm.config import parse_counts
-
-    try:
-        n = parse_counts(args.n, args.K)
-    except ValueError:
-        return False  # the library names the bad value
-    N = sum(n) if isinstance(n, tuple) else n * args.K
-    layers = 1 + (model.depth or 0)
-    work = 3 * N * args.d * (args.K + (layers - 1) * args.d)
-    return args.steps * work * max(1, args.restarts or 1) < SHORT_RUN
+    K, d = spec.sizes.K, spec.sizes.d
+    layers = 1 + (spec.model.depth or 0)
+    work = 3 * spec.sizes.N * d * (K + (layers - 1) * d)
+    return spec.steps * work * spec.restarts < SHORT_RUN
 
 
 def cmd_train(args):
-    from ufm.config import session_groups
-    from ufm.models import get_model
-    from ufm.runner import train, write_result
+    from ufm.certificate import convergence_warning
+    from ufm.runner import run, write_result
+    from ufm.spec import build
 
     try:
         out = check_out(args.out, os.path.join("runs", args.model))
-        model = get_model(args.model, loss=args.loss, alpha=args.alpha,
-                          mask_softmax=args.mask_softmax, depth=args.depth, **_other_options(args))
-        lams = _lambda_flags(args)
         sessions, distill = _session_args(args)
         log_every = args.log_every
         if log_every is None:
             log_every = LBFGS_LOG_EVERY if args.optimizer == "lbfgs" else DEFAULTS["log_every"]
-        kw = dict(K=args.K, n=args.n, d=args.d, steps=args.steps, log_every=log_every,
-                  seed=args.seed, lr=_lr_for(args), init_scale=args.init_scale,
-                  restarts=1 if args.restarts is None else args.restarts,
-                  optimizer=args.optimizer, allow_small_d=args.allow_small_d, loss=args.loss,
-                  alpha=args.alpha, mask_softmax=args.mask_softmax, sessions=sessions,
-                  distill=distill, tol=args.tol, depth=args.depth, options=_other_options(args),
-                  hessian=args.hessian, escape=args.escape,
-                  init_from=args.init_from, limit=args.limit, **lams)
-        total = args.steps * (len(session_groups(sessions, args.K)) if sessions else 1)
-        update, close = progress_bar(total, args.quiet or _short_run(model, args))
+        spec = build(args.model, K=args.K, n=args.n, d=args.d, steps=args.steps,
+                     log_every=log_every, seed=args.seed, lr=_lr_for(args),
+                     init_scale=args.init_scale,
+                     restarts=1 if args.restarts is None else args.restarts,
+                     optimizer=args.optimizer, allow_small_d=args.allow_small_d, loss=args.loss,
+                     alpha=args.alpha, mask_softmax=args.mask_softmax, sessions=sessions,
+                     distill=distill, tol=args.tol, depth=args.depth,
+                     options=_other_options(args), hessian=args.hessian, escape=args.escape,
+                     init_from=args.init_from, limit=args.limit, **_lambda_flags(args))
+        model = spec.model
+        total = spec.steps * (len(spec.sessions) if spec.sessions else 1)
+        update, close = progress_bar(total, args.quiet or spec.limit or _short_run(spec))
         t0 = time.perf_counter()
-        result = train(args.model, progress=update, **kw)
+        result = run(spec, progress=update)
         elapsed = time.perf_counter() - t0
     except ValueError as err:
         return _error(err)
@@ -678,7 +619,7 @@ def cmd_train(args):
         print(second_order_line(result.second_order))
     print(f"{elapsed:.2f} s including compilation; wrote {out}/result.json and {out}/params.npz")
     _write_plot(out, args)
-    warning = convergence_warning(result)
+    warning = convergence_warning(result, model)
     if warning:
         print(warning, file=sys.stderr)
     return 1 if result.diverged_at is not None else 0

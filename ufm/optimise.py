@@ -173,8 +173,8 @@ def get_optimizer(optimizer, model=None):
     if model is not None and opt.solve is not None and model.solver is None:
         takes = [m.name for m in models().values() if m.solver is not None]
         raise ValueError(f"optimizer (--optimizer) {opt.name} solves the convex problem of "
-                         f"{', '.join(takes)}; {model.name!r} has none (three or more factors "
-                         f"or a nonlinearity)")
+                         f"{', '.join(takes)}; {model.name!r} declares none (its model file gives "
+                         f"no solver: no convex reformulation is known for it)")
     if model is not None and model.project is not None and not opt.projected:
         raise ValueError(f"optimizer (--optimizer) {opt.name} is for the unconstrained models; "
                          f"{model.name!r} keeps its features on a constraint set, which "

@@ -1,6 +1,6 @@
-"""Validated single runs: `train(...)` checks a configuration (ufm.config), runs it compiled
-(ufm.optimise), judges it (ufm.certificate) and returns a `Result`; `write_result` stores it
-atomically as result.json + params.npz (ufm.files)."""
+"""Single runs: `train(...)` builds a checked run specification (ufm.spec), `run(spec)` executes
+it compiled (ufm.optimise), judges it (ufm.certificate) and returns a `Result`; `write_result`
+stores it atomically as result.json + params.npz (ufm.files)."""
 import math
 import os
 from typing import Any, NamedTuple, Optional
@@ -11,12 +11,12 @@ import numpy as np
 
 from ufm import certificate as cert_mod
 from ufm import hessian as hessian_mod
-from ufm import cache, config, limits, metrics, optimise
+from ufm import cache, metrics, optimise
 from ufm import theory as theory_mod
-from ufm.config import DEFAULTS
 from ufm.files import json_ready, write_json, write_npz
 from ufm.models import Sizes, get_model
 from ufm.models.constrained import prototype_cosines
+from ufm.spec import RunSpec, build
 
 
 class Result(NamedTuple):
@@ -37,15 +37,15 @@ class Result(NamedTuple):
     second_order: Optional[dict] = None  # hessian.SecondOrder.as_dict() when asked for
 
 
-def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
-          log_every=DEFAULTS["log_every"], seed=0, lr=DEFAULTS["lr"], init_scale=None,
-          restarts=1, optimizer="gd", allow_small_d=False, progress=None, loss=None, alpha=None,
-          mask_softmax=False, sessions=None, distill=0.0, tol=None, depth=None, options=None,
-          hessian=None, escape=False, init_from=None, limit=False, **lams):
-    """Validate, run the optimiser compiled (R restarts vmapped, best kept), return a Result.
+def train(model="bias-free", *, progress=None, **kw):
+    """Build the run's specification (ufm.spec.build: every check, in one order), run it (`run`)
+    and return its Result. `model` may also be a built `RunSpec` (then no other argument but
+    `progress`).
 
-    lams: the model's λ's by name (lam_W, lam_H, lam_b, lam_W1, lam_W2, lam_H1, E_H, E_W); unset
-    ones take the model's defaults (λ's 5e-3, E_H and E_W 1). dtype follows the caller's
+    kw: K, n, d, steps, log_every, seed, lr, init_scale, restarts, optimizer, allow_small_d, loss,
+    alpha, mask_softmax, depth, options, sessions, distill, tol, hessian, escape, init_from, limit
+    and the model's λ's by name (lam_W, lam_H, lam_b, lam_W1, lam_W2, lam_H1, E_H, E_W); unset ones
+    take the model's defaults (λ's 5e-3, E_H and E_W 1). dtype follows the caller's
     jax_enable_x64. `progress(steps_done)` is called between compiled chunks of the scan.
     optimizer: gd, momentum, adam or lbfgs. tol: stop once the relative gradient norm is ≤ tol
     (`steps` is then the cap; see certificate.stopping_tol for the default). loss, alpha,
@@ -62,108 +62,84 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
     (deep-linear-ce: dnc, low-rank, triangular). limit: solve the λ → 0 limit instead, the
     UFM-SVM (ufm.limit; `ce` only): W, H its margin-1 direction, the λ's ignored.
     """
-    if limit:
-        return _limit_result(model, K, n, d, steps, tol, options)
-    spec = get_model(model, loss=loss, alpha=alpha, mask_softmax=mask_softmax, depth=depth,
-                     **(options or {}))
-    opt = optimise.get_optimizer(optimizer, spec)
-    cert_mod.check_tol(tol)
-    n = config.parse_counts(n, K if isinstance(K, (int, np.integer)) else None)
-    sizes = Sizes(K, n, d)
-    hyper = config.hyper_for(spec, lams, lr, init_scale)
-    config.check_config(spec, sizes, hyper, steps, log_every, restarts, allow_small_d)
-    config.check_solver(spec, hyper, opt)
-    limits.check_seed(seed)
-    limits.check_steps(steps)
-    limits.check_representable(hyper)
-    limits.check_run(spec, sizes, opt, restarts, steps // log_every + 2)
-    prediction = cert_mod.checked_prediction(spec, sizes, hyper)
-    distill = float(distill)
-    groups = config.check_sessions(spec, sessions, distill, K, restarts, opt)
-    if groups is not None and tol is not None:
-        raise ValueError("tol (--tol) does not apply with --sessions: each session runs its "
-                         "--steps")
-    if escape and hessian is None:
-        hessian = "auto"
-    if hessian is not None:
-        hessian_mod.check_method(hessian)
-        hessian_mod.check_smooth(spec)
-        if groups is not None:
-            raise ValueError("hessian (--hessian) classifies a single run's point; with "
-                             "--sessions each session solves another problem")
-    stop = cert_mod.stopping_tol(opt, tol)
-    key = optimise.prng_key(seed)
+    if isinstance(model, RunSpec):
+        if kw:
+            raise ValueError(f"a RunSpec is complete: change it with spec.replace(), not with "
+                             f"{', '.join(sorted(kw))}")
+        return run(model, progress)
+    return run(build(model, **kw), progress)
+
+
+def run(spec, progress=None):
+    """Execute a checked RunSpec (R restarts vmapped, best kept) and judge it: a Result."""
+    if spec.limit:
+        return _limit_result(spec)
+    model, sizes, hyper, opt = spec.model, spec.sizes, dict(spec.hyper), spec.optimizer
+    steps, log_every, restarts, stop = spec.steps, spec.log_every, spec.restarts, spec.stop
+    groups, hessian, prediction = spec.sessions, spec.hessian, spec.prediction
+    key = optimise.prng_key(spec.seed)
     jhyper = optimise.as_hyper(hyper)
-    start = None if init_from is None else _start_from(spec, sizes, hyper, init_from, restarts,
-                                                       groups)
+    start = None if spec.init_from is None else _start_from(model, sizes, hyper, spec.init_from)
     session_info = None
     if start is not None:
-        traj = (optimise.simulate(spec, sizes, key, jhyper, steps, log_every, opt, stop,
+        traj = (optimise.simulate(model, sizes, key, jhyper, steps, log_every, opt, stop,
                                   start=start, callback=progress) if progress is not None
                 else jax.jit(lambda k, h, s0: optimise.simulate(
-                    spec, sizes, k, h, steps, log_every, opt, stop, start=s0))(key, jhyper,
-                                                                               start))
+                    model, sizes, k, h, steps, log_every, opt, stop, start=s0))(key, jhyper,
+                                                                                start))
     elif groups is not None:
-        traj, done = optimise.simulate_sessions(spec, sizes, key, jhyper, groups, steps,
-                                                log_every, opt, distill, progress)
+        traj, done = optimise.simulate_sessions(model, sizes, key, jhyper, groups, steps,
+                                                log_every, opt, spec.distill, progress)
         session_info = _session_dicts(sizes, traj.params, done)
     elif progress is not None:  # compiled chunks with reports in between
         keys = jax.random.split(key, restarts) if restarts > 1 else key
         hyp = optimise.broadcast_hyper(jhyper, restarts) if restarts > 1 else jhyper
-        traj = optimise.simulate(spec, sizes, keys, hyp, steps, log_every, opt, stop,
+        traj = optimise.simulate(model, sizes, keys, hyp, steps, log_every, opt, stop,
                                  callback=progress, batched=restarts > 1)
     else:
-        run = optimise.compiled_simulation(spec, sizes, steps, log_every, opt, restarts, stop)
-        what = ("simulate", spec.name, spec.options, tuple(sizes), steps, log_every, opt.name,
+        program = optimise.compiled_simulation(model, sizes, steps, log_every, opt, restarts,
+                                               stop)
+        what = ("simulate", model.name, model.options, tuple(sizes), steps, log_every, opt.name,
                 restarts, stop)
-        traj = cache.program(run, (key, jhyper), what)(key, jhyper)
+        traj = cache.program(program, (key, jhyper), what)(key, jhyper)
     traj = jax.tree.map(np.asarray, traj)  # to the host once: the rest is numpy
     restart_global = None
     if restarts > 1 and groups is None:
         restart_obj = [float(v) for v in optimise.final_objectives(traj)]
-        if spec.bound_inputs is not None:  # every restart's own global certificate
+        if model.bound_inputs is not None:  # every restart's own global certificate
             restart_global = [cert_mod.global_certificate(
-                spec, optimise.pick(traj, r).bound, hyper, sizes,
+                model, optimise.pick(traj, r).bound, hyper, sizes,
                 restart_obj[r])["global"] for r in range(restarts)]
         traj = optimise.pick(traj, optimise.best_restart(traj))
     traj = optimise.trim(traj)
     escapes, second_order = [], None
-    if escape:
+    if spec.escape:
         traj, second_order, escapes = _escape_saddles(
-            spec, sizes, key, jhyper, hyper, traj, opt, stop, steps, log_every, hessian,
-            cert_mod.certificate_tol(tol))
+            model, sizes, key, jhyper, hyper, traj, opt, stop, steps, log_every, hessian,
+            spec.certificate_tol)
     if restarts == 1 or groups is not None:
         restart_obj = [float(traj.history["objective"][-1])]
     history = {k: np.asarray(v) for k, v in traj.history.items()}
     diverged_at = int(traj.diverged_at)
-    cfg = dict(model=model, K=K, n=n, d=d, steps=steps, log_every=log_every, seed=seed,
-               restarts=restarts, optimizer=opt.name, tol=stop, allow_small_d=allow_small_d,
-               dtype=str(jnp.result_type(float)), **hyper)
-    cfg.update({k: v for k, v in spec.options if k != "depth"})  # the variant's options
-    if spec.sessions:
-        cfg.update(sessions=None if groups is None else [list(g) for g in groups],
-                   distill=distill)
-    if spec.depth is not None:
-        cfg.update(depth=spec.depth, rank_tol=metrics.RANK_TOL)
     converged_at = int(traj.converged_at)
     cert = cert_mod.certificate(history["objective"], traj.grad_norm,
                                 None if converged_at < 0 else converged_at, traj.steps[-1],
-                                cert_mod.certificate_tol(tol), theory_mod.optimum(prediction),
+                                spec.certificate_tol, theory_mod.optimum(prediction),
                                 diverged=diverged_at >= 0)
-    inputs = traj.bound if spec.bound_inputs is not None and groups is None else None
-    cert.update(cert_mod.global_certificate(spec, inputs, hyper, sizes,
+    inputs = traj.bound if model.bound_inputs is not None and groups is None else None
+    cert.update(cert_mod.global_certificate(model, inputs, hyper, sizes,
                                             history["objective"][-1], sessions=groups is not None))
     final = {k: _number(v[-1]) for k, v in history.items()}
-    if escape:
+    if spec.escape:
         cert["escapes"] = escapes
     if hessian is not None and second_order is None:
         second_order = hessian_mod.classify(
-            spec, sizes, hyper, traj.params, method=hessian,
+            model, sizes, hyper, traj.params, method=hessian,
             stationary_tol=cert["tol"])
     if second_order is not None:
         second_order = second_order.as_dict()
     return Result(
-        model=model, config=cfg, params=traj.params,
+        model=spec.name, config=spec.config(), params=traj.params,
         steps=np.asarray(traj.steps), history=history, final=final,
         undefined=metrics.undefined_reasons(final, diverged_at >= 0) or None,
         theory=prediction, diverged_at=None if diverged_at < 0 else diverged_at,
@@ -172,36 +148,20 @@ def train(model="bias-free", *, K=4, n=50, d=20, steps=DEFAULTS["steps"],
         reference=theory_mod.landing(prediction, float(history["objective"][-1])))
 
 
-LIMIT_MODELS = ("ce",)  # models whose λ → 0 limit ufm.limit solves
-LIMIT_TOL = {"float32": 1e-4, "float64": 1e-10}  # the UFM-SVM's relative duality gap
-
-
-def _limit_result(name, K, n, d, steps, tol, options):
+def _limit_result(spec):
     """The λ → 0 limit of a CE model as a Result: the UFM-SVM's margin-1 direction (W, H), its
     value ‖Z‖_*, the dual bound and gap, the smallest margin and the distance of its centred
     logits from SELI (docs/theory.md §5.4)."""
     from ufm import limit as limit_mod
 
-    if name not in LIMIT_MODELS:
-        raise ValueError(f"limit (--limit) solves the λ → 0 limit of {', '.join(LIMIT_MODELS)}, "
-                         f"not {name!r}")
-    spec = get_model(name, **(options or {}))
-    limits.check_steps(steps)
-    cert_mod.check_tol(tol)
-    n = config.parse_counts(n, K if isinstance(K, (int, np.integer)) else None)
-    sizes = Sizes(K, n, d)
-    if isinstance(d, (int, np.integer)) and isinstance(K, (int, np.integer)) and d < K - 1:
-        raise ValueError(f"d (--d)={d}: the limit direction has rank K − 1 = {K - 1}, so "
-                         f"--limit needs d >= K − 1")
-    config.check_config(spec, sizes, dict(spec.defaults(), lr=1.0, init_scale=1.0), steps,
-                        allow_small_d=True)  # the limit's own need is checked above
-    stop = LIMIT_TOL[str(jnp.result_type(float))] if tol is None else float(tol)
-    sol = jax.jit(lambda: limit_mod.solve_svm(tuple(sizes.counts), max_iter=steps, tol=stop))()
+    model, sizes, stop, hyper = spec.model, spec.sizes, spec.stop, dict(spec.hyper)
+    K = sizes.K
+    sol = jax.jit(lambda: limit_mod.solve_svm(tuple(sizes.counts), max_iter=spec.steps,
+                                              tol=stop))()
     M = np.asarray(sol.M, np.float64)
     params = jax.tree.map(np.asarray, limit_mod.factors(M, sizes))
-    hyper = dict(spec.defaults(), lr=1.0, init_scale=1.0)
     measured = {k: _number(v) for k, v in
-                jax.tree.map(np.asarray, spec.measure(params, hyper, sizes)).items()}
+                jax.tree.map(np.asarray, model.measure(params, hyper, sizes)).items()}
     value, bound, gap = float(sol.value), float(sol.bound), float(sol.gap)
     margins = np.diag(M)[None, :] - M + np.eye(K) * 1e300
     cert = {"limit": True, "value": value, "lower_bound": bound, "gap": gap, "tol": stop,
@@ -209,21 +169,17 @@ def _limit_result(name, K, n, d, steps, tol, options):
             "min_margin": float(margins.min()), "seli_error": limit_mod.seli_error(M),
             "seli_value": limit_mod.seli(tuple(sizes.counts))[1]}
     final = dict(objective=value, **measured)
-    cfg = dict(model=name, K=K, n=n, d=d, steps=steps, limit=True, tol=stop,
-               dtype=str(jnp.result_type(float)))
-    return Result(model=name, config=cfg, params=params, steps=np.array([int(sol.iterations)]),
+    cfg = dict(model=spec.name, K=K, n=sizes.n, d=sizes.d, steps=spec.steps, limit=True,
+               tol=stop, dtype=spec.dtype)
+    return Result(model=spec.name, config=cfg, params=params,
+                  steps=np.array([int(sol.iterations)]),
                   history={k: np.array([v]) for k, v in final.items()}, final=final,
                   theory=None, diverged_at=None, restart_objectives=[value], certificate=cert)
 
 
-def _start_from(model, sizes, hyper, init_from, restarts, groups):
-    """The State a run with init_from starts at (checked against the model's blocks)."""
-    if restarts > 1 or groups is not None or model.constrained:
-        raise ValueError("init_from (--init-from) starts one unconstrained run from given "
-                         "parameters: not with --restarts, --sessions or a constrained model")
-    if not isinstance(init_from, str):
-        raise ValueError(f"init_from (--init-from) must be a .npz file or a construction name, "
-                         f"got {init_from!r}")
+def _start_from(model, sizes, hyper, init_from):
+    """The State a run with init_from starts at (read, and checked against the model's blocks;
+    spec.build has checked what can be said before reading it)."""
     if init_from.endswith(".npz"):
         try:
             with np.load(init_from, allow_pickle=False) as f:
@@ -362,4 +318,4 @@ def read_result(path):
     return model, sizes, hyper, params, doc
 
 
-__all__ = ["read_result", "train", "Result", "write_result", "result_dict"]
+__all__ = ["read_result", "run", "train", "Result", "write_result", "result_dict"]

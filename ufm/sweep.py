@@ -19,14 +19,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ufm import limits, optimise, store
+from ufm import spec as spec_mod
 from ufm import theory as theory_mod
 from ufm import certificate as certificate_mod
 from ufm import hessian as hessian_mod
-from ufm.certificate import certificate_tol, check_tol, predict, stopping_tol
-from ufm.config import (LAYER_LAMBDA, RUN_LEAVES, check_config, check_names, check_sessions,
-                        check_solver, flag, hyper_for, parse_counts)
+from ufm.certificate import predict
+from ufm.config import LAYER_LAMBDA, RUN_LEAVES, check_names, flag
 from ufm.files import write_npz
-from ufm.models import Sizes, get_model, hyper_specs
+from ufm.models import hyper_specs
 from ufm.store import fingerprint, folder_lock, write_sweep  # noqa: F401  (write_sweep: ufm.sweep.write_sweep)
 
 STATIC = ("depth", "K", "d", "n")
@@ -265,10 +265,10 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
     Returns (arrays, config): results shaped like the grid, and the full configuration, whose
     `work` says how many points and config-steps this call computed (not loaded).
     """
-    plan = _plan(model, sizes, base, axes, steps=steps, seed=seed, seeds=seeds,
-                 optimizer=optimizer, restarts=restarts, chunk=chunk, allow_small_d=allow_small_d,
-                 n_devices=n_devices, micro=micro, sessions=sessions, distill=distill, tol=tol,
-                 hessian=hessian)
+    kw = dict(steps=steps, seed=seed, seeds=seeds, optimizer=optimizer, restarts=restarts,
+              chunk=chunk, allow_small_d=allow_small_d, n_devices=n_devices, micro=micro,
+              sessions=sessions, distill=distill, tol=tol, hessian=hessian)
+    plan = _plan(_base_spec(model, sizes, base, **kw), axes, **kw)
     with (folder_lock(out) if out else contextlib.nullcontext()):
         return _execute(plan, out and os.path.join(out, "chunks"), progress)
 
@@ -289,18 +289,25 @@ def point_lams(model, base, values):
     return lams
 
 
-def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, chunk,
-          allow_small_d, n_devices, micro, sessions, distill, tol, hessian=None):
+def _base_spec(model, sizes, base, *, steps, seed, optimizer, restarts, allow_small_d, sessions,
+               distill, tol, **_):
+    """The checked RunSpec of a sweep's base point (ufm.spec.build: a single run's checks, in
+    their order); `base` the full hyper dict (λ's, lr, init_scale)."""
+    return spec_mod.build(model, K=sizes.K, n=sizes.n, d=sizes.d, steps=steps, log_every=steps,
+                          seed=seed, lr=base["lr"], init_scale=base["init_scale"],
+                          restarts=restarts, optimizer=optimizer, allow_small_d=allow_small_d,
+                          sessions=sessions, distill=distill, tol=tol,
+                          **{k: v for k, v in base.items() if k not in RUN_LEAVES})
+
+
+def _plan(run, axes, *, seeds, chunk, n_devices, micro, hessian=None, **_):
     """Every check of one static combination, before anything is computed or written: the plan
-    `_execute` runs (a dict)."""
-    groups = check_sessions(model, sessions, distill, sizes.K, restarts,
-                            optimise.get_optimizer(optimizer, model))
-    optimizer = optimise.get_optimizer(optimizer, model).name
-    check_tol(tol)
-    if groups is not None and tol is not None:
-        raise ValueError("tol (--tol) does not apply with --sessions: each session runs its "
-                         "--steps")
-    stop = stopping_tol(optimizer, tol)
+    `_execute` runs (a dict). `run` is the base point's checked RunSpec; the grid's checks
+    follow."""
+    steps, seed, restarts = run.steps, run.seed, run.restarts
+    base = dict(run.hyper)
+    model, sizes, groups, stop = run.model, run.sizes, run.sessions, run.stop
+    optimizer = run.optimizer.name
     if hessian is not None:
         if isinstance(hessian, bool) or not isinstance(hessian, (int, np.integer)) or hessian < 1:
             raise ValueError(f"hessian (--hessian) must be a number of Lanczos steps >= 1, got "
@@ -315,22 +322,16 @@ def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, 
         raise ValueError(f"the grid has {grid.size:,} points; at most {MAX_POINTS:,} fit (its "
                          f"results are kept on the host): split it")
     limits.check_seed(seed, count=max(seeds, 1))
-    limits.check_steps(steps)
     limits.check_fits(limits.result_bytes(model, sizes, grid.size),
                       f"this grid's results ({grid.size:,} points, kept on the host)")
     # Each value of each axis, with the others at their base values, must be a valid
     # configuration; the checks are per value, so this covers every point.
-    check_config(model, sizes, base, steps, 1, restarts, allow_small_d)
-    check_solver(model, base, optimise.get_optimizer(optimizer))
-    limits.check_representable(base)
     for name, values in axes.items():
         for v in values:
-            hyper = dict(base, **point_lams(model, base, {name: float(v)}))
+            hyper = point_lams(model, base, {name: float(v)})
             if name in RUN_LEAVES:
                 hyper[name] = float(v)
-            check_config(model, sizes, hyper, steps, 1, restarts, allow_small_d)
-            check_solver(model, hyper, optimise.get_optimizer(optimizer))
-            limits.check_representable(hyper)
+            run.with_hyper(hyper)
     n_devices = n_devices or jax.device_count()  # all devices of all processes
     chunk = chunk or auto_chunk(model, sizes, restarts, grid.size, n_devices, optimizer)
     if chunk % n_devices:
@@ -344,14 +345,14 @@ def _plan(model, sizes, base, axes, *, steps, seed, seeds, optimizer, restarts, 
                       f"K={sizes.K}, d={sizes.d})")
     config = dict(model=model.name, K=sizes.K, n=sizes.n, d=sizes.d, steps=steps, seed=seed,
                   seeds=seeds, optimizer=optimizer, tol=stop,
-                  certificate_tol=certificate_tol(tol),
+                  certificate_tol=run.certificate_tol,
                   global_tol=certificate_mod.GLOBAL_TOL[str(jnp.result_type(float))],
                   restarts=restarts, base=base,
                   axes={k: list(map(float, v)) for k, v in axes.items()},
                   shape=list(grid.shape), chunk=chunk, dtype=str(jnp.result_type(float)),
-                  allow_small_d=allow_small_d,
+                  allow_small_d=run.allow_small_d,
                   sessions=None if groups is None else [list(g) for g in groups],
-                  distill=float(distill))
+                  distill=run.distill)
     if hessian is not None:  # (absent otherwise: the fingerprints of earlier sweeps still match)
         config["hessian"] = int(hessian)
     return dict(model=model, sizes=sizes, base=base, axes=axes, grid=grid, config=config,
@@ -508,12 +509,15 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
     plans = []
     for combo in itertools.product(*static.values()):  # validate every one before computing
         values = dict(zip(static, combo))
-        model = get_model(model_name, loss=loss, alpha=alpha, mask_softmax=mask_softmax,
-                          depth=values.get("depth"), **(options or {}))
-        sizes = Sizes(values["K"], parse_counts(values["n"], values["K"]), values["d"])
-        base = hyper_for(model, {k: v for k, v in lams.items()
-                                 if not (k == "lam_W" and "lam_W" in axes)}, lr, init_scale)
-        plans.append((values, _plan(model, sizes, base, axes, steps=steps, **kw)))
+        run = spec_mod.build(
+            model_name, K=values["K"], n=values["n"], d=values["d"], steps=steps,
+            log_every=steps, seed=kw["seed"], lr=lr, init_scale=init_scale,
+            restarts=kw["restarts"], optimizer=kw["optimizer"],
+            allow_small_d=kw["allow_small_d"], loss=loss, alpha=alpha, mask_softmax=mask_softmax,
+            depth=values.get("depth"), options=options, sessions=kw["sessions"],
+            distill=kw["distill"], tol=kw["tol"],
+            **{k: v for k, v in lams.items() if not (k == "lam_W" and "lam_W" in axes)})
+        plans.append((values, _plan(run, axes, **kw)))
     if len(plans) > 1:  # each combination fits on its own; their results are held together
         total = sum(limits.result_bytes(p["model"], p["sizes"], p["grid"].size) for _, p in plans)
         limits.check_fits(2 * total, f"this sweep's results ({len(plans)} static combinations × "
