@@ -70,7 +70,8 @@ def checked_prediction(model, sizes, hyper):
     except (ZeroDivisionError, OverflowError, FloatingPointError, ValueError) as err:
         if isinstance(err, ValueError) and "closed form" in str(err):
             raise
-        lams = ", ".join(f"{k}={float(hyper[k]):g}" for k in model.hyper_names if k in hyper)
+        lams = ", ".join(f"{k}={np.array2string(np.asarray(hyper[k], np.float64))}" if np.ndim(
+            hyper[k]) else f"{k}={float(hyper[k]):g}" for k in model.hyper_names if k in hyper)
         raise ValueError(f"the closed form of {model.name} is undefined at {lams} ({err}): "
                          f"the λ's are outside the range where it can be evaluated in float64"
                          ) from None

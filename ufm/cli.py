@@ -58,8 +58,12 @@ def _add_lambda_flags(p, layers, grid):
     specs = hyper_specs()
     for name, spec in specs.items():
         tied = "; for a deep/extended model one λ for every W_l" if name == "lam_W" else ""
-        p.add_argument(spec.flag, dest=name, type=number, default=None,
-                       help=f"{spec.help}{tied}; only for models that take it{grid_help}")
+        per_class = ("; per class: one value for every class or K joined by ','"
+                     + ("; a grid of such vectors separated by ';'" if grid else "")
+                     ) if spec.per_class else grid_help
+        p.add_argument(spec.flag, dest=name, type=str if spec.per_class else number,
+                       default=None,
+                       help=f"{spec.help}{tied}; only for models that take it{per_class}")
     for layer in layers:  # --lam-W4 … as given on the command line (deep models)
         name = f"lam_W{layer}"
         if name not in specs:
@@ -734,6 +738,7 @@ def _axis_order(argv):
 
 def cmd_sweep(args, argv):
     from ufm import sweep
+    from ufm.models import hyper_specs
 
     try:
         out = check_out(args.out, os.path.join("runs", f"sweep-{args.model}"))
@@ -753,13 +758,17 @@ def cmd_sweep(args, argv):
         raw = dict(lams, lr=args.lr, init_scale=args.init_scale)
         axes, fixed = {}, {}
         order = _axis_order(argv)
+        specs = hyper_specs()
+        per_class = {k for k, h in specs.items() if h.per_class}
         for name in order:
             text = raw.get(name)
-            if text is not None and any(ch in str(text) for ch in ":,"):
+            marks = ";" if name in per_class else ":,"  # a per-class vector is joined by ','
+            if text is not None and any(ch in str(text) for ch in marks):
                 axes[name] = sweep.parse_axis(name, text)
         for name, text in raw.items():
             if name not in axes and text is not None:
-                fixed[name] = float(sweep.parse_axis(name, text)[0])
+                fixed[name] = (sweep.parse_axis(name, text)[0] if name in per_class
+                               else float(sweep.parse_axis(name, text)[0]))
         sessions, distill = _session_args(args)
         update, close = progress_bar(None, args.quiet, unit="combination" if len(
             [v for v in static.values() if len(v) > 1]) else "chunk")

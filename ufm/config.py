@@ -78,6 +78,41 @@ def check_names(model, names):
                              f"(it takes: {', '.join(flag(k) for k in model.hyper_names)})")
 
 
+def parts(name, value):
+    """(label, number) of every number in a hyperparameter's value: a scalar, a dict of them (a
+    std per block) or a per-class vector; label names the entry for messages."""
+    if isinstance(value, dict):
+        return [(f"{named(name)}[{k!r}]", v) for k, v in value.items()]
+    if np.ndim(value) == 1:
+        return [(f"{named(name)}[{k}]", v) for k, v in enumerate(np.asarray(value).tolist())]
+    return [(named(name), value)]
+
+
+def per_class_value(name, value, K):
+    """A per-class hyperparameter as an array [K] (float64): one number for every class, or K
+    numbers (a sequence, or a string joined by ','). ValueError naming it otherwise."""
+    given = value
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise ValueError(f"{named(name)} must be one number or K={K} numbers joined by ',', "
+                             f"got {given!r}") from None
+    try:
+        arr = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{named(name)} must be one number or K={K} numbers, got {given!r}"
+                         ) from None
+    if arr.ndim == 1 and arr.size == 1:
+        arr = arr[0]
+    if arr.ndim == 0:
+        return np.full(K, float(arr))
+    if arr.shape != (K,):
+        raise ValueError(f"{named(name)} is per class: it takes one number or exactly K={K}, got "
+                         f"{arr.size} value{'s' * (arr.size != 1)} (shape {arr.shape})")
+    return arr
+
+
 def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_small_d=False):
     """Raise ValueError naming the parameter, the value and what is allowed; return nothing.
 
@@ -99,20 +134,26 @@ def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_smal
                  "restarts": restarts}[name]
         if value < 1:
             raise ValueError(f"{named(name)} must be >= 1, got {value}")
+    for spec in model.hypers:
+        shape = np.shape(hyper[spec.name])
+        if spec.per_class and shape != (sizes.K,):
+            raise ValueError(f"{named(spec.name)} is per class: it needs K={sizes.K} values, got "
+                             f"shape {shape}")
+        if not spec.per_class and shape != ():
+            raise ValueError(f"{named(spec.name)} must be one number, got shape {shape}")
     positive = {spec.name for spec in model.hypers if spec.positive} | {"lr"}
     for name, value in hyper.items():
-        for part, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+        for what, v in parts(name, value):
             v = float(v)
             if not math.isfinite(v) or v < 0:
-                what = named(name) if part is None else f"{named(name)}[{part!r}]"
                 bound = "> 0" if name in positive else ">= 0"  # what is allowed, not half of it
                 raise ValueError(f"{what} must be finite and {bound}, got {v}")
     for spec in model.hypers:
-        if spec.positive and float(hyper[spec.name]) <= 0:
-            raise ValueError(f"{named(spec.name)} must be > 0, got {float(hyper[spec.name])}")
-        if spec.below is not None and float(hyper[spec.name]) >= spec.below:
-            raise ValueError(f"{named(spec.name)} must be < {spec.below:g}, got "
-                             f"{float(hyper[spec.name])}")
+        for what, v in parts(spec.name, hyper[spec.name]):
+            if spec.positive and float(v) <= 0:
+                raise ValueError(f"{what} must be > 0, got {float(v)}")
+            if spec.below is not None and float(v) >= spec.below:
+                raise ValueError(f"{what} must be < {spec.below:g}, got {float(v)}")
     if float(hyper["lr"]) <= 0:
         raise ValueError(f"{named('lr')} must be > 0, got {float(hyper['lr'])}")
     if model.check is not None:
@@ -138,16 +179,27 @@ def tie_layers(model, lams):
     return out
 
 
-def hyper_for(model, lams, lr, init_scale):
+def hyper_for(model, lams, lr, init_scale, K=None):
     """The full hyper dict of a model: its λ's (defaults from its record), lr and init_scale.
 
     A λ the model does not take is a ValueError naming it and the ones it does take. For a
-    layered model `lam_W` sets every lam_W<l> not given on its own (see `tie_layers`).
+    layered model `lam_W` sets every lam_W<l> not given on its own (see `tie_layers`). A
+    per-class hyperparameter becomes an array [K] (`per_class_value`; K is needed then).
     """
     check_names(model, [k for k, v in lams.items() if v is not None])
     lams = tie_layers(model, lams)
-    hyper = {h.name: h.default if lams.get(h.name) is None else float(lams[h.name])
-             for h in model.hypers}
+    hyper = {}
+    for h in model.hypers:
+        value = h.default if lams.get(h.name) is None else lams[h.name]
+        if h.per_class:
+            if K is None:
+                raise ValueError(f"{named(h.name)} is per class: its value needs K")
+            hyper[h.name] = per_class_value(h.name, value, K)
+        else:
+            try:
+                hyper[h.name] = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{named(h.name)} must be one number, got {value!r}") from None
     hyper["lr"] = float(lr)
     if isinstance(init_scale, dict):  # a std per block, e.g. {"W2": 0.1, "W1": 0.1, "H1": 0.2}
         hyper["init_scale"] = {k: float(v) for k, v in init_scale.items()}

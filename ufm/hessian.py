@@ -55,7 +55,7 @@ def as_float64(model, params, hyper):
     as64 = lambda d: {k: jnp.asarray(np.asarray(v), jnp.float64) for k, v in d.items()}
     var = as64({k: v for k, v in params.items() if k not in model.fixed_blocks})
     fixed = as64({k: v for k, v in params.items() if k in model.fixed_blocks})
-    hyp = {k: jnp.asarray(float(v), jnp.float64) for k, v in hyper.items()
+    hyp = {k: jnp.asarray(np.asarray(v, np.float64), jnp.float64) for k, v in hyper.items()
            if not isinstance(v, dict)}
     return var, fixed, hyp
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ufm.config import parts
 from ufm.optimise import get_optimizer
 
 MAX_STEPS = 2 ** 31 - 1  # the step counter is an int32
@@ -133,9 +134,7 @@ def check_representable(hyper):
     dtype = jnp.result_type(float)
     top = float(jnp.finfo(dtype).max)
     for name, value in hyper.items():
-        for part, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+        for what, v in parts(name, value):
             if abs(float(v)) > top:
-                what = name if part is None else f"{name}[{part!r}]"
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{what} ({flag}) = {float(v):g} overflows {jnp.dtype(dtype)} "
+                raise ValueError(f"{what} = {float(v):g} overflows {jnp.dtype(dtype)} "
                                  f"(largest {top:.3g}); pass --x64 or a smaller value")

@@ -730,8 +730,9 @@ def as_hyper(values, dtype=None):
 
 
 def broadcast_hyper(hyper, B):
-    """Every (scalar) leaf of `hyper` broadcast to a leading axis of length B."""
-    return jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v), (B,)), hyper)
+    """Every leaf of `hyper` (a scalar or a per-class vector) broadcast to a leading axis of
+    length B."""
+    return jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v), (B,) + jnp.shape(v)), hyper)
 
 
 def _divisor_near(n, target):

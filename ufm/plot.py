@@ -218,7 +218,9 @@ def sweep_axes(config, arrays):
         if name in static:
             axes.append((name, np.asarray(static[name])))
         elif name in config.get("axes", {}):
-            axes.append((name, np.asarray(config["axes"][name], np.float64)))
+            values = np.asarray(config["axes"][name], np.float64)
+            # a per-class hyperparameter's axis ([P, K] vectors): drawn, and --at picked, by index
+            axes.append((name, np.arange(len(values)) if values.ndim == 2 else values))
     if config.get("seeds"):
         seed = config.get("seed", 0)
         axes.append(("seed", np.arange(seed, seed + config["seeds"])))
@@ -378,6 +380,11 @@ def plot_sweep(config, arrays, png, *, array=None, x=None, y=None, at=(), reduce
                 ax.plot([], [], "--", color=colour, label=f"closed form: {text}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="lower left")
+    for name, set_ticks in ((x, ax.set_xticks), (y, ax.set_yticks)):
+        vectors = np.asarray((config.get("axes") or {}).get(name, []), np.float64)
+        if vectors.ndim == 2:  # a per-class axis: one tick per vector, labelled with it
+            set_ticks(np.arange(len(vectors)),
+                      [",".join(f"{v:g}" for v in row) for row in vectors], fontsize=7)
     ax.set_title(f"{label}" + (f" ({rule})" if rule else ""), fontsize=9)
     _save(fig, png)
     return Plot(png, "sweep", data, title)

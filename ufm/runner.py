@@ -312,7 +312,8 @@ def read_result(path):
     model = get_model(name, **options)
     n = cfg["n"]
     sizes = Sizes(int(cfg["K"]), tuple(n) if isinstance(n, list) else int(n), int(cfg["d"]))
-    hyper = {h: float(cfg[h]) for h in model.hyper_names}
+    hyper = {h.name: np.asarray(cfg[h.name], np.float64) if h.per_class else float(cfg[h.name])
+             for h in model.hypers}
     with np.load(npz_path, allow_pickle=False) as f:
         params = {k: np.asarray(f[k]) for k in f.files}
     return model, sizes, hyper, params, doc

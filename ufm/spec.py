@@ -136,7 +136,7 @@ def build(model="bias-free", *, K=DEFAULTS["K"], n=DEFAULTS["n"], d=DEFAULTS["d"
     # 5., 6. sizes and hyperparameters
     n = config.parse_counts(n, K if isinstance(K, (int, np.integer)) else None)
     sizes = Sizes(K, n, d)
-    hyper = config.hyper_for(spec, lams, lr, init_scale)
+    hyper = config.hyper_for(spec, lams, lr, init_scale, K)
     _check_hyper(spec, sizes, hyper, opt, steps, restarts, allow_small_d, log_every)
     # 7. seed, steps, memory
     limits.check_seed(seed)

@@ -46,8 +46,12 @@ def is_traced(name):
 
 def parse_axis(name, text):
     """A flag value as a 1-D grid: `start:stop:num` (linear), `start:stop:num:log`, `a,b,c`, or
-    one number. ValueError naming the flag otherwise."""
+    one number; for a per-class hyperparameter a ';'-separated list of vectors, each one number
+    or K joined by ',' (`per_class_axis`). ValueError naming the flag otherwise."""
     text = str(text).strip()
+    spec = hyper_specs().get(name)
+    if spec is not None and spec.per_class:
+        return per_class_axis(name, text)
     try:
         if ":" in text:
             parts = text.split(":")
@@ -65,6 +69,30 @@ def parse_axis(name, text):
     except ValueError:
         raise ValueError(f"{flag(name)} must be a number, a comma list, start:stop:num or "
                          f"start:stop:num:log (positive ends), got {text!r}") from None
+
+
+def per_class_axis(name, text):
+    """A per-class hyperparameter's grid from its flag: vectors separated by ';', each one
+    number (every class) or numbers joined by ','. A list of numbers and lists (their length is
+    checked against K, and single numbers spread over the classes, when the sweep is planned)."""
+    try:
+        rows = [[float(v) for v in part.split(",")] for part in str(text).split(";")]
+    except ValueError:
+        raise ValueError(f"{flag(name)} is per class: one vector (a number, or K numbers joined "
+                         f"by ','), or a grid of them separated by ';', got {text!r}") from None
+    if len({len(r) for r in rows if len(r) > 1}) > 1:
+        raise ValueError(f"{flag(name)}: the vectors of a grid need one length (K), got {text!r}")
+    return [r[0] if len(r) == 1 else r for r in rows]
+
+
+def _axis_json(values):
+    """An axis's values as JSON: floats, or lists of floats for per-class vectors."""
+    return [float(v) if np.ndim(v) == 0 else [float(x) for x in np.ravel(v)] for v in values]
+
+
+def axis_value(v):
+    """One value of an axis as `hyper` takes it: a float, or a per-class vector (an array)."""
+    return float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64)
 
 
 def parse_static(name, text):
@@ -289,6 +317,21 @@ def point_lams(model, base, values):
     return lams
 
 
+def _per_class_grid(model, name, values, K):
+    """A per-class hyperparameter's axis as [P, K] (a number given to every class); other axes
+    unchanged. ValueError naming the flag for a vector of another length than K."""
+    spec = next((h for h in model.hypers if h.name == name), None)
+    if spec is None or not spec.per_class:
+        return values
+    rows = [np.full(K, float(v)) if np.ndim(v) == 0 else np.asarray(v, np.float64)
+            for v in values]
+    bad = [len(r) for r in rows if r.shape != (K,)]
+    if bad:
+        raise ValueError(f"{flag(name)} is per class: each vector of its grid needs one value or "
+                         f"K={K}, got one of {bad[0]}")
+    return np.stack(rows)
+
+
 def _base_spec(model, sizes, base, *, steps, seed, optimizer, restarts, allow_small_d, sessions,
                distill, tol, **_):
     """The checked RunSpec of a sweep's base point (ufm.spec.build: a single run's checks, in
@@ -317,6 +360,7 @@ def _plan(run, axes, *, seeds, chunk, n_devices, micro, hessian=None, **_):
             raise ValueError("hessian (--hessian) classifies a single run's point; with "
                              "--sessions each session solves another problem")
     _check_axes(model, axes)
+    axes = {k: _per_class_grid(model, k, v, sizes.K) for k, v in axes.items()}
     grid = Grid(axes, seeds)
     if grid.size > MAX_POINTS:
         raise ValueError(f"the grid has {grid.size:,} points; at most {MAX_POINTS:,} fit (its "
@@ -328,7 +372,7 @@ def _plan(run, axes, *, seeds, chunk, n_devices, micro, hessian=None, **_):
     # configuration; the checks are per value, so this covers every point.
     for name, values in axes.items():
         for v in values:
-            hyper = point_lams(model, base, {name: float(v)})
+            hyper = point_lams(model, base, {name: axis_value(v)})
             if name in RUN_LEAVES:
                 hyper[name] = float(v)
             run.with_hyper(hyper)
@@ -348,7 +392,7 @@ def _plan(run, axes, *, seeds, chunk, n_devices, micro, hessian=None, **_):
                   certificate_tol=run.certificate_tol,
                   global_tol=certificate_mod.GLOBAL_TOL[str(jnp.result_type(float))],
                   restarts=restarts, base=base,
-                  axes={k: list(map(float, v)) for k, v in axes.items()},
+                  axes={k: _axis_json(v) for k, v in axes.items()},
                   shape=list(grid.shape), chunk=chunk, dtype=str(jnp.result_type(float)),
                   allow_small_d=run.allow_small_d,
                   sessions=None if groups is None else [list(g) for g in groups],
@@ -366,7 +410,8 @@ def _execute(plan, chunk_dir, progress):
     steps, seed, seeds, chunk = (config[k] for k in ("steps", "seed", "seeds", "chunk"))
     # the point layout too: axes in their order (a point's index depends on it; json sorts dicts)
     tag = fingerprint(dict({k: v for k, v in config.items() if k != "chunk"},
-                           layout=[[k, list(map(float, v))] for k, v in axes.items()]))
+                           layout=[[k, _axis_json(v)]
+                                   for k, v in axes.items()]))
     done, results = (store.load_done(chunk_dir, tag, grid.size) if chunk_dir
                      else (np.zeros(grid.size, bool), None))
     todo = np.flatnonzero(~done)
@@ -420,7 +465,7 @@ def _global_arrays(model, sizes, base, grid, results, config):
         values, _ = grid.block(np.arange(P))
         names = [k for k in results if k.startswith(BOUND_PREFIX)]
         for i in range(P):  # on the host, per point: K×K float64 linear algebra
-            hyper = dict(base, **point_lams(model, base, {k: float(v[i]) for k, v in
+            hyper = dict(base, **point_lams(model, base, {k: axis_value(v[i]) for k, v in
                                                           values.items()}))
             inputs = {k[len(BOUND_PREFIX):]: results[k][i] for k in names}
             if all(np.all(np.isfinite(v)) for v in inputs.values()):  # not a diverged point
@@ -438,8 +483,8 @@ def _global_arrays(model, sizes, base, grid, results, config):
 def _stack_hyper(model, base, values, B):
     """The stacked hyper [B] of a block of points: base values with the axes' values applied
     (see `point_lams`)."""
-    lams = point_lams(model, {k: np.full(B, v) for k, v in base.items()
-                              if k not in RUN_LEAVES}, values)
+    lams = point_lams(model, {k: np.broadcast_to(v, (B,) + np.shape(v)).copy()
+                              for k, v in base.items() if k not in RUN_LEAVES}, values)
     hyper = dict(lams)
     for k in RUN_LEAVES:
         if k in values:
@@ -460,7 +505,7 @@ def _theory_arrays(model, sizes, base, grid, objective):
     cells = math.prod(shape)
     values, _ = Grid(grid.axes, 0).block(np.arange(cells))
     preds = [predict(model, sizes, dict(base, **point_lams(
-        model, base, {k: float(v[i]) for k, v in values.items()}))) for i in range(cells)]
+        model, base, {k: axis_value(v[i]) for k, v in values.items()}))) for i in range(cells)]
     per_point = [p for p in preds for _ in range(max(grid.seeds, 1))]
     out = {"theory_objective": np.array([np.nan if p is None else p.objective
                                          for p in per_point]).reshape(grid.shape)}
@@ -610,7 +655,11 @@ def _assemble(parts, static, axes, order, seeds, configs):
         vals = static[k]
         arrays[k] = (np.array([_label(v) for v in vals]) if any(isinstance(v, tuple) for v in vals)
                      else np.asarray(vals))
-    arrays.update({k: np.asarray(v) for k, v in axes.items()})
+    for k, v in axes.items():  # a per-class axis mixing numbers and vectors: as planned, [P, K]
+        try:
+            arrays[k] = np.asarray(v, np.float64)
+        except ValueError:
+            arrays[k] = parts[0][k]
     if seeds:
         arrays["seed"] = parts[0]["seed"]
     first = configs[0]
@@ -635,7 +684,7 @@ def sweep_fingerprint(model_name, static, lams, axes, steps, lr, init_scale, var
     return fingerprint(dict(model=model_name, variant=list(variant),
                             static={k: [_json_value(v) for v in vals] for k, vals in static.items()},
                             lams=lams, lr=lr, init_scale=init_scale,
-                            axes={k: list(map(float, v)) for k, v in axes.items()},
+                            axes={k: _axis_json(v) for k, v in axes.items()},
                             steps=steps, dtype=str(jnp.result_type(float)),
                             **{k: v for k, v in kw.items() if k not in ("chunk", "n_devices",
                                                                           "micro")

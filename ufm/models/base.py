@@ -72,13 +72,18 @@ class Session(NamedTuple):
 
 class Hyper(NamedTuple):
     """A traced hyperparameter of a model: its name (the key in `hyper`, the flag --name with '_'
-    as '-', a sweep axis), its default, what it is, and whether it must be > 0 (else ≥ 0)."""
+    as '-', a sweep axis), its default, what it is, and whether it must be > 0 (else ≥ 0).
+
+    per_class: a vector of K values, one per class (in `hyper` an array [K]; the flag takes one
+    value for every class or K values joined by ','; a sweep axis is a ';'-separated list of such
+    vectors). Its default is one number, given to every class; bounds hold for every entry."""
 
     name: str
     default: float
     help: str
     positive: bool = False
     below: Optional[float] = None  # a strict upper bound, if any
+    per_class: bool = False
 
     @property
     def flag(self):
@@ -277,6 +282,8 @@ def _check_record(entry, model):
         if h.below is not None and (isinstance(h.below, bool) or not isinstance(
                 h.below, (int, float)) or h.default >= h.below):
             problems.append("`below` must be a number above the default")
+        if not isinstance(h.per_class, bool):
+            problems.append("per_class must be True or False")
         if problems:
             raise TypeError(f"{where}: malformed Hyper {h.name!r}: {'; '.join(problems)}")
         names.append(h.name)
