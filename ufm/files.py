@@ -1,5 +1,6 @@
 """Writing results: every file atomically (a temporary file beside it, then a rename), and one
-conversion of results to JSON (NaN and ±inf as null, numpy scalars and arrays as Python ones).
+conversion of results to JSON (NaN and ±inf as null, numpy scalars and arrays as Python ones);
+reading a matrix a model option names (`read_matrix`).
 
 Imports neither JAX nor the simulator, so `ufm measure` and plotting can use it alone.
 """
@@ -7,6 +8,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -58,3 +60,28 @@ def write_json(path, doc):
 def write_npz(path, arrays):
     """{name: array} to `path` as an uncompressed .npz, atomically."""
     atomic_write(path, lambda fh: np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()}))
+
+
+def read_matrix(value, what, key, expected="a matrix"):
+    """A real float64 array from a .npy, .npz (array `key`) or text/.csv file (2-D), or an
+    array-like; ValueError starting with `what` (e.g. "targets (--targets)") when it cannot be
+    read as `expected` or holds anything but real numbers. Shape and finiteness are the
+    caller's to check."""
+    if isinstance(value, str):
+        try:
+            if value.endswith(".npy"):
+                value = np.load(value, allow_pickle=False)
+            elif value.endswith(".npz"):
+                with np.load(value, allow_pickle=False) as f:
+                    value = f[key]
+            else:
+                with warnings.catch_warnings():  # an empty file: our message, not numpy's
+                    warnings.simplefilter("ignore")
+                    value = np.loadtxt(value, delimiter="," if value.endswith(".csv") else None,
+                                       ndmin=2)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{what} {value!r} cannot be read as {expected}: {err}") from None
+    kind = np.asarray(value).dtype.kind
+    if kind not in "biuf":  # complex (the imaginary part would be dropped), strings, objects
+        raise ValueError(f"{what} must hold real numbers, got {np.asarray(value).dtype} entries")
+    return np.asarray(value, np.float64)

@@ -424,6 +424,8 @@ UNDEFINED_REASONS = (  # (name prefix, why a NaN value of that measurement has n
     ("max_angle", "a class mean or classifier row is zero: no direction"),
     ("cos_", "a class mean is zero: no direction"),
     ("han_", "the least-squares problem of the decomposition is singular"),
+    ("nrc3", "the predicted W Wᵀ is zero (every singular value thresholded) or λ_W = 0"),
+    ("nrc", "the centred features are zero (to round-off): no subspace to measure"),
 )
 
 

@@ -3,13 +3,13 @@ one-hot labels by default, T = I; any K×K matrix from a file with `--targets`).
 whole model: its objective, its closed form (any counts) and its registration (the worked example
 of docs/architecture.md; docs/theory.md §3.11)."""
 import math
-import warnings
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex, metrics
+from ufm.files import read_matrix
 from ufm.models.base import TWO_FACTOR_SYMMETRY, Hyper, Model, Option, register, sq
 from ufm.models.plain import (MSE_LOSS, TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                              two_factor_measurements)
@@ -20,26 +20,7 @@ GAMMA = Hyper("gamma", 1.0, "γ, the scale of the targets γY (default 1)", posi
 def read_targets(value):
     """The `targets` option as a hashable K×K tuple: from a .npy, .npz (array `targets`) or text
     file, or an array; ValueError naming the option otherwise."""
-    what = f"targets (--targets) {value!r}"
-    if isinstance(value, str):
-        try:
-            if value.endswith(".npy"):
-                value = np.load(value, allow_pickle=False)
-            elif value.endswith(".npz"):
-                with np.load(value, allow_pickle=False) as f:
-                    value = f["targets"]
-            else:
-                with warnings.catch_warnings():  # an empty file: our message, not numpy's
-                    warnings.simplefilter("ignore")
-                    value = np.loadtxt(value, delimiter="," if value.endswith(".csv") else None,
-                                       ndmin=2)
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"{what} cannot be read as a K×K matrix: {err}") from None
-    kind = np.asarray(value).dtype.kind
-    if kind not in "biuf":  # complex (the imaginary part would be dropped), strings, objects
-        raise ValueError(f"targets (--targets) must hold real numbers, got "
-                         f"{np.asarray(value).dtype} entries")
-    T = np.asarray(value, np.float64)
+    T = read_matrix(value, "targets (--targets)", "targets", "a K×K matrix")
     if T.ndim != 2 or T.shape[0] != T.shape[1] or not np.all(np.isfinite(T)):
         raise ValueError(f"targets (--targets) must be a finite K×K matrix (column k: class k's "
                          f"target vector), got shape {T.shape}")

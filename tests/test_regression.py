@@ -1,0 +1,114 @@
+"""The regression UFM with per-sample targets (ufm/models/regression.py; docs/theory.md §3.13):
+its closed form at any d, on both sides of every threshold, the NRC1–3 collapse at λ > 0 and its
+absence at λ = 0. Float64 (conftest)."""
+import math
+
+import numpy as np
+import pytest
+
+from ufm import runner, sweep
+from ufm.cli import main
+
+RNG = np.random.default_rng(0)
+Y = RNG.normal(size=(3, 40)) + np.array([[2.0], [0.0], [-1.0]])  # m = 3 outputs, N = 40
+COUNTS = (14, 13, 13)  # N = 40 as K = 3 "counts"
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory):
+    path = tmp_path_factory.mktemp("targets") / "Y.npy"
+    np.save(path, Y)
+    return str(path)
+
+
+def closed_form(Y, lam_W, lam_H, d, bias):
+    """f* by the eigenvalues of the target covariance (not the model's SVD path)."""
+    Yc = Y - Y.mean(axis=1, keepdims=True) if bias else Y
+    N = Y.shape[1]
+    sigma = np.sqrt(np.clip(np.linalg.eigvalsh(Yc @ Yc.T), 0, None))[::-1]  # σ_i of Ỹ
+    mu = math.sqrt(lam_W * lam_H)
+    total = 0.0
+    for i, s in enumerate(sigma):
+        if i < d and s > N * mu:
+            total += mu * s - N * mu * mu / 2
+        else:
+            total += s * s / (2 * N)
+    return total
+
+
+def train(targets, lam, d, bias, **kw):
+    return runner.train("regression", K=3, n=COUNTS, d=d, steps=3000, optimizer="lbfgs",
+                        lam_W=lam, lam_H=2 * lam, allow_small_d=True,
+                        options=dict(targets=targets, bias=bias), **kw)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("lam,d", [(1e-3, 6), (1e-3, 2), (3e-2, 6), (3e-2, 1), (0.5, 6)])
+def test_the_closed_form_at_any_d_on_both_sides_of_the_threshold(targets, lam, d, bias):
+    r = train(targets, lam, d, bias)
+    expect = closed_form(Y, lam, 2 * lam, d, bias)
+    assert r.certificate["converged"]
+    # L-BFGS stops at a relative gradient norm ≤ 1e-10: the objective's error is its square
+    assert r.final["objective"] == pytest.approx(expect, rel=1e-10)
+    assert r.theory.objective == pytest.approx(expect, rel=1e-12)
+    zero = all(k == 0 for k in r.theory.kept)
+    assert (r.theory.structure == "zero") == zero
+    if not zero:  # collapse: features in the top-m PCA span and in W's row span; W Wᵀ predicted
+        assert r.final["nrc1"] < 1e-10 and r.final["nrc2"] < 1e-10 and r.final["nrc3"] < 1e-6
+
+
+def test_the_classifier_gram_is_the_covariance_formula(targets):
+    """W Wᵀ = √(λ_H/λ_W)·(√N·Σ^½ − Nμ·I)₊ with Σ the target covariance (d ≥ m)."""
+    lam_W, lam_H = 2e-3, 4e-3
+    r = runner.train("regression", K=3, n=COUNTS, d=6, steps=3000, optimizer="lbfgs",
+                     lam_W=lam_W, lam_H=lam_H, options=dict(targets=targets))
+    N = Y.shape[1]
+    vals, vecs = np.linalg.eigh(Y @ Y.T / N)
+    root = np.sqrt(np.clip(vals, 0, None))
+    mu = math.sqrt(lam_W * lam_H)
+    expect = math.sqrt(lam_H / lam_W) * (vecs * np.maximum(math.sqrt(N) * root - N * mu, 0)) @ vecs.T
+    W = np.asarray(r.params["W"])
+    np.testing.assert_allclose(W @ W.T, expect, atol=1e-7 * np.abs(expect).max())
+
+
+def test_without_regularisation_there_is_no_collapse(targets):
+    r = train(targets, 0.0, 6, False, init_scale=1.0)
+    assert r.final["objective"] < 1e-20  # interpolation
+    assert r.final["nrc1"] > 0.05  # features keep their start's directions beyond m
+    assert math.isnan(r.final["nrc3"]) and "nrc3" in r.undefined
+    assert r.theory is None  # no theorem at λ = 0
+
+
+def test_the_one_hot_default_is_the_classification_model():
+    for bias, other in ((False, "bias-free"), (True, "unregularized-bias")):
+        kw = dict(K=3, n=5, d=4, steps=300, optimizer="lbfgs", lam_W=0.01, lam_H=0.02)
+        r = runner.train("regression", options=dict(bias=bias), **kw)
+        o = runner.train(other, **kw)
+        assert r.final["objective"] == pytest.approx(o.final["objective"], rel=1e-12)
+
+
+def test_a_sweep_carries_the_closed_form(targets):
+    arrays, _ = sweep.run_grid("regression", {"K": [3], "d": [6], "n": [COUNTS]}, {},
+                               {"lam_W": [1e-3, 0.3]}, order=["lam_W"], steps=3000,
+                               optimizer="lbfgs", options=dict(targets=targets))
+    for i, lam in enumerate([1e-3, 0.3]):
+        expect = closed_form(Y, lam, 5e-3, 6, False)
+        assert arrays["theory_objective"][i] == pytest.approx(expect, rel=1e-12)
+        assert arrays["objective"][i] == pytest.approx(expect, rel=1e-9)
+
+
+@pytest.mark.parametrize("content,needle", [
+    (np.ones((2, 40)), "targets (--targets) is 2×40 (m×N) but K (--K) is 3"),
+    (np.ones((3, 41)), "and N = 40 samples"),
+    (np.array([[1.0, np.nan, 2.0]]), "must be a finite m×N matrix"),
+    (np.ones(5), "must be a finite m×N matrix"),
+    (np.array([["a", "b"]]), "must hold real numbers"),
+])
+def test_bad_targets_are_one_line(content, needle, tmp_path, capsys):
+    path = tmp_path / "T.npy"
+    np.save(path, content)
+    rc = main(["train", "regression", "--K", "3", "--n", "14,13,13", "--targets", str(path),
+               "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
