@@ -193,6 +193,16 @@ def _add_measure_parser(sub):
                         ".npz members) for N too large to hold; the same numbers as in memory")
     m.add_argument("--chunk-rows", type=int, default=None,
                    help="rows per chunk (default: as many as --budget allows)")
+    m.add_argument("--ood", default=None, metavar="OOD.npz",
+                   help="out-of-distribution detection at the classifier layer: OOD.npz holds "
+                        "`ood` [M, d] (and optionally `id`, in-distribution test rows; default "
+                        "the measured rows), or OOD.npy the OOD rows: nc5, and the AUROC and "
+                        "FPR at 95%% TPR of neco, neco_std, nci, max_logit; per-sample scores "
+                        "in ood_scores.npz")
+    m.add_argument("--neco-dim", type=int, default=None,
+                   help="NECO's principal directions (default K − 1)")
+    m.add_argument("--nci-alpha", type=float, default=None,
+                   help="NCI's weight of the feature L1 norm (default 1e-4)")
     m.add_argument("--out", default=None, help="output folder (default runs/measure)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.add_argument("--plot", action="store_true",
@@ -945,6 +955,19 @@ def cmd_measure(args):
             options["reference"] = measure.reference_statistics(
                 args.reference, layers=args.layer, stream=args.stream,
                 chunk_rows=args.chunk_rows, budget_bytes=options["budget_bytes"])
+        ood = None
+        if args.ood is None and (args.neco_dim is not None or args.nci_alpha is not None):
+            raise UsageError("--neco-dim and --nci-alpha set the scores of --ood: give --ood")
+        if args.ood is not None:
+            from ufm.measure import ood as ood_mod
+
+            if args.pool or len(files) > 1:
+                raise UsageError("ood (--ood) scores one measured file's classifier layer: not "
+                                 "with several files or --pool")
+            ood = ood_mod.ood_file(files[0], args.ood, layers=args.layer, labels=args.labels,
+                                   W=args.classifier, b=args.bias, neco_dim=args.neco_dim,
+                                   alpha=ood_mod.NCI_ALPHA if args.nci_alpha is None
+                                   else args.nci_alpha)
         if args.pool:
             docs = [measure.measure_pooled(files, layers=args.layer, stream=args.stream,
                                            **options)]
@@ -954,12 +977,20 @@ def cmd_measure(args):
                                          **options) for f in files]
     except ValueError as err:
         return _error(err)
+    if ood is not None:
+        from ufm.files import write_npz
+
+        docs[0]["ood"] = ood[0]
+        write_npz(os.path.join(out, "ood_scores.npz"), ood[1])
     measure.write(docs[0] if len(docs) == 1 else {"files": docs}, out)
     measure.write_csv(docs, out)
     for doc in docs:
         if len(docs) > 1:
             print(f"\n{doc['source']['file']}")
         print(measure.format_report(doc))
+    if ood is not None:
+        print(ood_mod.format_ood(ood[0]))
+        print(f"wrote {out}/ood_scores.npz (per-sample scores, higher: in-distribution)")
     print(f"wrote {out}/measure.json and {out}/measure.csv")
     _write_plot(out, args)
     return 0
