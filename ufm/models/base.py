@@ -15,8 +15,9 @@ One argument order for every model function (docs/architecture.md, "A model"):
 training of the fixed classifiers). Sizes set shapes and are static; the hyperparameters are
 traced, so a new value never recompiles and a grid is a `vmap` away.
 """
+import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -107,37 +108,108 @@ class Option(NamedTuple):
         return "--" + self.name.replace("_", "-")
 
 
-class Model(NamedTuple):
-    """A named UFM: pure functions (argument order in the module docstring) and what the CLI,
-    sweeps, limits and the certificate need to know about it."""
+# --- the hooks' call signatures (what a model file implements) -------------------------------
+
+class Init(Protocol):
+    def __call__(self, key: Any, hyper: dict, sizes: Sizes) -> dict: ...
+
+
+class Objective(Protocol):
+    def __call__(self, params: dict, hyper: dict, sizes: Sizes,
+                 session: Optional[Session] = None) -> Any: ...
+
+
+class Measure(Protocol):
+    def __call__(self, params: dict, hyper: dict, sizes: Sizes,
+                 session: Optional[Session] = None) -> dict: ...
+
+
+class Project(Protocol):
+    def __call__(self, params: dict, hyper: dict, sizes: Sizes,
+                 session: Optional[Session] = None) -> dict: ...
+
+
+class Theory(Protocol):
+    """A closed-form prediction (a NamedTuple with at least `objective`, `structure` and
+    `describe()`), or None where no theorem applies."""
+
+    def __call__(self, hyper: dict, sizes: Sizes) -> Any: ...
+
+
+class MinD(Protocol):
+    def __call__(self, K: int) -> int: ...
+
+
+class Check(Protocol):
+    """Raise ValueError (naming the parameter) for sizes this variant cannot take."""
+
+    def __call__(self, sizes: Sizes) -> None: ...
+
+
+class BoundInputs(Protocol):
+    """Traceable: the small arrays the global bound needs of a point (e.g. class logits)."""
+
+    def __call__(self, params: dict, sizes: Sizes) -> dict: ...
+
+
+class LowerBound(Protocol):
+    """Float64 numpy on the host: a lower bound on the global minimum from any point's inputs."""
+
+    def __call__(self, inputs: dict, hyper: dict, sizes: Sizes) -> float: ...
+
+
+class Solver(Protocol):
+    """Traceable: (params, iterations, relative gap) of the model's convex problem."""
+
+    def __call__(self, model: "Model", sizes: Sizes, hyper: dict, max_iter: int, tol: float,
+                 key: Any) -> tuple: ...
+
+
+class Kinks(Protocol):
+    def __call__(self, params: dict, sizes: Sizes) -> tuple: ...
+
+
+class Constructions(Protocol):
+    def __call__(self, hyper: dict, sizes: Sizes) -> dict: ...
+
+
+class GlobalCertificate(NamedTuple):
+    """The global certificate's hooks (docs/theory.md §5), one optional sub-record of a Model:
+    where a convex reformulation exists, a lower bound on the global minimum from any point."""
+
+    bound_inputs: BoundInputs
+    lower_bound: LowerBound
+    convex_min_d: Optional[MinD] = None  # K -> the d from which the convex bound is attained
+    two_factor: Optional[Any] = None  # convex.TwoFactor: the reduced problem of a two-factor model
+    solver: Optional[Solver] = None  # `--optimizer convex`, or None
+
+
+CERTIFICATE_FIELDS = GlobalCertificate._fields
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Model:
+    """A named UFM, built by keyword: pure functions (argument order in the module docstring;
+    call signatures above) and what the CLI, sweeps, limits and the certificates need to know
+    about it."""
 
     name: str
     description: str  # one line: the objective and where it comes from
-    init: Callable
-    objective: Callable
-    measure: Callable
+    init: Init
+    objective: Objective
+    measure: Measure
     hypers: tuple  # Hyper specs of the λ's / bounds it takes
-    theorem_min_d: Callable  # K -> the smallest d its theorem covers
+    theorem_min_d: MinD  # K -> the smallest d its theorem covers
     init_scale: float  # the paper's default std of the initialisation
-    theory: Callable  # (hyper, sizes) -> closed-form prediction or None
-    project: Optional[Callable] = None  # the projection after every step (constrained models)
+    theory: Theory  # (hyper, sizes) -> closed-form prediction or None
+    project: Optional[Project] = None  # the projection after every step (constrained models)
     depth: Optional[int] = None  # L, the weight matrices after H_1 (layered models)
     fixed_blocks: tuple = ()  # parameter blocks that are inputs, not variables (E)
     bias: Optional[str] = None  # None, 'free' or 'regularized'
     sessions: bool = False  # whether class-incremental sessions apply (fixed classifiers)
     options: tuple = ()  # (name, value) of the static options that built this variant
-    # The global certificate (docs/theory.md §5), or None where no convex reformulation exists:
-    # bound_inputs(params, sizes) -> {name: small array} (traceable: what the bound needs, e.g. the
-    # class logits [K, K]); lower_bound(inputs, hyper, sizes) -> float, a float64 lower bound on
-    # the global minimum (numpy, on the host).
-    bound_inputs: Optional[Callable] = None
-    lower_bound: Optional[Callable] = None
-    convex_min_d: Optional[Callable] = None  # K -> the d from which the convex bound is attained
-    two_factor: Optional[Any] = None  # convex.TwoFactor: the reduced problem of a two-factor model
-    # `--optimizer convex`: solver(model, sizes, hyper, max_iter, tol, key) -> (params, iterations,
-    # relative gap), a traceable solver of the model's convex problem, or None
-    solver: Optional[Callable] = None
-    check: Optional[Callable] = None  # check(sizes): ValueError for sizes this variant cannot take
+    certificate: Optional[GlobalCertificate] = None  # None: no convex reformulation known
+    check: Optional[Check] = None  # ValueError for sizes this variant cannot take
     # The continuous symmetries (docs/theory.md §6.1): ((left, right), …) pairs of parameter blocks
     # whose product left·right is all the objective sees of them, so (left, right) → (left·Q,
     # Qᵀ·right) for any orthogonal Q leaves it unchanged. The second-order certificate
@@ -145,12 +217,31 @@ class Model(NamedTuple):
     # third element activity(params) -> [b, N] bool makes the interface local (ReLU): A may only
     # couple units i, j whose activity rows are equal.
     symmetries: tuple = ()
-    # kinks(params, sizes) -> (pre-activations [d, N], …) at whose zeros the objective is not twice
-    # differentiable (ReLU); None for a smooth model
-    kinks: Optional[Callable] = None
-    # constructions(hyper, sizes) -> {name: params}: structured points a run can start from
-    # (`--init-from NAME`, docs/theory.md §6.5), or None
-    constructions: Optional[Callable] = None
+    # the pre-activations [d, N], … at whose zeros the objective is not twice differentiable
+    # (ReLU); None for a smooth model
+    kinks: Optional[Kinks] = None
+    # structured points a run can start from (`--init-from NAME`, docs/theory.md §6.5), or None
+    constructions: Optional[Constructions] = None
+
+    # the certificate's hooks, read through the sub-record (None without one)
+    bound_inputs = property(lambda self: self._hook("bound_inputs"))
+    lower_bound = property(lambda self: self._hook("lower_bound"))
+    convex_min_d = property(lambda self: self._hook("convex_min_d"))
+    two_factor = property(lambda self: self._hook("two_factor"))
+    solver = property(lambda self: self._hook("solver"))
+
+    def _hook(self, name):
+        return None if self.certificate is None else getattr(self.certificate, name)
+
+    def _replace(self, **changes):
+        """A copy with `changes` (a certificate hook by its own name changes the sub-record;
+        without a lower bound left, the model has no certificate)."""
+        hooks = {k: changes.pop(k) for k in CERTIFICATE_FIELDS if k in changes}
+        if hooks:
+            current = self.certificate or GlobalCertificate(None, None)
+            cert = current._replace(**hooks)
+            changes["certificate"] = cert if cert.lower_bound is not None else None
+        return dataclasses.replace(self, **changes)
 
     @property
     def hyper_names(self):

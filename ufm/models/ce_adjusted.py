@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex, metrics, theory
-from ufm.models.base import (TWO_FACTOR_SYMMETRY, Hyper, Model, Option, one_hot_targets,
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, Hyper, GlobalCertificate, Model, Option, one_hot_targets,
                              register, sq)
 from ufm.models.cross_entropy import _entropy, _p_minus_t, _simplex_cap
 from ufm.models.plain import TWO_FACTOR, class_logits, two_factor_init, two_factor_measurements
@@ -141,8 +141,9 @@ def build(reduction="mean"):
                     f"{reduction} over samples",
         init=two_factor_init(False), objective=objective(reduction),
         measure=two_factor_measurements(False), hypers=HYPERS, theorem_min_d=lambda K: K - 1,
-        init_scale=1.0, theory=prediction, bound_inputs=class_logits,
-        lower_bound=lower_bound(reduction), convex_min_d=lambda K: K,
+        init_scale=1.0, theory=prediction,
+        certificate=GlobalCertificate(class_logits, lower_bound(reduction),
+                                      convex_min_d=lambda K: K),
         symmetries=TWO_FACTOR_SYMMETRY, options=(("reduction", reduction),))
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex, geometry, linalg, metrics, theory
-from ufm.models.base import (BOUND, Hyper, Model, Option, gaussian_blocks, one_hot_targets,
+from ufm.models.base import (BOUND, Hyper, GlobalCertificate, Model, Option, gaussian_blocks, one_hot_targets,
                              register)
 
 LOSSES = ("ce", "dot-regression")
@@ -209,15 +209,18 @@ def constrained_model(name, frame, loss="ce", alpha="none", mask_softmax=False):
     hypers = (E_H, E_W) if frame == "learnable" else (E_H,)
     halfspace = frame == "orthogonal"
     return Model(
-        name, f"{loss} of features ‖h‖² ≤ E_H against {FRAME_TEXT[frame]}, projected GD",
-        _init(frame), _objective(loss, alpha, mask_softmax), _measure(halfspace, mask_softmax),
-        hypers, (lambda K: K) if halfspace else (lambda K: K - 1), 1.0,
-        lambda hyper, sizes: theory.prototypes(hyper, sizes, frame, loss, alpha),
-        _project(halfspace, mask_softmax), fixed_blocks=("E",) if frame != "learnable" else (),
-        sessions=frame != "learnable", bound_inputs=_bound_inputs,
-        lower_bound=_lower_bound(loss, alpha, halfspace),
-        convex_min_d=(lambda K: 2 * K) if frame == "learnable" else (lambda K: 1),
-        solver=_solver(frame, loss, alpha))
+        name=name,
+        description=f"{loss} of features ‖h‖² ≤ E_H against {FRAME_TEXT[frame]}, projected GD",
+        init=_init(frame), objective=_objective(loss, alpha, mask_softmax),
+        measure=_measure(halfspace, mask_softmax), hypers=hypers,
+        theorem_min_d=(lambda K: K) if halfspace else (lambda K: K - 1), init_scale=1.0,
+        theory=lambda hyper, sizes: theory.prototypes(hyper, sizes, frame, loss, alpha),
+        project=_project(halfspace, mask_softmax),
+        fixed_blocks=("E",) if frame != "learnable" else (), sessions=frame != "learnable",
+        certificate=GlobalCertificate(
+            _bound_inputs, _lower_bound(loss, alpha, halfspace),
+            convex_min_d=(lambda K: 2 * K) if frame == "learnable" else (lambda K: 1),
+            solver=_solver(frame, loss, alpha)))
 
 
 def _options(losses):

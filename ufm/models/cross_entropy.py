@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex, metrics, theory
-from ufm.models.base import (TWO_FACTOR_SYMMETRY, Model, balanced_only, one_hot_targets,
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, GlobalCertificate, Model, balanced_only, one_hot_targets,
                              register, sq)
 from ufm.models.plain import (LAM_B, TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                              two_factor_measurements)
@@ -92,14 +92,18 @@ def cross_entropy_model(name, bias):
     """The cross-entropy UFM (Zhu et al. 2021), bias-free or with a regularized bias."""
     hypers = TWO_FACTOR + ((LAM_B,) if bias else ())
     return Model(
-        name, f"cross-entropy UFM: (1/N)Σ CE(Wh{' + b' if bias else ''}, y) + λ_W/2‖W‖² + "
-              f"λ_H/2‖H‖²{' + λ_b/2‖b‖²' if bias else ''} (Zhu et al. 2021)",
-        two_factor_init(bias), objective, two_factor_measurements(False), hypers,
-        lambda K: K - 1, 1.0,
-        balanced_only(lambda hyper, sizes: theory.cross_entropy(hyper, sizes, bias)),
-        bias="regularized" if bias else None, bound_inputs=class_logits,
-        lower_bound=penalised_bound(CE, "regularized" if bias else None),
-        convex_min_d=lambda K: K, solver=convex.solve, two_factor=CE,
+        name=name,
+        description=f"cross-entropy UFM: (1/N)Σ CE(Wh{' + b' if bias else ''}, y) + "
+                    f"λ_W/2‖W‖² + λ_H/2‖H‖²{' + λ_b/2‖b‖²' if bias else ''} (Zhu et al. 2021)",
+        init=two_factor_init(bias), objective=objective,
+        measure=two_factor_measurements(False), hypers=hypers, theorem_min_d=lambda K: K - 1,
+        init_scale=1.0,
+        theory=balanced_only(lambda hyper, sizes: theory.cross_entropy(hyper, sizes, bias)),
+        bias="regularized" if bias else None,
+        certificate=GlobalCertificate(class_logits,
+                                      penalised_bound(CE, "regularized" if bias else None),
+                                      convex_min_d=lambda K: K, two_factor=CE,
+                                      solver=convex.solve),
         symmetries=TWO_FACTOR_SYMMETRY)
 
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from ufm import convex, metrics
-from ufm.models.base import (TWO_FACTOR_SYMMETRY, Hyper, Model, balanced_only, one_hot_targets,
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, Hyper, GlobalCertificate, Model, balanced_only, one_hot_targets,
                              register, sq)
 from ufm.models.cross_entropy import CE_LOSS
 from ufm.models.plain import (TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
@@ -66,8 +66,12 @@ def theory(hyper, sizes):
 REDUCED = convex.TwoFactor(CE_LOSS, lambda hyper, sizes: smoothed_targets(hyper, sizes.K))
 
 register("ce-smoothing")(lambda: Model(
-    "ce-smoothing", "(1/N)Σ CE(Wh, (1 − ε)e_y + ε/K) + λ_W/2‖W‖² + λ_H/2‖H‖² (label smoothing)",
-    two_factor_init(False), objective, two_factor_measurements(False), TWO_FACTOR + (SMOOTHING,),
-    lambda K: K - 1, 1.0, balanced_only(theory), bound_inputs=class_logits,
-    lower_bound=penalised_bound(REDUCED, None), convex_min_d=lambda K: K, solver=convex.solve, two_factor=REDUCED,
+    name="ce-smoothing",
+    description="(1/N)Σ CE(Wh, (1 − ε)e_y + ε/K) + λ_W/2‖W‖² + λ_H/2‖H‖² (label smoothing)",
+    init=two_factor_init(False), objective=objective, measure=two_factor_measurements(False),
+    hypers=TWO_FACTOR + (SMOOTHING,), theorem_min_d=lambda K: K - 1, init_scale=1.0,
+    theory=balanced_only(theory),
+    certificate=GlobalCertificate(class_logits, penalised_bound(REDUCED, None),
+                                  convex_min_d=lambda K: K, two_factor=REDUCED,
+                                  solver=convex.solve),
     symmetries=TWO_FACTOR_SYMMETRY))

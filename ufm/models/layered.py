@@ -168,10 +168,13 @@ def layered_model(name, depth, activation, loss="mse"):
         prediction = lambda hyper, sizes: theory.layered(hyper, sizes, depth, activation)
     fit = "Σ CE(·, y)/N" if loss == "ce" else "‖· − Y‖²/(2N)"
     sigma = "" if activation == "linear" else "σ = ReLU, "
-    return Model(name, f"{fit} of W_L σ(W_(L−1) ⋯ σ(W_1 H_1)) with {sigma}weight decay on every "
-                       f"W_l and H_1", layered_init(depth), layered_objective(activation, loss),
-                 layered_measure(activation), hypers,
-                 (lambda K: K - 1) if loss == "ce" else (lambda K: K), 0.1, prediction,
+    return Model(name=name,
+                 description=f"{fit} of W_L σ(W_(L−1) ⋯ σ(W_1 H_1)) with {sigma}weight decay "
+                             f"on every W_l and H_1",
+                 init=layered_init(depth), objective=layered_objective(activation, loss),
+                 measure=layered_measure(activation), hypers=hypers,
+                 theorem_min_d=(lambda K: K - 1) if loss == "ce" else (lambda K: K),
+                 init_scale=0.1, theory=prediction,
                  depth=depth, symmetries=layered_symmetries(depth, activation),
                  kinks=None if activation == "linear" else pre_activations,
                  constructions=ce_constructions(depth) if loss == "ce" else None)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex, metrics, theory
-from ufm.models.base import (TWO_FACTOR_SYMMETRY, Model, balanced_only, gaussian_blocks, lam,
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, GlobalCertificate, Model, balanced_only, gaussian_blocks, lam,
                              one_hot_targets, register, sq)
 
 
@@ -51,6 +51,7 @@ def two_factor_measurements(mse):
         if "b" in params:
             out["b_mean"] = jnp.mean(params["b"])
             out["b_spread"] = jnp.max(params["b"]) - jnp.min(params["b"])
+            out["cos_uncentred_H"] = metrics.mean_cosine_uncentred(H, sizes.classes)
             if mse and sizes.balanced:  # their W̃_LS formula is for balanced classes
                 han = metrics.han_decomposition(W, params["b"], H, hyper["lam_W"])
                 out.update(han_nc1=han.nc1, han_nc23=han.nc23, han_ls_perp=han.ls_perp)
@@ -110,13 +111,17 @@ def plain_model(name, bias):
     hypers = TWO_FACTOR + ((LAM_B,) if bias == "regularized" else ())
     what = {None: "bias-free", "free": "unregularized bias", "regularized": "regularized bias"}
     return Model(
-        name, f"MSE UFM, {what[bias]}: 1/(2N)‖WH{' + b1ᵀ' if bias else ''} − Y‖² + λ_W/2‖W‖² "
-              f"+ λ_H/2‖H‖²{' + λ_b/2‖b‖²' if bias == 'regularized' else ''} (Tirer & Bruna)",
-        two_factor_init(bias is not None), objective, two_factor_measurements(True), hypers,
-        (lambda K: K - 1) if bias == "free" else (lambda K: K), 1.0,
-        balanced_only(lambda hyper, sizes: theory.plain(hyper, sizes, bias)), bias=bias,
-        bound_inputs=class_logits, lower_bound=penalised_bound(MSE, bias),
-        convex_min_d=lambda K: K, solver=convex.solve, two_factor=MSE,
+        name=name,
+        description=f"MSE UFM, {what[bias]}: 1/(2N)‖WH{' + b1ᵀ' if bias else ''} − Y‖² + "
+                    f"λ_W/2‖W‖² + λ_H/2‖H‖²{' + λ_b/2‖b‖²' if bias == 'regularized' else ''} "
+                    f"(Tirer & Bruna)",
+        init=two_factor_init(bias is not None), objective=objective,
+        measure=two_factor_measurements(True), hypers=hypers,
+        theorem_min_d=(lambda K: K - 1) if bias == "free" else (lambda K: K), init_scale=1.0,
+        theory=balanced_only(lambda hyper, sizes: theory.plain(hyper, sizes, bias)), bias=bias,
+        certificate=GlobalCertificate(class_logits, penalised_bound(MSE, bias),
+                                      convex_min_d=lambda K: K, two_factor=MSE,
+                                      solver=convex.solve),
         symmetries=TWO_FACTOR_SYMMETRY)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ufm import convex, metrics
 from ufm.files import read_matrix
-from ufm.models.base import TWO_FACTOR_SYMMETRY, Hyper, Model, Option, register, sq
+from ufm.models.base import TWO_FACTOR_SYMMETRY, Hyper, GlobalCertificate, Model, Option, register, sq
 from ufm.models.plain import (MSE_LOSS, TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                              two_factor_measurements)
 
@@ -83,12 +83,14 @@ def scaled_target_model(targets=None):
     reduced = convex.TwoFactor(MSE_LOSS, per_class)
     fit = "γY" if targets is None else "γT·E (targets from --targets)"
     return Model(
-        "scaled-target", f"1/(2N)‖WH − {fit}‖² + λ_W/2‖W‖² + λ_H/2‖H‖² (a regression UFM)",
-        two_factor_init(False), objective, two_factor_measurements(True), TWO_FACTOR + (GAMMA,),
-        lambda K: K, 1.0, theory, bound_inputs=class_logits,
-        lower_bound=penalised_bound(reduced, None), convex_min_d=lambda K: K,
-        solver=convex.solve, two_factor=reduced, check=check,
-        symmetries=TWO_FACTOR_SYMMETRY)
+        name="scaled-target",
+        description=f"1/(2N)‖WH − {fit}‖² + λ_W/2‖W‖² + λ_H/2‖H‖² (a regression UFM)",
+        init=two_factor_init(False), objective=objective, measure=two_factor_measurements(True),
+        hypers=TWO_FACTOR + (GAMMA,), theorem_min_d=lambda K: K, init_scale=1.0, theory=theory,
+        certificate=GlobalCertificate(class_logits, penalised_bound(reduced, None),
+                                      convex_min_d=lambda K: K, two_factor=reduced,
+                                      solver=convex.solve),
+        check=check, symmetries=TWO_FACTOR_SYMMETRY)
 
 
 class TargetPrediction(NamedTuple):

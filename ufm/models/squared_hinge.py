@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex
-from ufm.models.base import TWO_FACTOR_SYMMETRY, Model, one_hot_targets, register, sq
+from ufm.models.base import TWO_FACTOR_SYMMETRY, GlobalCertificate, Model, one_hot_targets, register, sq
 from ufm.models.plain import (TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                               two_factor_measurements)
 
@@ -72,6 +72,8 @@ register("squared-hinge")(lambda: Model(
                 "squared hinge)",
     init=two_factor_init(False), objective=objective, measure=two_factor_measurements(False),
     hypers=TWO_FACTOR, theorem_min_d=lambda K: 1, init_scale=1.0,
-    theory=lambda hyper, sizes: None, bound_inputs=class_logits,
-    lower_bound=penalised_bound(PROBLEM, None), convex_min_d=lambda K: K, solver=convex.solve,
-    two_factor=PROBLEM, symmetries=TWO_FACTOR_SYMMETRY))
+    theory=lambda hyper, sizes: None,
+    certificate=GlobalCertificate(class_logits, penalised_bound(PROBLEM, None),
+                                  convex_min_d=lambda K: K, two_factor=PROBLEM,
+                                  solver=convex.solve),
+    symmetries=TWO_FACTOR_SYMMETRY))
