@@ -5,4 +5,5 @@ SCRIPTS = ("bias_free", "unregularized_bias", "linear_extended", "relu_extended"
            "minority_collapse", "incremental_sessions", "orthogonal_classifier",
            "depthwise_network", "deep_linear_thresholds", "deep_ce_low_rank",
            "deep_relu_below_dnc", "imbalanced_ce", "certified_phase_diagram",
-           "hessian_spectra", "constructions", "landscape_basins")
+           "hessian_spectra", "constructions", "landscape_basins", "bias_transition",
+           "regression_collapse")

@@ -212,6 +212,26 @@ def check_saved_numbers(name, a, cfg, data):
         checked += _not_below(a["seed_objective"], a["optimum"][..., None])
         assert np.all(a["seed_lower_bound"] <= a["optimum"][..., None] * (1 + 1e-12))
         np.testing.assert_allclose(a["fraction_global"], a["seed_global"].mean(-1))
+    if name == "bias_transition":  # certified points on the closed form; CE stays an ETF
+        for p, (lam_W, lam_H) in enumerate(cfg["lam_pairs"]):
+            key = f"regularized-bias/{p}"
+            assert a[f"{key}/global"].all() and a[f"ce-bias/{p}/global"].all()
+            for i, K in enumerate(cfg["Ks"]):
+                np.testing.assert_allclose(a[f"{key}/cos_uncentred_H"][i],
+                                           a[f"{key}/theory_cos/K={K}"], atol=1e-7)
+                np.testing.assert_allclose(a[f"ce-bias/{p}/cos_uncentred_H"][i], -1 / (K - 1),
+                                           atol=1e-7)
+                checked += 2 * len(a["lam_b"])
+        for row in cfg["rows"]:  # the simulation leaves the ETF after the predicted λ_b*
+            assert row["departs_at"] is None or row["departs_at"] > row["transition"]
+    if name == "regression_collapse":  # on the closed form; collapse exactly where Z ≠ 0
+        np.testing.assert_allclose(a["objective"], a["theory"], rtol=1e-9)
+        checked += _not_below(a["objective"], a["theory"])
+        nonzero = np.isfinite(a["nrc3"])
+        assert nonzero.any() and np.all(a["nrc1"][nonzero] < 1e-9)
+        assert np.all(a["nrc2"][nonzero] < 1e-9) and np.all(a["nrc3"][nonzero] < 1e-6)
+        assert np.all(a["zero_objective"] < 1e-16) and np.all(a["zero_nrc1"] > 0.01)
+        checked += int(nonzero.sum())
     if name == "hessian_spectra":  # λ_min is the spectrum's, the kind follows from it
         for row in cfg["rows"]:
             ev = a[f"{row['key']}/eigenvalues"]

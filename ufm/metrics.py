@@ -311,6 +311,13 @@ def max_angle_features(H, K):
     return jnp.mean(jnp.abs(_defined_cosines(centred_means(H, K)) + 1.0 / (k - 1)))
 
 
+def mean_cosine_uncentred(H, K):
+    """Avg_{k≠k'} cos(h̄_k, h̄_k') of the uncentred class means: −1/(K−1) at a simplex ETF
+    centred at the origin, 0 at an orthogonal frame (the bias transition, docs/theory.md §3.3);
+    NaN if a class mean is zero."""
+    return jnp.mean(_defined_cosines(class_means(H, K)))
+
+
 def max_angle_weights(W):
     """Avg_{k≠k'} |cos(w_k, w_k') + 1/(K−1)| (Papyan et al. 2020, Fig. 4)."""
     check_classifier(W)
