@@ -570,6 +570,7 @@ def simulate(model, sizes, key, hyper, steps, log_every, optimizer="gd", tol=Non
     """A whole run for one configuration: init (or continue from `start`), `steps` steps (a cap,
     with a tolerance), records every `log_every` steps, and the certificate at the end.
 
+    How it runs is one of EXECUTION_MODES, chosen by `execution_mode` from the arguments.
     Without `callback` (and batched=False) pure and traceable: jit it, vmap it over keys
     (restarts) or over stacked hyper (grids). With `callback`, the same run as compiled chunks of
     the outer loop with `callback(steps_done)` between them (never a per-step host callback); with
@@ -585,7 +586,8 @@ def simulate(model, sizes, key, hyper, steps, log_every, optimizer="gd", tol=Non
     """
     check_simulation(model, sizes, hyper, steps, log_every)
     problem = Problem(model, sizes, get_optimizer(optimizer, model), tol)
-    if problem.optimizer.solve is not None:
+    mode = execution_mode(problem, callback, batched, session, start)
+    if mode == "solved":
         run = functools.partial(_solved, problem, steps=steps)
         if batched:
             run = jax.jit(jax.vmap(run))
@@ -593,19 +595,55 @@ def simulate(model, sizes, key, hyper, steps, log_every, optimizer="gd", tol=Non
         if callback:
             callback(steps)
         return traj
-    if batched and callback is None and session is None and start is None:
-        # nothing to report between chunks: one program (the measurements compiled once)
+    if mode == "one-program":
         return _vmapped_simulation(model, sizes, steps, log_every, optimizer, tol,
                                    record_start)(key, hyper)
-    intervals = steps // log_every
+    if mode == "traceable":
+        return _traceable_run(problem, key, hyper, steps, log_every, session, start,
+                              record_start)
+    return _chunked_run(problem, key, hyper, steps, log_every, session, start, record_start,
+                        callback, chunks, batched)
+
+
+EXECUTION_MODES = {  # how `simulate` runs, chosen in one place (`execution_mode`)
+    "solved": "a solver (`--optimizer convex`): one call, one record (vmapped when batched)",
+    "one-program": "batched, nothing to report between chunks: jit(vmap(simulate)) as one "
+                   "program, the measurements compiled once",
+    "traceable": "one configuration, no callback: pure and traceable (jit, vmap, a sweep's point)",
+    "chunked": "compiled pieces (start, chunks of intervals, tail, finish) with the callback "
+               "between chunks; also batched runs with a session or a start state",
+}
+
+
+def execution_mode(problem, callback, batched, session, start):
+    """Which of EXECUTION_MODES `simulate` uses for these arguments."""
+    if problem.optimizer.solve is not None:
+        return "solved"
+    if batched and callback is None and session is None and start is None:
+        return "one-program"
     if callback is None and not batched:
-        state = _first_state(problem, key, hyper, session, start)
-        counts = ([0] if record_start else []) + [log_every] * intervals + (
-            [steps % log_every] if steps % log_every else [])
-        state, (steps_log, hist) = _recorded_steps(problem, state, hyper, counts, session)
-        traj = Trajectory(state.params, steps_log, hist, state.diverged_at, state.converged_at,
-                          *_finish(problem, state, hyper, session))
-        return with_blow_up(traj) if record_start else traj
+        return "traceable"
+    return "chunked"
+
+
+def _traceable_run(problem, key, hyper, steps, log_every, session, start, record_start):
+    """The "traceable" mode: the outer loop over records in the traced program."""
+    intervals = steps // log_every
+    state = _first_state(problem, key, hyper, session, start)
+    counts = ([0] if record_start else []) + [log_every] * intervals + (
+        [steps % log_every] if steps % log_every else [])
+    state, (steps_log, hist) = _recorded_steps(problem, state, hyper, counts, session)
+    traj = Trajectory(state.params, steps_log, hist, state.diverged_at, state.converged_at,
+                      *_finish(problem, state, hyper, session))
+    return with_blow_up(traj) if record_start else traj
+
+
+def _chunked_run(problem, key, hyper, steps, log_every, session, start, record_start, callback,
+                 chunks, batched):
+    """The "chunked" mode: compiled pieces driven from the host, `callback(steps_done)` between
+    chunks (never per step); with a tolerance it stops after the chunk where every run stopped."""
+    tol = problem.tol
+    intervals = steps // log_every
     p = _compiled_pieces(problem, log_every, batched)
     ax = 1 if batched else 0  # the time axis of records
     expand = lambda v: np.expand_dims(np.asarray(v), ax)
