@@ -25,7 +25,7 @@ from ufm import certificate as cert_mod
 from ufm import config as config_mod
 from ufm import limits, linalg, metrics, optimise, theory
 from ufm.metrics import nuclear_norm
-from ufm.models import MODELS, Sizes, layered_features, one_hot_targets
+from ufm.models import MODELS, layered_features, one_hot_targets
 from ufm.models.plain import objective as plain_objective
 
 
@@ -671,26 +671,24 @@ def run_proof(theorem, *, K=4, n=10, d=8, random=200, seed=0, steps=50000, lr=0.
     Returns the proof.json document {"theorem", "config", "steps": rows, "summary"}; rows as in
     `evaluate`, with the random points' index and kind. ValueError (naming the flag) on bad input.
     """
-    flag, hyper_for = config_mod.flag, config_mod.hyper_for
+    from ufm import spec as spec_mod
+
     n = config_mod.parse_counts(n, K)
     if isinstance(n, tuple):
         raise ValueError(f"n (--n) must be one count for the proofs (balanced classes), got {n}")
     proof = get_proof(theorem)
-    model = MODELS[proof.model]
-    sizes = Sizes(K, n, d)
-    hyper = hyper_for(model, lams, lr, init_scale)
-    config_mod.check_config(model, sizes, hyper, steps, restarts=restarts,
-                            allow_small_d=allow_small_d)
+    # the run's checks, as `ufm train` makes them (ufm.spec); then the proof's own
+    run = spec_mod.build(proof.model, K=K, n=n, d=d, steps=steps, log_every=steps, seed=seed,
+                         lr=lr, init_scale=init_scale, restarts=restarts,
+                         optimizer="gd" if proof.theorem == "5.1" else optimizer,
+                         allow_small_d=allow_small_d, tol=tol, **lams)
+    model, sizes, hyper = run.model, run.sizes, dict(run.hyper)
     for name in model.hyper_names:
         if hyper[name] <= 0:
-            raise ValueError(f"{name} ({flag(name)}) must be > 0 for the proof of {proof.theorem} "
-                             f"(the bounds divide by it), got {hyper[name]}")
+            raise ValueError(f"{name} ({config_mod.flag(name)}) must be > 0 for the proof of "
+                             f"{proof.theorem} (the bounds divide by it), got {hyper[name]}")
     if isinstance(random, bool) or not isinstance(random, int) or random < 0:
         raise ValueError(f"random (--random) must be an integer >= 0, got {random!r}")
-    limits.check_seed(seed)
-    limits.check_steps(steps)
-    limits.check_representable(hyper)
-    limits.check_run(model, sizes, optimizer, restarts, 3)
     limits.check_fits(random * limits.run_bytes(model, sizes, "gd", 1),
                       f"{random:,} random points (--random) of the {model.name} model at K={K}, "
                       f"n={n}, d={d}")
