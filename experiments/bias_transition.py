@@ -68,8 +68,7 @@ def main(argv=None):
                                  transition=c / (1 - c) if c < 1 else None,
                                  departs_at=left))
     arrays["lam_b"] = np.asarray(cfg["lam_b"])
-    common.save(args.out, NAME, arrays, dict(cfg, rows=rows))
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, dict(cfg, rows=rows), plot)
 
 
 def plot(out):

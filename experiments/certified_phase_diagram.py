@@ -38,8 +38,7 @@ def main(argv=None):
               "solver_global": opt["global"], "seed_global": seeds["global"],
               "seed_objective": seeds["objective"], "seed_lower_bound": seeds["lower_bound"],
               "fraction_global": seeds["global"].mean(-1), "worst_excess": excess.max(-1)}
-    common.save(args.out, NAME, arrays, cfg)
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, cfg, plot)
 
 
 def plot(out):

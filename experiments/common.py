@@ -51,6 +51,13 @@ def save(out, name, arrays, config):
     write_json(js, config)
 
 
+def finish(args, name, arrays, config, plot):
+    """Every script's epilogue: save its data (`save`), then draw the figure from the saved files
+    only (`plot(out)`); returns the figure's path."""
+    save(args.out, name, arrays, config)
+    return plot(args.out)
+
+
 def load(out, name):
     npz, js = data_paths(out, name)
     with np.load(npz) as f:

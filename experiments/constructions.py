@@ -47,8 +47,7 @@ def main(argv=None):
                seed_reached=arrays["reached"].ravel(),
                seed_refs=np.array([found[k].objective for k in ("dnc", "low-rank", "triangular")]),
                r=np.asarray(cfg["rs"]), depth=np.asarray(cfg["depths"]))
-    common.save(args.out, NAME, out, cfg)
-    return plot(args.out)
+    return common.finish(args, NAME, out, cfg, plot)
 
 
 def plot(out):

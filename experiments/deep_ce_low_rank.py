@@ -45,9 +45,8 @@ def main(argv=None):
     out = {k: arrays[k].reshape(shape) for k in keep}
     out.update(depth=np.asarray(cfg["depths"]), K=np.asarray(cfg["Ks"]), seed=arrays["seed"])
     out.update({k: np.asarray(v) for k, v in refs.items()})
-    common.save(args.out, NAME, out, dict(cfg, rank_tol=metrics.RANK_TOL,
-                                          certificate_tol=config["certificate_tol"]))
-    return plot(args.out)
+    return common.finish(args, NAME, out, dict(cfg, rank_tol=metrics.RANK_TOL,
+                                          certificate_tol=config["certificate_tol"]), plot)
 
 
 def plot(out):

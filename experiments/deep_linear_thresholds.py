@@ -83,8 +83,7 @@ def main(argv=None):
                   imb_objective=np.choose(best, [f for f, _ in runs]),
                   imb_t=np.stack([runs[b][1][i] for i, b in enumerate(best)]),
                   imb_init=np.asarray(cfg["inits"])[best, 0])
-    common.save(args.out, NAME, arrays, {k: v for k, v in cfg.items()})
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, {k: v for k, v in cfg.items()}, plot)
 
 
 def plot(out):

@@ -60,8 +60,8 @@ def main(argv=None):
             "ranks": sorted(set(out[f"K{K}/rank_last_pre_activation"][i, j].tolist()))}
             for j, d in enumerate(out[f"K{K}/width"])} for i, L in enumerate(cfg["depths"])}
     out["depth"] = np.asarray(cfg["depths"])
-    common.save(args.out, NAME, out, dict(cfg, rank_tol=metrics.RANK_TOL, summary=summary))
-    return plot(args.out)
+    return common.finish(args, NAME, out,
+                         dict(cfg, rank_tol=metrics.RANK_TOL, summary=summary), plot)
 
 
 def plot(out):

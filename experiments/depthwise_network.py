@@ -114,9 +114,8 @@ def main(argv=None):
     arrays = {"epoch": epochs, "loss": rows[:, 0], "train_error": rows[:, 1],
               "nc1_h1": rows[:, 2], "nc1_h2": rows[:, 3],
               **{f"ufm_{k}": v for k, v in ufm_arrays.items()}}
-    common.save(args.out, NAME, arrays, {"mlp": {k: v for k, v in cfg.items() if k != "ufm"},
-                                         "ufm": ufm_meta})
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, {"mlp": {k: v for k, v in cfg.items() if k != "ufm"},
+                                         "ufm": ufm_meta}, plot)
 
 
 def plot(out):

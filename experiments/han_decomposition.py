@@ -13,8 +13,7 @@ SMOKE = dict(FULL, K=3, d=5, n=4, steps=200, log_every=50)
 def main(argv=None):
     args = common.parse_args(NAME, __doc__, argv)
     arrays, config = theorem_figure.run("regularized-bias", SMOKE if args.smoke else FULL, args, NAME)
-    common.save(args.out, NAME, arrays, config)
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, config, plot)
 
 
 def plot(out):

@@ -43,8 +43,7 @@ def main(argv=None):
                          grad_norm=so.grad_norm, rank=construction.rank,
                          objective=construction.objective, parameters=so.parameters))
     out.update(_bias_free(cfg, rows))
-    common.save(args.out, NAME, out, dict(cfg, rows=rows))
-    return plot(args.out)
+    return common.finish(args, NAME, out, dict(cfg, rows=rows), plot)
 
 
 def _bias_free(cfg, rows):

@@ -68,8 +68,7 @@ def main(argv=None):
     arrays = dict(out, ratios=np.asarray(cfg["ratios"]), lams=np.asarray(cfg["lams"]),
                   lbfgs_rated=rated["lbfgs"], gd_rated=rated["gd"],
                   lbfgs_objective=best["lbfgs"], gd_objective=best["gd"])
-    common.save(args.out, NAME, arrays, cfg)
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, cfg, plot)
 
 
 def plot(out):

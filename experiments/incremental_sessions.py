@@ -35,8 +35,7 @@ def main(argv=None):
         if update:
             update(i + 1)
     close()
-    common.save(args.out, NAME, arrays, dict(cfg, **meta))
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, dict(cfg, **meta), plot)
 
 
 def plot(out):

@@ -62,8 +62,8 @@ def main(argv=None):
             refs[name].append(found[name].objective)
     out.update({f"f_{k.replace('-', '_')}": np.asarray(v) for k, v in refs.items()})
     out.update(depth=np.asarray(cfg["depths"]), d=np.asarray(cfg["widths"]))
-    common.save(args.out, NAME, out, dict(cfg, certificate_tol=config["certificate_tol"]))
-    return plot(args.out)
+    return common.finish(args, NAME, out,
+                         dict(cfg, certificate_tol=config["certificate_tol"]), plot)
 
 
 def plot(out):

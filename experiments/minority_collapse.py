@@ -43,8 +43,7 @@ def main(argv=None):
         arrays[f"{label}/minority_cos"] = np.array(cos)
         arrays[f"{label}/cos_prototype_min"] = np.array(align)
     close()
-    common.save(args.out, NAME, arrays, dict(cfg, runs=RUNS))
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, dict(cfg, runs=RUNS), plot)
 
 
 def plot(out):

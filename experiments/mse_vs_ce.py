@@ -26,8 +26,7 @@ def main(argv=None):
         arrays[f"{key}_gram"] = Hbar.T @ Hbar
         arrays[f"{key}_nc2_of_H"] = r.final["nc2_of_H"]
         arrays[f"{key}_nc2_etf_H"] = r.final["nc2_etf_H"]
-    common.save(args.out, NAME, arrays, cfg)
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, cfg, plot)
 
 
 def plot(out):

@@ -23,8 +23,7 @@ def main(argv=None):
     means = np.asarray(metrics.class_means(r.params["H"], Sizes(cfg["K"], cfg["n"], cfg["d"]).classes))
     arrays = {"Q": r.params["E"], "means": means, "step": r.steps,
               **{f"h_{k}": v for k, v in r.history.items()}}
-    common.save(args.out, NAME, arrays, dict(cfg, final=r.final))
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, dict(cfg, final=r.final), plot)
 
 
 def plot(out):

@@ -35,9 +35,8 @@ def main(argv=None):
                     update(i * dist.shape[1] * dist.shape[2] + j * dist.shape[2] + s + 1)
     close()
     kappas = [theory.perturbed_limit(Hbar, s, cfg["lam_W"]).kappa for s in cfg["sigmas"]]
-    common.save(args.out, NAME, dict(ns=cfg["ns"], sigmas=cfg["sigmas"], distance=dist,
-                                     kappa=kappas), cfg)
-    return plot(args.out)
+    return common.finish(args, NAME, dict(ns=cfg["ns"], sigmas=cfg["sigmas"], distance=dist,
+                                     kappa=kappas), cfg, plot)
 
 
 def plot(out):

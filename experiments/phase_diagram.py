@@ -44,8 +44,7 @@ def main(argv=None):
                f"{NAME} linear-extended")
     arrays = {f"plain_{k}": v for k, v in plain.items()}
     arrays.update({f"ext_{k}": v for k, v in ext.items()})
-    common.save(args.out, NAME, arrays, cfg)
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, cfg, plot)
 
 
 def plot(out):

@@ -46,8 +46,7 @@ def main(argv=None):
         if update:
             update(i + 1)
     close()
-    common.save(args.out, NAME, arrays, meta)
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, meta, plot)
 
 
 def plot(out):

@@ -49,8 +49,7 @@ def main(argv=None):
                   zero_nrc1=np.array([r.final["nrc1"] for r in zero]),
                   zero_nrc2=np.array([r.final["nrc2"] for r in zero]),
                   zero_objective=np.array([r.final["objective"] for r in zero]))
-    common.save(args.out, NAME, arrays, dict(cfg, counts=list(counts)))
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, dict(cfg, counts=list(counts)), plot)
 
 
 def plot(out):

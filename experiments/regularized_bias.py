@@ -52,8 +52,7 @@ def main(argv=None):
                   theory_nc2_of_H=[float(geometry.of_distance(p.gram_H)) for p in preds])
     config = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in cfg.items()}
     config["c"] = preds[0].c
-    common.save(args.out, NAME, arrays, config)
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, config, plot)
 
 
 def plot(out):

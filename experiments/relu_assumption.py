@@ -61,9 +61,9 @@ def main(argv=None):
                    reached=sum(s["reached"] for s in per_size),
                    reached_nonzero=sum(s["reached_nonzero"] for s in per_size),
                    max_abs_rel_violation=max(worst) if worst else None)
-    common.save(args.out, NAME, arrays, dict(cfg, per_size=per_size, summary=summary))
     print(f"{NAME}: {summary}")
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, dict(cfg, per_size=per_size, summary=summary),
+                         plot)
 
 
 def plot(out):

@@ -84,7 +84,6 @@ def script(name, model, full, smoke, title, extra_panel=None, doc=""):
     def main(argv=None):
         args = common.parse_args(name, doc, argv)
         arrays, config = run(model, smoke if args.smoke else full, args, name)
-        common.save(args.out, name, arrays, config)
-        return plot(args.out)
+        return common.finish(args, name, arrays, config, plot)
 
     return main, plot

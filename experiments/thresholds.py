@@ -50,9 +50,8 @@ def main(argv=None):
                           f"thresholds linear-extended init {init:g}")
         arrays.update({f"ext_objective_{init:g}": f, f"ext_norm_W_{init:g}": w,
                        f"ext_diverged_{init:g}": bad})
-    common.save(args.out, NAME, arrays, {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                                         for k, v in cfg.items()})
-    return plot(args.out)
+    return common.finish(args, NAME, arrays, {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                              for k, v in cfg.items()}, plot)
 
 
 def plot(out):
