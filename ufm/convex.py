@@ -139,26 +139,15 @@ def class_weights(counts, alpha):
     return n / n.sum() if alpha == "none" else np.ones_like(n)
 
 
-def _prototype_loss(Z, weights, loss, E_H):
-    """φ(Z) = Σ_k ω_k ℓ(Z[:, k], k) and ∇φ [K, K] for the logits Z = Cᵀh̄ of the class means."""
-    K = Z.shape[0]
-    if loss == "dot-regression":
-        root = math.sqrt(E_H)
-        r = np.diag(Z) - root
-        grad = np.diag(weights * r / root)
-        return float(np.sum(weights * r * r / (2 * root))), grad
-    shift = Z.max(axis=0, keepdims=True)
-    lse = np.log(np.sum(np.exp(Z - shift), axis=0)) + shift[0]
-    value = float(np.sum(weights * (lse - np.diag(Z))))
-    return value, (_softmax(Z) - np.eye(K)) * weights[None, :]
-
-
-def fixed_classifier_bound(Hbar, C, counts, E_H, loss="ce", alpha="none", halfspace=None):
+def fixed_classifier_bound(Hbar, C, counts, E_H, loss, alpha="none", halfspace=None):
     """Frank–Wolfe bound for features in balls ‖h‖² ≤ E_H against fixed class vectors C [d, K]:
     f(H̄) + Σ_k min_{s ∈ S_k} ⟨g_k, s − h̄_k⟩ (convexity), S_k the ball, intersected with the
-    half-space aₖᵀs ≥ 0 (a_k [d] the k-th column of `halfspace`) for the orthogonal classifier."""
+    half-space aₖᵀs ≥ 0 (a_k [d] the k-th column of `halfspace`) for the orthogonal classifier.
+
+    loss(Z, weights, E_H) -> (φ, ∇φ [K, K]): φ(Z) = Σ_k ω_k ℓ(Z[:, k], k) at the logits
+    Z = Cᵀh̄ of the class means (float64 numpy; defined with the model, this module names none)."""
     weights = class_weights(counts, alpha)
-    value, grad_Z = _prototype_loss(C.T @ Hbar, weights, loss, E_H)
+    value, grad_Z = loss(C.T @ Hbar, weights, E_H)
     G = C @ grad_Z  # ∂φ/∂h̄_k  [d, K]
     root = math.sqrt(E_H)
     linear = 0.0
@@ -171,14 +160,15 @@ def fixed_classifier_bound(Hbar, C, counts, E_H, loss="ce", alpha="none", halfsp
     return value + linear
 
 
-def layer_peeled_bound(W, Hbar, counts, E_W, E_H, alpha="none"):
+def layer_peeled_bound(W, Hbar, counts, E_W, E_H, loss, alpha="none"):
     """Dual bound of the layer-peeled model's SDP relaxation from the point (W [K, d], H̄ [d, K]):
     φ(Z₀) − ⟨∇, Z₀⟩ − ⟨y, e⟩ with y ≥ 0, C + diag(y) ⪰ 0, C = [[0, ∇/2], [∇ᵀ/2, 0]], e the
     bounds (E_W for the K class vectors, E_H for the K class means); y from the KKT conditions
-    at X₀ = VVᵀ, raised by the most negative eigenvalue of C + diag y."""
+    at X₀ = VVᵀ, raised by the most negative eigenvalue of C + diag y. loss: as in
+    `fixed_classifier_bound`."""
     K = W.shape[0]
     Z0 = W @ Hbar
-    value, grad = _prototype_loss(Z0, class_weights(counts, alpha), "ce", E_H)
+    value, grad = loss(Z0, class_weights(counts, alpha), E_H)
     C = np.zeros((2 * K, 2 * K))
     C[:K, K:], C[K:, :K] = grad / 2, grad.T / 2
     V = np.concatenate([W, Hbar.T])  # [2K, d]

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex, metrics, theory
-from ufm.models.base import (TWO_FACTOR_SYMMETRY, Hyper, GlobalCertificate, Model, Option, one_hot_targets,
-                             register, sq)
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, GlobalCertificate, Hyper, Model, Option,
+                             one_hot_targets, register, sq)
 from ufm.models.cross_entropy import _entropy, _p_minus_t, _simplex_cap
 from ufm.models.plain import TWO_FACTOR, class_logits, two_factor_init, two_factor_measurements
 

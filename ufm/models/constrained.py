@@ -4,13 +4,15 @@ non-negative orthogonal frame (Kim & Kim, seed 004), and a learnable classifier 
 norm-constrained class vectors (the layer-peeled model of Fang et al.). Projected gradient descent
 keeps the features (and class vectors) in their balls; class-incremental sessions (`Session`)
 optimise one group of classes at a time."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex, geometry, linalg, metrics, theory
-from ufm.models.base import (BOUND, Hyper, GlobalCertificate, Model, Option, gaussian_blocks, one_hot_targets,
-                             register)
+from ufm.models.base import (BOUND, GlobalCertificate, Hyper, Model, Option, gaussian_blocks,
+                             one_hot_targets, register)
 
 LOSSES = ("ce", "dot-regression")
 ALPHAS = ("none", "inverse-count")
@@ -182,6 +184,24 @@ def _bound_inputs(params, sizes):
     return out
 
 
+def ce_prototype_loss(Z, weights, E_H):
+    """φ(Z) = Σ_k ω_k CE(Z[:, k], k) and ∇φ [K, K] at the class means' logits (float64 numpy)."""
+    shift = Z.max(axis=0, keepdims=True)
+    lse = np.log(np.sum(np.exp(Z - shift), axis=0)) + shift[0]
+    value = float(np.sum(weights * (lse - np.diag(Z))))
+    return value, (convex._softmax(Z) - np.eye(Z.shape[0])) * weights[None, :]
+
+
+def dot_regression_prototype_loss(Z, weights, E_H):
+    """φ(Z) = Σ_k ω_k (z_kk − √E_H)²/(2√E_H) and ∇φ (Yang et al.'s dot-regression)."""
+    root = math.sqrt(E_H)
+    r = np.diag(Z) - root
+    return float(np.sum(weights * r * r / (2 * root))), np.diag(weights * r / root)
+
+
+PROTOTYPE_LOSSES = {"ce": ce_prototype_loss, "dot-regression": dot_regression_prototype_loss}
+
+
 def _lower_bound(loss, alpha, halfspace):
     def lower_bound(inputs, hyper, sizes):
         """Frank–Wolfe bound (fixed classifier) or the SDP dual bound (layer-peeled model)
@@ -189,11 +209,12 @@ def _lower_bound(loss, alpha, halfspace):
         f64 = {k: np.asarray(v, np.float64) for k, v in inputs.items()}
         if "W" in f64:
             return convex.layer_peeled_bound(f64["W"], f64["Hbar"], sizes.counts,
-                                             float(hyper["E_W"]), float(hyper["E_H"]), alpha)
+                                             float(hyper["E_W"]), float(hyper["E_H"]),
+                                             PROTOTYPE_LOSSES[loss], alpha)
         Q = f64["E"]
         A = (Q.sum(axis=1, keepdims=True) - Q) if halfspace else None
         return convex.fixed_classifier_bound(f64["Hbar"], Q, sizes.counts, float(hyper["E_H"]),
-                                             loss, alpha, A)
+                                             PROTOTYPE_LOSSES[loss], alpha, A)
 
     return lower_bound
 

@@ -7,8 +7,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from ufm import convex, metrics
-from ufm.models.base import (TWO_FACTOR_SYMMETRY, Hyper, GlobalCertificate, Model, balanced_only, one_hot_targets,
-                             register, sq)
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, GlobalCertificate, Hyper, Model, balanced_only,
+                             one_hot_targets, register, sq)
 from ufm.models.cross_entropy import CE_LOSS
 from ufm.models.plain import (TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                              two_factor_measurements)

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex, metrics, theory
-from ufm.models.base import (TWO_FACTOR_SYMMETRY, GlobalCertificate, Model, balanced_only, gaussian_blocks, lam,
-                             one_hot_targets, register, sq)
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, GlobalCertificate, Model, balanced_only,
+                             gaussian_blocks, lam, one_hot_targets, register, sq)
 
 
 def objective(params, hyper, sizes, session=None):

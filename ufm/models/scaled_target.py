@@ -10,7 +10,8 @@ import numpy as np
 
 from ufm import convex, metrics
 from ufm.files import read_matrix
-from ufm.models.base import TWO_FACTOR_SYMMETRY, Hyper, GlobalCertificate, Model, Option, register, sq
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, GlobalCertificate, Hyper, Model, Option,
+                             register, sq)
 from ufm.models.plain import (MSE_LOSS, TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                              two_factor_measurements)
 

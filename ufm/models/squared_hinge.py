@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ufm import convex
-from ufm.models.base import TWO_FACTOR_SYMMETRY, GlobalCertificate, Model, one_hot_targets, register, sq
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, GlobalCertificate, Model, one_hot_targets,
+                             register, sq)
 from ufm.models.plain import (TWO_FACTOR, class_logits, penalised_bound, two_factor_init,
                               two_factor_measurements)
 
