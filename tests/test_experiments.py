@@ -233,6 +233,16 @@ def check_saved_numbers(name, a, cfg, data):
         assert np.all(a["nrc2"][nonzero] < 1e-9) and np.all(a["nrc3"][nonzero] < 1e-6)
         assert np.all(a["zero_objective"] < 1e-8) and np.all(a["zero_nrc1"] > 0.01)
         checked += int(nonzero.sum())
+    if name == "training_loop":  # D_l = K·NC1 per layer; the law's fit recomputed from D
+        np.testing.assert_allclose(a["fuzziness"], cfg["K"] * a["nc1"], rtol=1e-12)
+        layers = np.arange(1, a["fuzziness"].shape[1] + 1)
+        for i, D in enumerate(a["fuzziness"]):
+            slope, intercept = np.polyfit(layers, np.log(D), 1)
+            assert a["log_ratio"][i] == pytest.approx(slope, rel=1e-10, abs=1e-12)
+            assert a["intercept"][i] == pytest.approx(intercept, rel=1e-10, abs=1e-12)
+            assert a["r2"][i] <= 1.0 + 1e-12
+            checked += 1
+        assert np.all((a["accuracy"] >= 0) & (a["accuracy"] <= 1))
     if name == "hessian_spectra":  # λ_min is the spectrum's, the kind follows from it
         for row in cfg["rows"]:
             ev = a[f"{row['key']}/eigenvalues"]
