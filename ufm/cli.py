@@ -203,6 +203,10 @@ def _add_measure_parser(sub):
                    help="NECO's principal directions (default K − 1)")
     m.add_argument("--nci-alpha", type=float, default=None,
                    help="NCI's weight of the feature L1 norm (default 1e-4)")
+    m.add_argument("--diagnostics", action="store_true",
+                   help="also the small-sample diagnostics (features held in memory): effective "
+                        "ranks of the features, class means and every class, and linear CKA "
+                        "between layers")
     m.add_argument("--out", default=None, help="output folder (default runs/measure)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.add_argument("--plot", action="store_true",
@@ -975,6 +979,14 @@ def cmd_measure(args):
             docs = [measure.measure_file(f, layers=args.layer, labels=args.labels,
                                          W=args.classifier, b=args.bias, stream=args.stream,
                                          **options) for f in files]
+        if args.diagnostics:
+            from ufm.measure.diagnostics import add_diagnostics
+
+            if args.pool:
+                raise UsageError("diagnostics (--diagnostics) measure one file's rows in "
+                                 "memory: not with --pool")
+            for f, doc in zip(files, docs):
+                add_diagnostics(doc, f, layers=args.layer, labels=args.labels)
     except ValueError as err:
         return _error(err)
     if ood is not None:

@@ -27,6 +27,7 @@ The package, by idea (no module imports one that imports it back):
   jax_engine  the same two passes with JAX on its default device (`--engine jax`)
   collector   the same statistics fed batch by batch (a training loop), mergeable shards
   ood         out-of-distribution scores from collapse (NC5, NECO, NCI) with AUROC and FPR@95
+  diagnostics effective ranks (features, class means, every class) and linear CKA, exact at N ≤ d
 """
 from ufm.measure.collector import Collector
 from ufm.measure.inputs import (GLOBAL_MEANS, RESERVED, STDS, csv_rows, encode_labels,

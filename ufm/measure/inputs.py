@@ -247,7 +247,8 @@ REPORT_ORDER = ("nc1", "nc1_unnormalised", "nc1_quotient", "nc1_cdnv", "nc2_etf_
                 "equinorm_W", "equiangularity_W", "max_angle_W", "nc4_mismatch",
                 "nc4_mismatch_nobias", "accuracy", "bias_global_mean", "nc1_reference",
                 "mean_shift", "ncc_accuracy_reference", "nc4_mismatch_reference",
-                "accuracy_reference")
+                "accuracy_reference", "effective_rank", "effective_rank_means",
+                "effective_rank_classes")
 
 
 def _cell(v):
@@ -274,6 +275,8 @@ def format_report(result):
     pairing = result.get("classifier_rows")
     if pairing and pairing != "row k is label k":
         lines.append(f"classifier: W's {pairing}")
+    for pair, value in (result.get("cka") or {}).items():
+        lines.append(f"linear CKA {pair.replace('|', ' – ')}: {_cell(value)}")
     return "\n".join(lines)
 
 
