@@ -233,6 +233,17 @@ def check_saved_numbers(name, a, cfg, data):
         assert np.all(a["nrc2"][nonzero] < 1e-9) and np.all(a["nrc3"][nonzero] < 1e-6)
         assert np.all(a["zero_objective"] < 1e-8) and np.all(a["zero_nrc1"] > 0.01)
         checked += int(nonzero.sum())
+    if name == "seli_path":  # certified points; the limit is SELI; alignment rises toward it
+        for R in cfg["ratios"]:
+            # certified down to μ = 1e-7; below, FISTA stops at its cap (docs/figures.md)
+            assert a[f"R={R}/global"][a["mu"] >= 1e-7].all() and a[f"R={R}/seli_error"] < 1e-9
+            assert a[f"R={R}/limit_gap"] <= 1e-10
+            cos = a[f"R={R}/cos"]
+            ok = np.isfinite(cos)
+            assert np.all(cos[ok] <= 1 + 1e-12) and np.all(np.diff(cos[ok]) >= -1e-9)
+            if R == 1:  # balanced: the optimum is the limit's direction at every μ
+                np.testing.assert_allclose(cos[ok], 1.0, atol=1e-9)
+            checked += int(ok.sum())
     if name == "training_loop":  # D_l = K·NC1 per layer; the law's fit recomputed from D
         np.testing.assert_allclose(a["fuzziness"], cfg["K"] * a["nc1"], rtol=1e-12)
         layers = np.arange(1, a["fuzziness"].shape[1] + 1)
