@@ -235,3 +235,29 @@ def test_constrained_solver_reaches_the_certified_optimum():
         np.testing.assert_array_equal(c.params["E"], g.params["E"])
         assert c.final["objective"] == pytest.approx(c.theory.objective, rel=1e-10)
         assert c.certificate["global"]
+
+
+# --- evaluation error: a bound above the objective it was computed beside is never certified ----
+
+def test_a_bound_above_the_objective_beyond_rounding_is_not_certified():
+    from ufm.certificate import evaluation_error, global_certificate
+    from ufm.models import Sizes, get_model
+
+    model = get_model("bias-free")
+    sizes = Sizes(3, 4, 5)
+    r = ufm.train("bias-free", K=3, n=4, d=5, steps=300, optimizer="lbfgs")
+    f = r.final["objective"]
+    inputs = {"M": np.asarray(r.params["W"]) @ np.asarray(
+        r.params["H"]).reshape(5, 3, 4).mean(-1)}
+    honest = global_certificate(model, inputs, r.config, sizes, f)
+    assert honest["global"] and abs(honest["global_gap"]) <= honest["evaluation_error"] + 1e-9 * f
+    err = evaluation_error(f, f, sizes)
+    assert 0 < err < 1e-12 * f  # float64: far below the global tolerance
+    # the same numbers with a bound pushed above the objective: within rounding it still
+    # certifies, beyond it it does not (and says why)
+    shifted = model._replace(lower_bound=lambda i, h, s: f + 0.5 * err)
+    assert global_certificate(shifted, inputs, r.config, sizes, f)["global"]
+    broken = model._replace(lower_bound=lambda i, h, s: f + 1e-10 * f)
+    out = global_certificate(broken, inputs, r.config, sizes, f)
+    assert out["global"] is False and "above the objective" in out["global_note"]
+    assert evaluation_error(f, f, sizes, "float32") > 1e6 * err  # float32 rounds far more

@@ -105,11 +105,24 @@ def certificate(objectives, grad_norm, converged_at, steps_taken, tol, reference
             "steps_taken": int(steps_taken), "closed_form_gap": gap}
 
 
+def evaluation_error(objective, bound, sizes, dtype=None):
+    """A bound on the rounding error of objective − bound: every term of an objective is ≥ 0, so
+    summing its N·K + N·d terms (pairwise) errs by at most ⌈log₂ n⌉·u·f, u the unit roundoff of
+    the run's dtype, plus a few u per term for its own evaluation (the stable CE, products); the
+    float64 bound (K×K arithmetic) by a few hundred u₆₄·K·|bound|."""
+    n = sizes.N * (sizes.K + sizes.d)
+    u = float(np.finfo(np.dtype(_dtype(dtype))).eps) / 2
+    u64 = float(np.finfo(np.float64).eps) / 2
+    return float((math.ceil(math.log2(max(n, 2))) + 16) * u * abs(objective)
+                 + 256 * u64 * sizes.K * abs(bound))
+
+
 def global_certificate(model, inputs, hyper, sizes, objective, dtype=None, sessions=False):
     """The global part of the certificate: `lower_bound` (a float64 bound on the global minimum,
     valid from any point, docs/theory.md §5), `global_gap` = objective − lower_bound, `global`
-    (relative gap ≤ GLOBAL_TOL of the dtype), and `global_note` saying why a field is null or why
-    the gap may stay open (d below what the convex solution needs)."""
+    (relative gap ≤ GLOBAL_TOL of the dtype, and the bound not above the objective by more than
+    `evaluation_error`, both numbers' rounding), and `global_note` saying why a field is null or
+    why the gap may stay open (d below what the convex solution needs)."""
     tol = GLOBAL_TOL[_dtype(dtype)]
     out = {"lower_bound": None, "global_gap": None, "global": None, "global_tol": tol,
            "global_note": None}
@@ -130,8 +143,15 @@ def global_certificate(model, inputs, hyper, sizes, objective, dtype=None, sessi
         out["global_note"] = "the objective or its dual bound is not finite (diverged run?)"
         return out
     gap = objective - bound
-    out.update(lower_bound=bound, global_gap=gap,
-               **{"global": bool(gap <= tol * max(abs(objective), optimise.OBJECTIVE_FLOOR))})
+    error = evaluation_error(objective, bound, sizes, dtype)
+    out.update(lower_bound=bound, global_gap=gap, evaluation_error=error,
+               **{"global": bool(-error <= gap <= tol * max(abs(objective),
+                                                            optimise.OBJECTIVE_FLOOR))})
+    if gap < -error:  # a valid bound cannot exceed a value the model reached: never certify it
+        out["global_note"] = (f"the dual bound is above the objective by {-gap:.3g}, more than "
+                              f"both numbers' evaluation error ({error:.2g}): the bound or the "
+                              f"objective is wrong; not certified")
+        return out
     need = model.convex_min_d(sizes.K)
     if sizes.d < need and not out["global"]:
         out["global_note"] = (f"d = {sizes.d} < {need}: the bound is the convex problem's minimum, "
