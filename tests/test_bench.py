@@ -104,3 +104,14 @@ print(json.dumps({"seconds": times[k], "peak_bytes": mem * (k + 1), "features_by
     assert res["rows"]["neural_collapse (batch 8,192)"]["seconds"] == 4.0
     text = "\n".join(bench.measure_report(res))
     assert "0.50, 0.75, 0.40× the time" in text and "median of 3 rounds" in text
+
+
+def test_bench_frontier_section_reports_certified_paths():
+    from ufm import bench
+
+    f = bench.frontier_times(quick=True)
+    assert [p["mu_low"] for p in f["paths"]] == [1e-4, 1e-8]
+    assert all(p["certified"] == f["points"] and p["seconds"] > 0 for p in f["paths"])
+    assert f["svm"]["gap"] <= 1e-10 and f["svm"]["K"] == 10
+    text = "\n".join(bench.frontier_report(f))
+    assert "8-point path" in text and "UFM-SVM (--limit), K = 10" in text

@@ -36,7 +36,8 @@ from ufm.config import hyper_for
 from ufm.models import MODELS, Sizes
 
 SIZES = (Sizes(4, 50, 20), Sizes(10, 100, 64))
-SECTIONS = ("throughput", "deep", "solvers", "global", "latency", "measure", "hessian")
+SECTIONS = ("throughput", "deep", "solvers", "global", "latency", "measure", "hessian",
+            "frontier")
 BATCHES = (1, 64, 1024, 4096)
 LAM, LR = 5e-3, 0.1
 
@@ -664,6 +665,51 @@ def hessian_report(h):
             f"{h['lanczos_residual']:.1e})"]
 
 
+FRONTIER_K = 10  # the λ path: K classes with counts from 5,000 down to 50 (geometric)
+FRONTIER_SVM_K = 100  # the UFM-SVM: counts from 1,000 down to 10
+
+
+def frontier_times(quick=False):
+    """The convex frontier (docs/theory.md §5.4): a 64-point path of certified CE optima in one
+    vmapped program (`ufm sweep ce --optimizer convex`), μ from 1e-1 to 1e-4 and to 1e-8, and
+    the UFM-SVM (`--limit`) at K = 100; seconds, compilation included, with how many points the
+    dual gap certified."""
+    from ufm import limit, sweep
+
+    K, points = (4, 8) if quick else (FRONTIER_K, 64)
+    counts = tuple(int(c) for c in np.round(np.geomspace(5000, 50, K)))
+    out = {"K": K, "counts": list(counts), "points": points, "paths": []}
+    for low in (1e-4, 1e-8):
+        mu = np.logspace(-1, np.log10(low), points)
+        t0 = time.perf_counter()
+        arrays, _ = sweep.run_grid("ce", {"K": [K], "d": [K], "n": [counts]}, {"lam_H": 1.0},
+                                   {"lam_W": mu ** 2}, order=["lam_W"], steps=100000,
+                                   optimizer="convex")
+        out["paths"].append({"mu_low": low, "seconds": time.perf_counter() - t0,
+                             "certified": int(arrays["global"].sum())})
+    svm_K = 10 if quick else FRONTIER_SVM_K
+    svm_counts = tuple(int(c) for c in np.round(np.geomspace(1000, 10, svm_K)))
+    t0 = time.perf_counter()
+    sol = jax.jit(lambda: limit.solve_svm(svm_counts, max_iter=50000, tol=1e-10))()
+    gap = float(sol.gap)
+    out["svm"] = {"K": svm_K, "seconds": time.perf_counter() - t0, "gap": gap,
+                  "iterations": int(sol.iterations)}
+    return out
+
+
+def frontier_report(f):
+    lines = [f"\nconvex frontier (float64): K = {f['K']}, counts {f['counts'][0]:,} … "
+             f"{f['counts'][-1]:,}"]
+    for p in f["paths"]:
+        lines.append(f"  {f['points']}-point path of certified CE optima, μ from 1e-1 to "
+                     f"{p['mu_low']:.0e}, one vmapped program: {p['seconds']:.1f} s "
+                     f"({p['certified']}/{f['points']} certified)")
+    s = f["svm"]
+    lines.append(f"  UFM-SVM (--limit), K = {s['K']}: {s['seconds']:.2f} s, relative gap "
+                 f"{s['gap']:.1e} after {s['iterations']} iterations")
+    return lines
+
+
 def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
     """All measurements of the chosen sections as a JSON-ready dict."""
     out = {"device": f"{jax.local_device_count()} × {jax.devices()[0].device_kind}",
@@ -681,6 +727,8 @@ def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
         out["measure"] = measure_times(quick)
     if "hessian" in sections:
         out["hessian"] = hessian_times(quick)
+    if "frontier" in sections:
+        out["frontier"] = frontier_times(quick) if out["dtype"] == "float64" else None
     if "throughput" not in sections:
         return out
     for sz in sizes:
@@ -729,6 +777,8 @@ def report(res):
         lines += measure_report(res["measure"])
     if res.get("hessian"):
         lines += hessian_report(res["hessian"])
+    if res.get("frontier"):
+        lines += frontier_report(res["frontier"])
     if not res["sizes"]:
         return "\n".join(lines)
     lines.append(f"\nbias-free UFM, GD step {LR}:")
