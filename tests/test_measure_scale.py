@@ -491,3 +491,42 @@ def test_the_jax_engine_names_a_row_that_is_not_finite_and_bad_engines_are_refus
         measure.measure_arrays(X, labels, chunk_rows=20, engine="jax")
     with pytest.raises(ValueError, match=r"engine \(--engine\) must be one of"):
         measure.measure_arrays(X, labels, engine="torch")
+
+
+def test_the_screens_decide_well_separated_rows_in_float32(monkeypatch):
+    """The screens' bounds are rigorous *and* tight enough to be useful: on well-separated
+    classes no nearest-centre row and few classifier rows go on to float64 (a bound inflated by
+    a wrong constant would send every row there, with the same decisions)."""
+    from ufm.measure import measure_arrays
+    from ufm.measure.screens import Decisions
+
+    redone = {"nearest": 0, "logits": 0}
+    nearest, logits = Decisions.nearest, Decisions.logits
+
+    def count(name, fn):
+        def wrapped(self, counts, rows, *rest):
+            redone[name] += len(rows)
+            return fn(self, counts, rows, *rest)
+        return wrapped
+
+    monkeypatch.setattr(Decisions, "nearest", count("nearest", nearest))
+    monkeypatch.setattr(Decisions, "logits", count("logits", logits))
+    rng = np.random.default_rng(3)
+    K, d, n = 10, 64, 200
+    means = 5.0 * rng.normal(size=(K, d))
+    labels = np.repeat(np.arange(K), n)
+    X = means[labels] + 0.3 * rng.normal(size=(K * n, d)) + 100.0  # an offset, as real features
+    W = means  # logits w_k·x + b_k = −½‖x − offset − μ_k‖² + const: the nearest mean
+    b = -W @ np.full(d, 100.0) - 0.5 * np.sum(means * means, axis=1)
+    out = measure_arrays(X, labels, W, b)["layers"]["features"]
+    assert out["ncc_accuracy"] == 1.0 and out["accuracy"] == 1.0
+    # (a few classifier rows sit within float32's reach of a tie with these large biases)
+    assert redone["nearest"] == 0 and redone["logits"] <= 0.05 * len(X), redone
+    # wide classes and a classifier far from the means' span: the span's screen cannot vouch,
+    # and the full product's screen decides the rows
+    redone.update(nearest=0, logits=0)
+    basis = np.linalg.qr((means - means.mean(axis=0)).T)[0]  # the centred means' span [d, K]
+    W_off = rng.normal(size=(K, d))
+    W_off -= (W_off @ basis) @ basis.T  # orthogonal to it: the span says nothing
+    measure_arrays(means[labels] + 3.0 * rng.normal(size=(K * n, d)), labels, W_off, None)
+    assert redone["logits"] <= 0.05 * len(X), redone
