@@ -53,9 +53,8 @@ def predict(model, sizes, hyper):
     """The closed-form prediction, or None where no theorem applies (d too small, some λ = 0)."""
     if sizes.d < model.theorem_min_d(sizes.K):
         return None
-    if any(float(hyper[k]) == 0 for k in model.hyper_names if k.startswith("lam_")
-           and k != "lam_b"):
-        return None  # the theorems assume positive regularisation
+    if any(h.decay and float(hyper[h.name]) == 0 for h in model.hypers):
+        return None  # the theorems assume positive weight decay (Hyper.decay)
     return model.theory(hyper, sizes)
 
 

@@ -85,6 +85,7 @@ class Hyper(NamedTuple):
     positive: bool = False
     below: Optional[float] = None  # a strict upper bound, if any
     per_class: bool = False
+    decay: bool = False  # a weight decay the model's closed forms need > 0 (else: no theorem)
 
     @property
     def flag(self):
@@ -373,8 +374,8 @@ def _check_record(entry, model):
         if h.below is not None and (isinstance(h.below, bool) or not isinstance(
                 h.below, (int, float)) or h.default >= h.below):
             problems.append("`below` must be a number above the default")
-        if not isinstance(h.per_class, bool):
-            problems.append("per_class must be True or False")
+        if not isinstance(h.per_class, bool) or not isinstance(h.decay, bool):
+            problems.append("per_class and decay must be True or False")
         if problems:
             raise TypeError(f"{where}: malformed Hyper {h.name!r}: {'; '.join(problems)}")
         names.append(h.name)
@@ -446,5 +447,6 @@ BOUND = 1.0  # E_H, E_W: the squared-norm bounds' default
 TWO_FACTOR_SYMMETRY = (("W", "H"),)  # WH = (WQ)(QᵀH)
 
 
-def lam(name, what):
-    return Hyper(name, LAMBDA, f"{what} (default {LAMBDA:g})")
+def lam(name, what, decay=True):
+    """A weight decay λ (default LAMBDA); decay=False for one the closed forms allow at 0 (λ_b)."""
+    return Hyper(name, LAMBDA, f"{what} (default {LAMBDA:g})", decay=decay)

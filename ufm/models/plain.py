@@ -103,7 +103,7 @@ MSE_LOSS = convex.Loss(
 MSE = convex.TwoFactor(MSE_LOSS)  # targets Y
 TWO_FACTOR = (lam("lam_W", "λ_W, the classifier's weight decay"),
               lam("lam_H", "λ_H, the features' weight decay"))
-LAM_B = lam("lam_b", "λ_b, the bias's weight decay")
+LAM_B = lam("lam_b", "λ_b, the bias's weight decay", decay=False)  # λ_b = 0: a free bias
 
 
 def plain_model(name, bias):
