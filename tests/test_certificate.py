@@ -261,3 +261,14 @@ def test_a_bound_above_the_objective_beyond_rounding_is_not_certified():
     out = global_certificate(broken, inputs, r.config, sizes, f)
     assert out["global"] is False and "above the objective" in out["global_note"]
     assert evaluation_error(f, f, sizes, "float32") > 1e6 * err  # float32 rounds far more
+
+
+def test_the_last_intervals_relative_decrease_and_the_closed_form_gap():
+    from ufm.certificate import certificate
+
+    c = certificate([3.0, 2.0, 0.5], 1e-9, 2, 20, 1e-6, reference=0.4)
+    assert c["rel_decrease"] == pytest.approx((2.0 - 0.5) / 0.5, rel=1e-15)
+    assert c["closed_form_gap"] == pytest.approx((0.5 - 0.4) / 0.4, rel=1e-15)
+    assert c["converged"] and c["converged_at"] == 2
+    assert certificate([1.0], 1e-2, None, 0, 1e-6)["rel_decrease"] is None
+    assert certificate([0.0, 0.0], 1e-9, 1, 5, 1e-6, reference=0.0)["closed_form_gap"] == 0.0
