@@ -136,3 +136,13 @@ def test_no_import_cycles_in_the_package():
 
     cycles = [c for c in map(cycle_from, sorted(graph)) if c]
     assert not cycles, f"import cycles: {cycles[:3]}"
+
+
+def test_the_hessian_module_takes_a_spec_whole():
+    from ufm import hessian
+
+    s = spec.build("bias-free", K=3, n=2, d=4, steps=300, optimizer="lbfgs", hessian="dense")
+    r = runner.run(s)
+    so = hessian.classify_run(s, r.params)
+    assert so.kind == r.second_order["kind"] == "strict local minimum"
+    assert so.min_eigenvalue == pytest.approx(r.second_order["min_eigenvalue"], rel=1e-12)

@@ -344,6 +344,15 @@ def _programs(model, sizes):
                 hessian=jit(hessian), basis=jit(basis))
 
 
+def classify_run(spec, params, **kw):
+    """`classify` for a run specification (ufm.spec.RunSpec) and its final parameters: its
+    model, sizes and hyperparameters, its method (`spec.hessian`, default 'auto') and its
+    certificate tolerance; kw as `classify`'s."""
+    kw.setdefault("method", spec.hessian or "auto")
+    kw.setdefault("stationary_tol", spec.certificate_tol)
+    return classify(spec.model, spec.sizes, dict(spec.hyper), params, **kw)
+
+
 def classify(model, sizes, hyper, params, *, method="auto", k=6, stationary_tol=None,
              kink_rtol=None, key=None, max_steps=None):
     """The second-order certificate of `params` (a dict of numpy or JAX arrays) as a SecondOrder.

@@ -133,9 +133,7 @@ def run(spec, progress=None):
     if spec.escape:
         cert["escapes"] = escapes
     if hessian is not None and second_order is None:
-        second_order = hessian_mod.classify(
-            model, sizes, hyper, traj.params, method=hessian,
-            stationary_tol=cert["tol"])
+        second_order = hessian_mod.classify_run(spec, traj.params, stationary_tol=cert["tol"])
     if second_order is not None:
         second_order = second_order.as_dict()
     return Result(
