@@ -107,7 +107,16 @@ def _add_variant_flags(p, static=False):
 
     p.add_argument("model", help=f"one of: {', '.join(REGISTRY)}")
     for name, (option, owners) in option_specs().items():
-        where = f"{', '.join(owners)}: "
+        helps = {}  # a flag several models declare, each with its own meaning: every one shown
+        for entry in REGISTRY.values():
+            for o in entry.options:
+                if o.name == name:
+                    helps.setdefault(o.help, []).append(entry.name)
+        if len(helps) > 1:
+            where = "; ".join(f"{', '.join(who)}: {text}" for text, who in helps.items())
+            option = option._replace(help="")
+        else:
+            where = f"{', '.join(owners)}: "
         if option.convert is not None:  # the library reads and checks the value (a file)
             p.add_argument(option.flag, dest=name, default=None, help=where + option.help)
         elif isinstance(option.default, bool):

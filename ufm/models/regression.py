@@ -39,10 +39,10 @@ def read_targets(value):
     return tuple(tuple(float(v) for v in row) for row in Y)
 
 
-TARGETS = Option("targets", None, "regression: the targets Y, an m×N matrix (row j: output j "
-                 "of every sample) in a .npy/.npz/.csv/.txt file; --K m, N = K·n (default: the "
-                 "one-hot labels)", convert=read_targets)
-BIAS = Option("bias", False, "regression: a free (unregularised) bias b [m]")
+TARGETS = Option("targets", None, "the targets Y, an m×N matrix (row j: output j of every "
+                 "sample) in a .npy/.npz/.csv/.txt file; --K m, N = K·n (default: the one-hot "
+                 "labels)", convert=read_targets)
+BIAS = Option("bias", False, "a free (unregularised) bias b [m]")
 
 
 class RegressionPrediction(NamedTuple):

@@ -28,7 +28,7 @@ def read_targets(value):
     return tuple(tuple(float(v) for v in row) for row in T)
 
 
-TARGETS = Option("targets", None, "scaled-target: a K×K matrix of per-class target vectors "
+TARGETS = Option("targets", None, "a K×K matrix of per-class target vectors "
                  "(column k for class k) in a .npy/.npz/.csv/.txt file (default: the one-hot "
                  "labels, I)", convert=read_targets)
 
