@@ -272,3 +272,31 @@ def test_the_last_intervals_relative_decrease_and_the_closed_form_gap():
     assert c["converged"] and c["converged_at"] == 2
     assert certificate([1.0], 1e-2, None, 0, 1e-6)["rel_decrease"] is None
     assert certificate([0.0, 0.0], 1e-9, 1, 5, 1e-6, reference=0.0)["closed_form_gap"] == 0.0
+
+
+def test_the_evaluation_error_is_its_documented_formula():
+    from ufm.certificate import evaluation_error
+
+    sizes = Sizes(4, (3, 5, 2, 6), 7)  # N = 16, n = N·(K + d) = 176 terms: ⌈log₂ 176⌉ = 8
+    u, u64 = np.finfo(np.float32).eps / 2, np.finfo(np.float64).eps / 2
+    assert evaluation_error(2.0, -3.0, sizes, "float32") == pytest.approx(
+        (8 + 16) * u * 2.0 + 256 * u64 * 4 * 3.0, rel=1e-14)
+    assert evaluation_error(2.0, -3.0, sizes, "float64") == pytest.approx(
+        (8 + 16) * u64 * 2.0 + 256 * u64 * 4 * 3.0, rel=1e-14)
+
+
+def test_a_run_whose_objective_rose_is_not_said_to_have_never_moved():
+    from ufm.certificate import convergence_warning
+    from ufm.models import get_model
+    from ufm.runner import Result
+
+    cert = dict(converged=False, grad_norm=3e-3, tol=1e-3, steps_taken=50, closed_form_gap=None,
+                global_gap=None, global_note=None)
+    r = Result(model="bias-free", config=dict(model="bias-free", optimizer="gd",
+                                              dtype="float64"),
+               params={}, steps=np.arange(3), history={"objective": np.array([0.7, 0.8, 0.9])},
+               final={}, undefined=None, theory=None, diverged_at=None,
+               restart_objectives=[0.9], restart_global=None, sessions=None, certificate=cert,
+               reference=None)
+    line = convergence_warning(r, get_model("bias-free"))
+    assert "never moved" not in line and "more --steps" in line
