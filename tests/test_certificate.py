@@ -271,7 +271,8 @@ def test_the_last_intervals_relative_decrease_and_the_closed_form_gap():
     assert c["closed_form_gap"] == pytest.approx((0.5 - 0.4) / 0.4, rel=1e-15)
     assert c["converged"] and c["converged_at"] == 2
     assert certificate([1.0], 1e-2, None, 0, 1e-6)["rel_decrease"] is None
-    assert certificate([0.0, 0.0], 1e-9, 1, 5, 1e-6, reference=0.0)["closed_form_gap"] == 0.0
+    # a zero optimum: the gap is absolute, of the last record
+    assert certificate([1.0, 0.25], 1e-9, 1, 5, 1e-6, reference=0.0)["closed_form_gap"] == 0.25
 
 
 def test_the_evaluation_error_is_its_documented_formula():
@@ -300,3 +301,6 @@ def test_a_run_whose_objective_rose_is_not_said_to_have_never_moved():
                reference=None)
     line = convergence_warning(r, get_model("bias-free"))
     assert "never moved" not in line and "more --steps" in line
+    assert "--optimizer convex" in line and "--optimizer lbfgs" in line  # it has a solver
+    convex = r._replace(config=dict(r.config, optimizer="convex"))
+    assert "--optimizer convex" not in convergence_warning(convex, get_model("bias-free"))
