@@ -304,3 +304,13 @@ def test_a_run_whose_objective_rose_is_not_said_to_have_never_moved():
     assert "--optimizer convex" in line and "--optimizer lbfgs" in line  # it has a solver
     convex = r._replace(config=dict(r.config, optimizer="convex"))
     assert "--optimizer convex" not in convergence_warning(convex, get_model("bias-free"))
+
+
+def test_the_stationary_warning_judges_the_global_gap_relative_to_the_bound():
+    from ufm.certificate import stationary_warning
+
+    cert = dict(closed_form_gap=None, grad_norm=1e-9, steps_taken=10, lower_bound=100.0,
+                global_gap=0.5, **{"global": False}, global_note=None)
+    assert stationary_warning(cert, {}) is None  # 0.5/100 = 5e-3: within 1e-2 of the bound
+    far = dict(cert, global_gap=5.0)  # 5e-2 relative: a stationary point elsewhere
+    assert "5.0e-02 (relative) from the certified global bound" in stationary_warning(far, {})
