@@ -272,7 +272,11 @@ def test_the_last_intervals_relative_decrease_and_the_closed_form_gap():
     assert c["converged"] and c["converged_at"] == 2
     assert certificate([1.0], 1e-2, None, 0, 1e-6)["rel_decrease"] is None
     # a zero optimum: the gap is absolute, of the last record
-    assert certificate([1.0, 0.25], 1e-9, 1, 5, 1e-6, reference=0.0)["closed_form_gap"] == 0.25
+    assert certificate([1.0, 0.5, 0.25], 1e-9, 2, 5, 1e-6,
+                       reference=0.0)["closed_form_gap"] == 0.25
+    # the tolerance is an upper bound: above it not converged, at it converged
+    assert not certificate([2.0, 1.0], 1e-3, None, 5, 1e-6)["converged"]
+    assert certificate([2.0, 1.0], 1e-6, 1, 5, 1e-6)["converged"]
 
 
 def test_the_evaluation_error_is_its_documented_formula():
@@ -314,3 +318,8 @@ def test_the_stationary_warning_judges_the_global_gap_relative_to_the_bound():
     assert stationary_warning(cert, {}) is None  # 0.5/100 = 5e-3: within 1e-2 of the bound
     far = dict(cert, global_gap=5.0)  # 5e-2 relative: a stationary point elsewhere
     assert "5.0e-02 (relative) from the certified global bound" in stationary_warning(far, {})
+
+
+def test_no_rank_note_above_the_rank_the_convex_solution_needs():
+    r = ufm.train("ce", K=3, n=4, d=6, steps=3, lr=1e-3)  # far from converged, d > K
+    assert r.certificate["global"] is False and r.certificate["global_note"] is None
