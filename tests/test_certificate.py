@@ -284,10 +284,11 @@ def test_the_evaluation_error_is_its_documented_formula():
 
     sizes = Sizes(4, (3, 5, 2, 6), 7)  # N = 16, n = N·(K + d) = 176 terms: ⌈log₂ 176⌉ = 8
     u, u64 = np.finfo(np.float32).eps / 2, np.finfo(np.float64).eps / 2
+    # (abs=0: pytest.approx's default absolute 1e-12 would swallow numbers this small)
     assert evaluation_error(2.0, -3.0, sizes, "float32") == pytest.approx(
-        (8 + 16) * u * 2.0 + 256 * u64 * 4 * 3.0, rel=1e-14)
+        (8 + 16) * u * 2.0 + 256 * u64 * 4 * 3.0, rel=1e-14, abs=0)
     assert evaluation_error(2.0, -3.0, sizes, "float64") == pytest.approx(
-        (8 + 16) * u64 * 2.0 + 256 * u64 * 4 * 3.0, rel=1e-14)
+        (8 + 16) * u64 * 2.0 + 256 * u64 * 4 * 3.0, rel=1e-14, abs=0)
 
 
 def test_a_run_whose_objective_rose_is_not_said_to_have_never_moved():

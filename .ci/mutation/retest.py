@@ -26,7 +26,11 @@ def main(session, config):
     for module, operator, occurrence in survivors:
         out = subprocess.run(["cosmic-ray", "mutate-and-test", module, operator, str(occurrence),
                               command], capture_output=True, text=True).stdout
-        outcome = "killed" if '"killed"' in out else "survived"
+        result = json.loads(out.strip().splitlines()[-1])
+        # no-test: the module changed since the session, and this occurrence is no longer there
+        # (occurrences are counted per operator: re-init the session to compare like with like)
+        outcome = {"killed": "killed", "survived": "survived"}.get(result["test_outcome"],
+                                                                  result["worker_outcome"])
         killed += outcome == "killed"
         print(f"{outcome:9} {operator} {occurrence}", flush=True)
     print(f"{killed} of {len(survivors)} survivors killed by the current tests")
