@@ -146,3 +146,11 @@ def test_the_hessian_module_takes_a_spec_whole():
     so = hessian.classify_run(s, r.params)
     assert so.kind == r.second_order["kind"] == "strict local minimum"
     assert so.min_eigenvalue == pytest.approx(r.second_order["min_eigenvalue"], rel=1e-12)
+
+
+def test_the_convex_solver_at_zero_lambda_points_to_the_limit():
+    with pytest.raises(ValueError, match=r"must be > 0 for --optimizer convex.*--limit"):
+        spec.build("ce", K=3, n=2, d=4, optimizer="convex", lam_W=0.0)
+    with pytest.raises(ValueError) as err:
+        spec.build("bias-free", K=3, n=2, d=4, optimizer="convex", lam_W=0.0)
+    assert "--limit" not in str(err.value)  # the MSE model has no limit mode

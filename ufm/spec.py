@@ -174,7 +174,12 @@ def build(model="bias-free", *, K=DEFAULTS["K"], n=DEFAULTS["n"], d=DEFAULTS["d"
 def _check_hyper(model, sizes, hyper, opt, steps, restarts, allow_small_d, log_every=1):
     """Sizes, the hyperparameters' bounds, the solver's needs, representable in the dtype."""
     config.check_config(model, sizes, hyper, steps, log_every, restarts, allow_small_d)
-    config.check_solver(model, hyper, opt)
+    try:
+        config.check_solver(model, hyper, opt)
+    except ValueError as err:
+        if model.name in LIMIT_MODELS:  # at λ = 0 the minimiser is at infinity: the limit's
+            raise ValueError(f"{err}; the λ → 0 limit itself is --limit (limit=True)") from None
+        raise
     limits.check_representable(hyper)
 
 
