@@ -112,3 +112,14 @@ def test_bad_targets_are_one_line(content, needle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_certificate_uses_the_exact_minimum_at_any_d(targets):
+    for d, lam in ((6, 1e-3), (2, 3e-2)):
+        r = train(targets, lam, d, True)
+        c = r.certificate
+        assert c["global"] and c["lower_bound"] == pytest.approx(r.theory.objective, rel=1e-15)
+        assert abs(c["global_gap"]) <= 1e-10 * r.final["objective"]
+    early = runner.train("regression", K=3, n=COUNTS, d=6, steps=2, lr=1e-3, lam_W=1e-3,
+                         lam_H=2e-3, options=dict(targets=targets, bias=True))
+    assert early.certificate["global"] is False and early.certificate["global_gap"] > 0

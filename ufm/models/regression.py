@@ -23,7 +23,8 @@ import numpy as np
 
 from ufm import linalg, metrics
 from ufm.files import read_matrix
-from ufm.models.base import TWO_FACTOR_SYMMETRY, Model, Option, one_hot_targets, register, sq
+from ufm.models.base import (TWO_FACTOR_SYMMETRY, GlobalCertificate, Model, Option,
+                             one_hot_targets, register, sq)
 from ufm.models.plain import TWO_FACTOR, two_factor_init
 
 RANK_RTOL = 1e-6  # singular values of W below this fraction of the largest do not span its rows
@@ -136,6 +137,11 @@ def regression_model(targets=None, bias=False):
                              f"(--K) is {sizes.K} and N = {sizes.N} samples: pass --K "
                              f"{Y0.shape[0]} and --n so that the counts sum to {Y0.shape[1]}")
 
+    def lower_bound(inputs, hyper, sizes):
+        """The global minimum itself (the closed form is exact at any d and any λ ≥ 0): the
+        certificate compares the run's objective with it."""
+        return theory(hyper, sizes).objective
+
     fit = "Y (one-hot labels)" if Y0 is None else "Y (targets from --targets)"
     return Model(
         name="regression",
@@ -143,6 +149,8 @@ def regression_model(targets=None, bias=False):
                     f"(regression UFM, Andriopoulos et al. 2024)",
         init=two_factor_init(bias), objective=objective, measure=measure, hypers=TWO_FACTOR,
         theorem_min_d=lambda K: 1, init_scale=1.0, theory=theory, check=check,
+        certificate=GlobalCertificate(lambda params, sizes: {}, lower_bound,
+                                      convex_min_d=lambda K: 1),
         bias="free" if bias else None, symmetries=TWO_FACTOR_SYMMETRY)
 
 
