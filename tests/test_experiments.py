@@ -221,6 +221,7 @@ def check_saved_numbers(name, a, cfg, data):
                                            a[f"{key}/theory_cos/K={K}"], atol=1e-7)
                 np.testing.assert_allclose(a[f"ce-bias/{p}/cos_uncentred_H"][i], -1 / (K - 1),
                                            atol=1e-7)
+                assert np.all(np.abs(a[f"ce-bias/{p}/b_mean"][i]) < 1e-8)  # CE: the bias is 0
                 checked += 2 * len(a["lam_b"])
         for row in cfg["rows"]:  # the simulation leaves the ETF after the predicted λ_b*
             assert row["departs_at"] is None or row["departs_at"] > row["transition"]
