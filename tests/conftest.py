@@ -15,6 +15,9 @@
   run few programs repeat, but a second run of the suite loads what the first compiled (the
   solver tests: 2 min → 33 s). JAX keys every entry by the program, versions, device and flags,
   so nothing stale is ever loaded (`ufm cache --clear` with the same UFM_CACHE_DIR empties it).
+- `pytest.approx` refuses a non-zero expected value below 1e-11 without an explicit `abs=`: its
+  default absolute tolerance (1e-12) would make such a check pass whatever the value (found by
+  mutation testing, docs/testing.md).
 """
 import os
 
@@ -42,6 +45,29 @@ _configure()
 import jax  # noqa: E402  (after XLA_FLAGS)
 
 jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+_approx = pytest.approx
+TINY_EXPECTED = 1e-11  # below approx's default abs (1e-12) by less than a decade: say `abs=`
+
+
+def _checked_approx(expected, rel=None, abs=None, nan_ok=False):
+    if abs is None:
+        try:
+            values = np.abs(np.asarray(expected, dtype=float))
+        except (TypeError, ValueError):
+            values = np.zeros(0)
+        nonzero = values[values > 0]
+        if nonzero.size and nonzero.min() < TINY_EXPECTED:
+            raise AssertionError(f"pytest.approx({nonzero.min():.1e}, …) without abs=: the "
+                                 f"default absolute tolerance 1e-12 would accept anything; pass "
+                                 f"abs= (0 for a purely relative check)")
+    return _approx(expected, rel=rel, abs=abs, nan_ok=nan_ok)
+
+
+pytest.approx = _checked_approx
 
 
 def pytest_configure(config):
