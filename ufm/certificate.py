@@ -108,12 +108,14 @@ def evaluation_error(objective, bound, sizes, dtype=None):
     """A bound on the rounding error of objective − bound: every term of an objective is ≥ 0, so
     summing its N·K + N·d terms (pairwise) errs by at most ⌈log₂ n⌉·u·f, u the unit roundoff of
     the run's dtype, plus a few u per term for its own evaluation (the stable CE, products); the
-    float64 bound (K×K arithmetic) by a few hundred u₆₄·K·|bound|."""
+    float64 bound (K×K arithmetic) by a few hundred u₆₄·K·|bound|. Arrays of objectives and
+    bounds (a sweep's points) give an array."""
     n = sizes.N * (sizes.K + sizes.d)
     u = float(np.finfo(np.dtype(_dtype(dtype))).eps) / 2
     u64 = float(np.finfo(np.float64).eps) / 2
-    return float((math.ceil(math.log2(max(n, 2))) + 16) * u * abs(objective)
-                 + 256 * u64 * sizes.K * abs(bound))
+    error = ((math.ceil(math.log2(max(n, 2))) + 16) * u * np.abs(objective)
+             + 256 * u64 * sizes.K * np.abs(bound))
+    return float(error) if np.ndim(error) == 0 else error
 
 
 def global_certificate(model, inputs, hyper, sizes, objective, dtype=None, sessions=False):
