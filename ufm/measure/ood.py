@@ -26,6 +26,8 @@ import zipfile
 
 import numpy as np
 
+from ufm.measure.inputs import _as_numpy
+
 TPR = 0.95
 NCI_ALPHA = 1e-4
 SCORES = ("neco", "neco_std", "nci", "max_logit")
@@ -64,7 +66,7 @@ def _cosines(A, v):
 
 
 def _check(name, X, d=None):
-    X = np.asarray(X)
+    X = _as_numpy(X, name)  # numpy, JAX, or a DLPack producer (a PyTorch tensor), as measure takes
     if X.dtype.kind not in "biuf":
         raise ValueError(f"{name} must hold real numbers, got {X.dtype} entries")
     X = X.astype(np.float64)
