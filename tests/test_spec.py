@@ -154,3 +154,49 @@ def test_the_convex_solver_at_zero_lambda_points_to_the_limit():
     with pytest.raises(ValueError) as err:
         spec.build("bias-free", K=3, n=2, d=4, optimizer="convex", lam_W=0.0)
     assert "--limit" not in str(err.value)  # the MSE model has no limit mode
+
+
+def _modules_the_name_reaches(argv, name, tmp_path):
+    """The modules of ufm/ whose functions are called with the model's name as an argument (or
+    inside a list/tuple argument) while `ufm …` runs: the walk a reader follows from the
+    command line to the objective."""
+    import sys
+
+    from ufm.cli import main
+
+    reached = {}
+
+    def carries(value):
+        if isinstance(value, str):
+            return value == name
+        return isinstance(value, (list, tuple)) and name in [v for v in value if isinstance(v, str)]
+
+    def profile(frame, event, arg):
+        code = frame.f_code
+        if event != "call" or "/ufm/" not in code.co_filename.replace("\\", "/"):
+            return
+        names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+        if any(carries(frame.f_locals.get(k)) for k in names):
+            module = code.co_filename.replace("\\", "/").split("/ufm/")[-1]
+            reached.setdefault(module, set()).add(code.co_name)
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        main(argv + ["--out", str(tmp_path / "run"), "--quiet"])
+    finally:
+        sys.setprofile(previous)
+    return reached
+
+
+def test_a_model_name_walks_through_at_most_eight_modules(tmp_path):
+    """Issue 34: from `ufm train NAME` to the objective a model's name reaches at most eight
+    modules (it reached twelve, with nineteen returns, before the run specification); the list is
+    the one docs/architecture.md gives."""
+    reached = _modules_the_name_reaches(["train", "bias-free", "--K", "3", "--d", "4", "--n", "2",
+                                         "--steps", "5"], "bias-free", tmp_path)
+    assert len(reached) <= 8, reached
+    # (the registry builds a model once per process: the model's file is reached on the first run)
+    assert set(reached) <= {"cli.py", "spec.py", "models/base.py", "models/plain.py",
+                            "runner.py", "cache.py", "certificate.py", "files.py"}, reached
+    assert sum(len(f) for f in reached.values()) <= 19, reached
