@@ -15,7 +15,12 @@ import golden
 # the same code; running them all costs more suite time than they add).
 CASES = ["bias-free", "unregularized-bias-momentum", "regularized-bias-adam", "bias-free-lbfgs",
          "bias-free-tol-restarts", "deep-linear-4", "ce-bias", "fixed-orthogonal", "lpm",
-         "sessions", "sweep-traced", "sweep-static", "sweep-sessions"]
+         "sessions", "sweep-traced", "sweep-static", "sweep-sessions",
+         # made by the code before the run specification (issue 34): every model it had, the
+         # convex solver (below the solution's rank too, and in a sweep), restarts with tol
+         "scaled-target", "ce-smoothing", "squared-hinge", "ce-convex", "bias-free-convex",
+         "squared-hinge-convex", "ce-bias-tol-restarts", "deep-relu-lbfgs", "sweep-convex",
+         "sweep-restarts"]
 
 
 @pytest.fixture(scope="module")
