@@ -56,18 +56,18 @@ def parse_counts(n, K=None):
 
 
 def takes(model, name):
-    """Whether `model` takes the hyperparameter `name` (a model with layers also takes lam_W: one
-    λ for every W_l), or it is one of every run's leaves (lr, init_scale)."""
-    return (name in RUN_LEAVES or name in model.hyper_names
-            or (name == "lam_W" and model.depth is not None))
+    """Whether `model` takes the hyperparameter `name` (or an umbrella name some of its
+    hyperparameters are tied to: lam_W for every W_l of a layered model), or it is one of every
+    run's leaves (lr, init_scale)."""
+    return name in RUN_LEAVES or name in model.hyper_names or name in model.tied_names
 
 
 def check_names(model, names):
     """ValueError for the first of `names` that no model takes (an unknown hyperparameter) or that
     `model` does not take, naming what it takes."""
-    from ufm.models import hyper_specs
+    from ufm.models import hyper_specs, tied_specs
 
-    known = set(hyper_specs()) | set(RUN_LEAVES)
+    known = set(hyper_specs()) | set(tied_specs()) | set(RUN_LEAVES)
     unknown = sorted(k for k in names if k not in known and not LAYER_LAMBDA.match(k))
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {', '.join(sorted(known))} "
@@ -166,16 +166,18 @@ def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_smal
             f"it anyway with no closed-form prediction")
 
 
-def tie_layers(model, lams):
-    """For a layered model, `lam_W` (one λ for every W_l) expanded to each lam_W<l> not given on
-    its own; other models' λ's unchanged."""
-    layers = [k for k in model.hyper_names if LAYER_LAMBDA.match(k)]
-    if lams.get("lam_W") is None or "lam_W" in model.hyper_names or not layers:
-        return lams
-    out = {k: v for k, v in lams.items() if k != "lam_W"}
-    for k in layers:
-        if out.get(k) is None:
-            out[k] = lams["lam_W"]
+def tie(model, lams):
+    """An umbrella name the model's hyperparameters are tied to (`Hyper.tied`: `lam_W` for every
+    lam_W<l> of a layered model) expanded to each member not given on its own; other λ's
+    unchanged."""
+    out = dict(lams)
+    for umbrella in model.tied_names:
+        if out.get(umbrella) is None or umbrella in model.hyper_names:
+            continue
+        value = out.pop(umbrella)
+        for k in model.tied_to(umbrella):
+            if out.get(k) is None:
+                out[k] = value
     return out
 
 
@@ -183,11 +185,11 @@ def hyper_for(model, lams, lr, init_scale, K=None):
     """The full hyper dict of a model: its λ's (defaults from its record), lr and init_scale.
 
     A λ the model does not take is a ValueError naming it and the ones it does take. For a
-    layered model `lam_W` sets every lam_W<l> not given on its own (see `tie_layers`). A
+    layered model `lam_W` sets every lam_W<l> not given on its own (see `tie`). A
     per-class hyperparameter becomes an array [K] (`per_class_value`; K is needed then).
     """
     check_names(model, [k for k, v in lams.items() if v is not None])
-    lams = tie_layers(model, lams)
+    lams = tie(model, lams)
     hyper = {}
     for h in model.hypers:
         value = h.default if lams.get(h.name) is None else lams[h.name]
@@ -262,12 +264,13 @@ def check_sessions(model, sessions, distill, K, restarts, optimizer=None):
 
 
 def check_solver(model, hyper, optimizer):
-    """The convex solver of a two-factor model needs λ_W, λ_H > 0 (with μ = √(λ_Wλ_H) = 0 the
-    problem has no minimiser, or an unbounded set of them)."""
+    """The convex solver of a two-factor model needs its two weight decays λ_W, λ_H > 0 (with
+    μ = √(λ_Wλ_H) = 0 the problem has no minimiser, or an unbounded set of them); the model's
+    reduced problem names them (`convex.TwoFactor.decays`)."""
     if optimizer.solve is None or model.two_factor is None:
         return
-    for name in ("lam_W", "lam_H"):
+    for name in model.two_factor.decays[:2]:
         if float(hyper[name]) <= 0:
             raise ValueError(f"{named(name)} must be > 0 for --optimizer {optimizer.name} (the "
-                             f"convex problem's nuclear-norm weight is √(λ_Wλ_H)), got "
-                             f"{float(hyper[name])}")
+                             f"convex problem's nuclear-norm weight is the geometric mean of the "
+                             f"two weight decays), got {float(hyper[name])}")

@@ -91,14 +91,14 @@ def penalised_bound(M, b, lam_W, lam_H, counts, loss, bias=None, lam_b=0.0, targ
     op = np.linalg.norm(Gamma * np.sqrt(n)[None, :], 2)
     s_max = min(mu / op if op > 0 else 1.0, loss.cap(Gamma, T, N))
     ones = Gamma @ n  # G1
+    # a regularized bias has λ_b > 0 here (λ_b = 0 became a free one above): −s²‖G1‖²/(2λ_b)
     bias_term = (lambda s: 0.0) if bias != "regularized" else (
-        (lambda s: -s * s * float(ones @ ones) / (2 * lam_b)) if lam_b > 0 else
-        (lambda s: 0.0 if s == 0 or float(ones @ ones) == 0 else -math.inf))
+        lambda s: -s * s * float(ones @ ones) / (2 * lam_b))
     value = lambda s: conjugate_bound(s * Gamma, T, n, loss) + bias_term(s)
     if loss.quadratic:  # value(s) = lin·s − quad·s²/2 (value(0) = 0): its maximiser on [0, s_max]
         lin, quad = _quadratic_slopes(Gamma, T, n, loss)
         if bias == "regularized":
-            quad += float(ones @ ones) / lam_b if lam_b > 0 else (math.inf if ones @ ones else 0)
+            quad += float(ones @ ones) / lam_b
         s = s_max if quad == 0 else min(max(lin / quad, 0.0), s_max)
         return value(s)
     return _golden_max(value, 0.0, s_max)
@@ -187,10 +187,20 @@ def layer_peeled_bound(W, Hbar, counts, E_W, E_H, loss, alpha="none"):
 
 class TwoFactor(NamedTuple):
     """What the convex layer needs of a penalised two-factor model: its loss of the logits (a
-    `Loss`) and its targets per class (hyper, sizes) -> [K, K] (None: I)."""
+    `Loss`), its targets per class (hyper, sizes) -> [K, K] (None: I), and the names in `hyper` of
+    the weight decays of W, H and (with a regularized bias) b — this module names no
+    hyperparameter either."""
 
     loss: Loss
     targets: Optional[Callable] = None
+    decays: tuple = ("lam_W", "lam_H", "lam_b")
+
+    def lams(self, hyper):
+        """(λ_W, λ_H) as the model calls them."""
+        return hyper[self.decays[0]], hyper[self.decays[1]]
+
+    def lam_b(self, hyper):
+        return hyper[self.decays[2]]
 
 
 def _reduced_loss(problem, bias, hyper, sizes):
@@ -205,7 +215,7 @@ def _reduced_loss(problem, bias, hyper, sizes):
         U = A / jnp.sqrt(n)[None, :] + b[:, None]
         value = problem.loss.value(U, T, n, N)
         if bias == "regularized":
-            value = value + hyper["lam_b"] / 2 * jnp.sum(b * b)
+            value = value + problem.lam_b(hyper) / 2 * jnp.sum(b * b)
         return value
 
     return F, n, N, T
@@ -224,14 +234,14 @@ def _dual_value(problem, bias, hyper, A, b, n, N, T, mu):
     G = jax.grad(lambda V: problem.loss.value(V, T, n, N))(U) / n[None, :]
     if bias is not None:  # a free bias (or λ_b = 0: unpenalised, so free) needs Gn = 0
         centred = G - (G @ n / N)[:, None]
-        G = centred if bias == "free" else jnp.where(hyper["lam_b"] == 0, centred, G)
+        G = centred if bias == "free" else jnp.where(problem.lam_b(hyper) == 0, centred, G)
     op = linalg.singular_values(G * jnp.sqrt(n)[None, :])[0]
     s = jnp.minimum(1.0, mu / jnp.where(op > 0, op, 1.0))
     G = s * G
     ones = G @ n
     value = problem.loss.conjugate_traced(G, T, n, N)
     if bias == "regularized":
-        lam_b = hyper["lam_b"]
+        lam_b = problem.lam_b(hyper)
         value = value - jnp.where(lam_b > 0, jnp.sum(ones * ones) /
                                   (2 * jnp.where(lam_b > 0, lam_b, 1.0)), 0.0)
     return value
@@ -249,11 +259,12 @@ def solve(model, sizes, hyper, max_iter, tol, key=None, check_every=10):
     problem, bias = model.two_factor, model.bias
     F, n, N, T = _reduced_loss(problem, bias, hyper, sizes)
     K, dtype = sizes.K, jnp.result_type(float)
-    mu = jnp.sqrt(hyper["lam_W"] * hyper["lam_H"])
+    lam_W, lam_H = problem.lams(hyper)
+    mu = jnp.sqrt(lam_W * lam_H)
     curvature = problem.loss.curvature(K)  # of the loss in each logit column
     coupled = 2.0 if bias is not None else 1.0  # (A, b) blocks coupled: twice the block bounds
     step_A = N / (curvature * coupled)
-    step_b = 1.0 / (coupled * (curvature + (hyper["lam_b"] if bias == "regularized" else 0.0)))
+    step_b = 1.0 / (coupled * (curvature + (problem.lam_b(hyper) if bias == "regularized" else 0.0)))
     grad = jax.grad(F, argnums=(0, 1))
     has_b = bias is not None
 
@@ -290,14 +301,16 @@ def solve(model, sizes, hyper, max_iter, tol, key=None, check_every=10):
     inf = jnp.asarray(jnp.inf, dtype)
     i, A, b, _, _, _, gap = jax.lax.while_loop(
         cond, body, (0, A0, b0, A0, b0, jnp.asarray(1.0, dtype), inf))
-    return factors(A, b if has_b else None, hyper, sizes), i, gap
+    return factors(A, b if has_b else None, (lam_W, lam_H), sizes), i, gap
 
 
-def factors(A, b, hyper, sizes):
-    """Balanced W [K, d], H [d, N] with WH = A D^-½ E (top d directions if d < K), and b."""
+def factors(A, b, lams, sizes):
+    """Balanced W [K, d], H [d, N] with WH = A D^-½ E (top d directions if d < K), and b;
+    lams = (λ_W, λ_H)."""
     U, s, Vt = linalg.svd(A)
     r = min(sizes.K, sizes.d)
-    c = (hyper["lam_H"] / hyper["lam_W"]) ** 0.25  # λ_W‖W‖² = λ_H‖H‖² at W = c·US^½
+    lam_W, lam_H = lams
+    c = (lam_H / lam_W) ** 0.25  # λ_W‖W‖² = λ_H‖H‖² at W = c·US^½
     root = jnp.sqrt(s[:r])
     n = jnp.asarray(sizes.counts, A.dtype)
     labels = metrics.class_labels(sizes.counts, sizes.N)

@@ -132,7 +132,7 @@ def factors(M, sizes):
     """W [K, d], H [d, N] with W·H = M·E and ½(‖W‖² + ‖H‖²) = ‖M·D^½‖_* (the balanced factors of
     the limit direction, margin 1)."""
     A = jnp.asarray(M) * jnp.sqrt(jnp.asarray(sizes.counts, jnp.asarray(M).dtype))[None, :]
-    return convex.factors(A, None, {"lam_W": 1.0, "lam_H": 1.0}, sizes)
+    return convex.factors(A, None, (1.0, 1.0), sizes)
 
 
 __all__ = ["SVMSolution", "solve_svm", "seli", "seli_error", "factors", "project_margins",

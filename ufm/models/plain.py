@@ -71,16 +71,17 @@ def class_logits(params, sizes):
 
 def penalised_bound(problem, bias):
     """lower_bound(inputs, hyper, sizes) of a penalised two-factor model (docs/theory.md §5.1);
-    problem: its convex.TwoFactor (loss, targets)."""
-    loss, targets = problem
+    problem: its convex.TwoFactor (loss, targets, the weight decays' names)."""
+    loss, targets = problem.loss, problem.targets
 
     def lower_bound(inputs, hyper, sizes):
         T = None if targets is None else np.asarray(targets(hyper, sizes), np.float64)
         b = inputs.get("b")
+        lam_W, lam_H = problem.lams(hyper)
         return convex.penalised_bound(
             np.asarray(inputs["M"], np.float64), None if b is None else np.asarray(b, np.float64),
-            float(hyper["lam_W"]), float(hyper["lam_H"]), sizes.counts, loss, bias,
-            float(hyper.get("lam_b", 0.0)), T)
+            float(lam_W), float(lam_H), sizes.counts, loss, bias,
+            float(problem.lam_b(hyper)) if bias == "regularized" else 0.0, T)
 
     return lower_bound
 
