@@ -397,3 +397,46 @@ def test_a_malformed_declaration_is_an_error_naming_the_file():
             base.get_model("broken-test")
     finally:
         del base.REGISTRY["broken-test"]
+
+
+@pytest.fixture
+def tied_model():
+    """A new model whose two weight decays are tied to one umbrella name, `lam_both` (as the
+    layered models tie every lam_W<l> to lam_W): declared in its file only."""
+    from ufm.models import base, plain
+
+    def build():
+        model = plain.plain_model("tied-test", None)
+        hypers = tuple(h._replace(tied="lam_both") if h.name in ("lam_W", "lam_H") else h
+                       for h in model.hypers)
+        return model._replace(name="tied-test", hypers=hypers)
+
+    base.register("tied-test")(build)
+    yield
+    del base.REGISTRY["tied-test"]
+
+
+def test_an_umbrella_hyperparameter_reaches_its_members_with_no_edit_elsewhere(tied_model,
+                                                                               tmp_path, capsys):
+    """Issue 34: tying is declared by the model (`Hyper.tied`), not recognised by the name lam_W:
+    the keyword, the flag and a sweep axis of a new umbrella name set every member not given on
+    its own."""
+    import json
+
+    from ufm import runner, spec, sweep
+
+    s = spec.build("tied-test", lam_both=0.03, lam_H=0.01)
+    assert s.hyper["lam_W"] == 0.03 and s.hyper["lam_H"] == 0.01
+    r = runner.train("tied-test", K=2, n=2, d=2, steps=1, lam_both=0.02)
+    assert r.config["lam_W"] == 0.02 and r.config["lam_H"] == 0.02
+    assert main(["train", "tied-test", "--lam-both", "0.04", "--K", "2", "--n", "2", "--d", "2",
+                 "--steps", "1", "--quiet", "--out", str(tmp_path / "t")]) == 0
+    config = json.loads((tmp_path / "t" / "result.json").read_text())["config"]
+    assert config["lam_W"] == config["lam_H"] == 0.04
+    arrays, _ = sweep.run_grid("tied-test", {"K": [2], "d": [2], "n": [2]}, {},
+                               {"lam_both": np.array([1e-3, 1e-1])}, order=["lam_both"], steps=3)
+    for lam_both, got in zip((1e-3, 1e-1), arrays["objective"]):  # each point: both members set
+        want = runner.train("tied-test", K=2, n=2, d=2, steps=3, lam_W=lam_both, lam_H=lam_both)
+        assert got == pytest.approx(want.final["objective"], rel=1e-12)
+    with pytest.raises(ValueError, match="lam_both .*does not apply to model 'bias-free'"):
+        spec.build("bias-free", lam_both=0.1)

@@ -51,19 +51,27 @@ def _add_size_flags(p, static=False):
 def _add_lambda_flags(p, layers, grid):
     """A flag for every hyperparameter some model's record declares, and --lam-W<l> for each
     layer named on the command line (deep models of any depth)."""
-    from ufm.models import hyper_specs
+    from ufm.models import get_model, hyper_specs, tied_specs
 
     number = str if grid else float  # a sweep parses grids itself (start:stop:num[:log], a,b,c)
     grid_help = " (a grid: start:stop:num, start:stop:num:log, or a,b,c)" if grid else ""
-    specs = hyper_specs()
+    specs, ties = hyper_specs(), tied_specs()
     for name, spec in specs.items():
-        tied = "; for a deep/extended model one λ for every W_l" if name == "lam_W" else ""
+        tied = (f"; for {', '.join(ties[name])} it sets every "
+                f"{', '.join(get_model(ties[name][0]).tied_to(name))}, … not given"
+                if name in ties else "")
         per_class = ("; per class: one value for every class or K joined by ','"
                      + ("; a grid of such vectors separated by ';'" if grid else "")
                      ) if spec.per_class else grid_help
         p.add_argument(spec.flag, dest=name, type=str if spec.per_class else number,
                        default=None,
                        help=f"{spec.help}{tied}; only for models that take it{per_class}")
+    for name, owners in ties.items():  # an umbrella no model takes itself: a flag of its own
+        if name not in specs:
+            members = ", ".join(get_model(owners[0]).tied_to(name))
+            p.add_argument(flag(name), dest=name, type=number, default=None,
+                           help=f"for {', '.join(owners)}: sets every {members} not given"
+                                f"{grid_help}")
     for layer in layers:  # --lam-W4 … as given on the command line (deep models)
         name = f"lam_W{layer}"
         if name not in specs:
@@ -448,9 +456,10 @@ def _other_options(args):
 def _lambda_flags(args):
     """The hyperparameter flags as given (None where not given); the library checks that the
     model takes them (config.check_names)."""
-    from ufm.models import hyper_specs
+    from ufm.models import hyper_specs, tied_specs
 
-    names = list(hyper_specs()) + [k for k in vars(args) if LAYER_LAMBDA.match(k)]
+    names = (list(hyper_specs()) + list(tied_specs())
+             + [k for k in vars(args) if LAYER_LAMBDA.match(k)])
     return {k: getattr(args, k, None) for k in dict.fromkeys(names)}
 
 

@@ -26,7 +26,7 @@ from ufm import hessian as hessian_mod
 from ufm.certificate import predict
 from ufm.config import LAYER_LAMBDA, RUN_LEAVES, check_names, flag
 from ufm.files import write_npz
-from ufm.models import hyper_specs
+from ufm.models import hyper_specs, tied_specs
 from ufm.store import fingerprint, folder_lock, write_sweep  # noqa: F401  (write_sweep: ufm.sweep.write_sweep)
 
 STATIC = ("depth", "K", "d", "n")
@@ -35,9 +35,10 @@ MAX_POINTS = 10 ** 8  # a grid's points are enumerated lazily, but its results l
 
 
 def traced_names():
-    """Every name a traced axis can have: each model's hyperparameters (from the registry),
-    lr and init_scale."""
-    return tuple(hyper_specs()) + RUN_LEAVES
+    """Every name a traced axis can have: each model's hyperparameters and the umbrella names
+    they are tied to (from the registry), lr and init_scale."""
+    specs = hyper_specs()
+    return tuple(specs) + tuple(k for k in tied_specs() if k not in specs) + RUN_LEAVES
 
 
 def is_traced(name):
@@ -303,14 +304,15 @@ def run_sweep(model, sizes, base, axes, *, steps, seed=0, seeds=0, optimizer="gd
 
 def point_lams(model, base, values):
     """The λ's of one point: `base`'s, with the traced `values` (name -> value) applied; an axis
-    over `lam_W` sets every layer of a deep model that has no axis of its own."""
+    over an umbrella name (`lam_W` of a deep model, `Hyper.tied`) sets every member that has no
+    axis of its own."""
     lams = {k: v for k, v in base.items() if k not in RUN_LEAVES}
     for name, v in values.items():
         if name in RUN_LEAVES:
             continue
-        if name == "lam_W" and name not in model.hyper_names:
-            for k in model.hyper_names:
-                if LAYER_LAMBDA.match(k) and k not in values:
+        if name in model.tied_names and name not in model.hyper_names:
+            for k in model.tied_to(name):
+                if k not in values:
                     lams[k] = v
         else:
             lams[name] = v
@@ -562,7 +564,7 @@ def run_grid(model_name, static, lams, axes, *, order, steps, lr=0.1, init_scale
             allow_small_d=kw["allow_small_d"], loss=loss, alpha=alpha, mask_softmax=mask_softmax,
             depth=values.get("depth"), options=options, sessions=kw["sessions"],
             distill=kw["distill"], tol=kw["tol"],
-            **{k: v for k, v in lams.items() if not (k == "lam_W" and "lam_W" in axes)})
+            **{k: v for k, v in lams.items() if k not in axes})  # an axis sets its own
         plans.append((values, _plan(run, axes, **kw)))
     if len(plans) > 1:  # each combination fits on its own; their results are held together
         total = sum(limits.result_bytes(p["model"], p["sizes"], p["grid"].size) for _, p in plans)

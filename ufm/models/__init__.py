@@ -12,7 +12,8 @@
 model takes them); `MODELS` maps every name to its default variant.
 """
 from ufm.models.base import (REGISTRY, Hyper, Model, Option, Session, Sizes, get_model,
-                             hyper_specs, models, one_hot_targets, option_specs, register)
+                             hyper_specs, models, one_hot_targets, option_specs, register,
+                             tied_specs)
 import importlib  # noqa: E402
 import pkgutil  # noqa: E402
 
@@ -30,4 +31,4 @@ MODELS = models()
 
 __all__ = ["MODELS", "REGISTRY", "Hyper", "Model", "Option", "Session", "Sizes", "get_model",
            "hyper_specs", "layered_features", "layered_model", "one_hot_targets", "option_specs",
-           "plain_model", "register"]
+           "plain_model", "register", "tied_specs"]

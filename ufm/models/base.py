@@ -86,6 +86,9 @@ class Hyper(NamedTuple):
     below: Optional[float] = None  # a strict upper bound, if any
     per_class: bool = False
     decay: bool = False  # a weight decay the model's closed forms need > 0 (else: no theorem)
+    # an umbrella name that sets this one when it is not given on its own (lam_W for every layer's
+    # lam_W<l>): the flag, train's keyword and a sweep axis of that name set each member
+    tied: Optional[str] = None
 
     @property
     def flag(self):
@@ -249,6 +252,15 @@ class Model:
         return tuple(h.name for h in self.hypers)
 
     @property
+    def tied_names(self):
+        """The umbrella names this model's hyperparameters are tied to (`Hyper.tied`)."""
+        return tuple(dict.fromkeys(h.tied for h in self.hypers if h.tied))
+
+    def tied_to(self, umbrella):
+        """The hyperparameters an umbrella name sets."""
+        return tuple(h.name for h in self.hypers if h.tied == umbrella)
+
+    @property
     def constrained(self):
         return self.project is not None
 
@@ -401,6 +413,15 @@ def hyper_specs():
     return out
 
 
+def tied_specs():
+    """Every umbrella name some model ties hyperparameters to -> the models that tie to it."""
+    out = {}
+    for name in REGISTRY:
+        for umbrella in get_model(name).tied_names:
+            out.setdefault(umbrella, []).append(name)
+    return out
+
+
 def option_specs():
     """Every static option some model takes, by name, with the models that take it."""
     out = {}
@@ -447,6 +468,7 @@ BOUND = 1.0  # E_H, E_W: the squared-norm bounds' default
 TWO_FACTOR_SYMMETRY = (("W", "H"),)  # WH = (WQ)(QᵀH)
 
 
-def lam(name, what, decay=True):
-    """A weight decay λ (default LAMBDA); decay=False for one the closed forms allow at 0 (λ_b)."""
-    return Hyper(name, LAMBDA, f"{what} (default {LAMBDA:g})", decay=decay)
+def lam(name, what, decay=True, tied=None):
+    """A weight decay λ (default LAMBDA); decay=False for one the closed forms allow at 0 (λ_b);
+    tied: the umbrella name that sets it too (`Hyper.tied`)."""
+    return Hyper(name, LAMBDA, f"{what} (default {LAMBDA:g})", decay=decay, tied=tied)

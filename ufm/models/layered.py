@@ -160,7 +160,7 @@ def layered_model(name, depth, activation, loss="mse"):
         raise ValueError(f"loss must be 'mse', or 'ce' with the linear activation; got {loss!r} "
                          f"with {activation!r}")
     hypers = (lam("lam_H1", "λ_H1, the first-level features' weight decay"),) + tuple(
-        lam(f"lam_W{layer}", f"λ of W{layer}") for layer in range(1, depth + 1))
+        lam(f"lam_W{layer}", f"λ of W{layer}", tied="lam_W") for layer in range(1, depth + 1))
     if loss == "ce":
         prediction = balanced_only(
             lambda hyper, sizes: theory.deep_cross_entropy(hyper, sizes, depth))
