@@ -13,6 +13,7 @@ from ufm import measure
 from ufm.measure import screens
 
 U = 2.0 ** -24  # float32's unit roundoff (eps₃₂ = 2u)
+ETA = 2.0 ** -150  # float32's absolute rounding error below its normal range (gradual underflow)
 SLACK = 1 + 1e-9  # the float64 arithmetic of the reference bounds themselves
 
 
@@ -21,26 +22,31 @@ def gamma(n):
 
 
 def dot_bound(x, x32, w, w32):
-    """[rows, K]: |fl32(x̂·ŵ_k) − x·w_k| ≤ γ_n Σ|x̂||ŵ| + Σ|x̂ − x||ŵ| + Σ|x||ŵ − w|."""
+    """[rows, K]: |fl32(x̂·ŵ_k) − x·w_k| ≤ γ_n Σ|x̂||ŵ| + n·η + Σ|x̂ − x||ŵ| + Σ|x||ŵ − w| (n·η:
+    each of the n products may fall below float32's normal range and err by η absolute)."""
     x32, w32 = x32.astype(np.float64), w32.astype(np.float64)
-    return (gamma(x.shape[1]) * np.abs(x32) @ np.abs(w32).T + np.abs(x32 - x) @ np.abs(w32).T
-            + np.abs(x) @ np.abs(w32 - w).T)
+    return (gamma(x.shape[1]) * np.abs(x32) @ np.abs(w32).T + x.shape[1] * ETA
+            + np.abs(x32 - x) @ np.abs(w32).T + np.abs(x) @ np.abs(w32 - w).T)
 
 
 def _problem(seed, K, d, scale, offset_size, bias):
     rng = np.random.default_rng(seed)
     means = scale * rng.normal(size=(K, d))
+    means[0] = 0.0  # a class mean at the origin, and rows on it: no product term to hide in
     offset = offset_size * rng.normal(size=d)
     W = rng.normal(size=(K, d)) * rng.uniform(0.1, 10.0, size=(K, 1))
     W[0] *= 5.0  # the largest row first: a bound that skipped row 0 would be too small
     b = rng.normal(size=K) * scale if bias else None
     y = rng.integers(0, K, 400)
-    rows = means[y] + offset + scale * rng.normal(size=(400, d)) * rng.uniform(0.0, 3.0, (400, 1))
-    return means, offset, W, b, y, rows
+    noise = scale * rng.normal(size=(400, d)) * rng.uniform(0.0, 3.0, (400, 1))
+    y[:20], noise[:20] = 0, 0.0
+    return means, offset, W, b, y, means[y] + offset + noise
 
 
 SETTINGS = [(0, 4, 1, 1.0, 0.0, False), (1, 3, 2, 1e3, 10.0, True), (2, 6, 40, 1.0, 1e4, True),
-            (3, 10, 7, 1e-3, 1.0, False), (4, 5, 300, 30.0, 0.0, True)]
+            (3, 10, 7, 1e-3, 1.0, False), (4, 5, 300, 30.0, 0.0, True),
+            # features in float32's subnormal range (1e-41) read by a classifier of size 1–50
+            (5, 4, 8, 1e-41, 0.0, True), (6, 3, 12, 1e-41, 1e-41, False), (7, 9, 6, 1e-41, 0.0, False)]
 
 
 @pytest.mark.parametrize("seed, K, d, scale, offset_size, bias", SETTINGS)
@@ -61,7 +67,7 @@ def test_the_full_products_bound_dominates_the_rigorous_one(seed, K, d, scale, o
         need = dot_bound(x, given.astype(np.float32), W, W.astype(np.float32))
         if b is not None:  # + b rounded to float32, and the sum rounded
             b32 = b.astype(np.float32).astype(np.float64)
-            need = need + np.abs(b32 - b)[None, :] + U * np.abs(logits + b32[None, :])
+            need = need + np.abs(b32 - b)[None, :] + U * np.abs(logits + b32[None, :]) + ETA
         assert np.all(captured["bound"] * SLACK >= need.max(axis=1))
 
 
@@ -90,12 +96,12 @@ def test_the_nearest_centre_bound_dominates_the_rigorous_one(seed, K, d, scale, 
         p32 = projected.astype(np.float32).astype(np.float64)
         q = projected + c[y]
         q32 = (p32.astype(np.float32) + c32[y].astype(np.float32)).astype(np.float64)
-        rounding_q = np.abs(p32 - projected) + np.abs(c32[y] - c[y]) + U * np.abs(p32 + c32[y])
+        rounding_q = np.abs(p32 - projected) + np.abs(c32[y] - c[y]) + U * np.abs(p32 + c32[y]) + ETA
     t, t32 = -2.0 * c, decide.twice32.astype(np.float64)
-    need = (gamma(c.shape[1]) * np.abs(q32) @ np.abs(t32).T + rounding_q @ np.abs(t32).T
-            + np.abs(q) @ np.abs(t32 - t).T)
+    need = (gamma(c.shape[1]) * np.abs(q32) @ np.abs(t32).T + c.shape[1] * ETA
+            + rounding_q @ np.abs(t32).T + np.abs(q) @ np.abs(t32 - t).T)
     sq32 = decide.sq32.astype(np.float64)
-    need += np.abs(sq32 - decide.sq_centres)[None, :] + U * np.abs(captured["scores"])
+    need += np.abs(sq32 - decide.sq_centres)[None, :] + U * np.abs(captured["scores"]) + ETA
     assert np.all(captured["bound"] * SLACK >= need.max(axis=1))
 
 
@@ -122,13 +128,13 @@ def test_the_span_screens_bound_dominates_the_rigorous_one(seed, K, d, scale, of
     q, q32 = projected + decide.centres[y], q32.astype(np.float64)
     p32 = projected.astype(np.float32).astype(np.float64)
     rounding_q = (np.abs(p32 - projected) + np.abs(c32[y].astype(np.float64) - decide.centres[y])
-                  + U * np.abs(p32 + c32[y]))
+                  + U * np.abs(p32 + c32[y]) + ETA)
     A = W @ basis.T
     A32 = decide.A32.astype(np.float64)
-    need = (gamma(A.shape[1]) * np.abs(q32) @ np.abs(A32).T + rounding_q @ np.abs(A32).T
-            + np.abs(q) @ np.abs(A32 - A).T)
+    need = (gamma(A.shape[1]) * np.abs(q32) @ np.abs(A32).T + A.shape[1] * ETA
+            + rounding_q @ np.abs(A32).T + np.abs(q) @ np.abs(A32 - A).T)
     need += (np.abs(decide.shift32.astype(np.float64) - decide.shift)[None, :]
-             + U * np.abs(logits.astype(np.float64)))
+             + U * np.abs(logits.astype(np.float64)) + ETA)
     # the part outside the span: R·‖(x − offset)⊥‖ ≤ R·(‖x − μ_y‖ + ‖μ_y⊥‖)
     need += (outside(W - W.mean(axis=0)).max() * (spread + outside(means)[y]))[:, None]
     assert np.all(bound * SLACK >= need.max(axis=1))
