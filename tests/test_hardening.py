@@ -263,6 +263,23 @@ def test_a_second_sweep_into_a_held_folder_is_refused(tmp_path, capsys):
     assert main(SWEEP + ["--out", str(out)]) == 2
     assert "in use by another sweep" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == [".lock"]
+    # a holder that is another live process on this host: refused, and the holder only asked
+    # whether it lives (signal 0), never sent a signal
+    # (SIGHUP's default restored: under nohup a child inherits it ignored)
+    holder = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal("
+                               "signal.SIGHUP, signal.SIG_DFL); print('ready', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                               "started": time.time()}))
+        assert main(SWEEP + ["--out", str(out)]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        time.sleep(0.2)
+        assert holder.poll() is None  # still running
+    finally:
+        holder.kill()
+        holder.wait()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
