@@ -67,8 +67,10 @@ def folder_lock(out):
                     holder = json.load(fh)
             except (OSError, ValueError):  # being written this instant, or unreadable
                 holder = {}
+            if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+                holder = {}  # not a lock this module wrote (no pid): garbled
             if holder:
-                stale = holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1)))
+                stale = holder.get("host") == me["host"] and not _alive(holder["pid"])
             else:  # empty or garbled: stale once older than the instant its writer needs
                 stale = time.time() - _mtime(path) > EMPTY_LOCK_SECONDS
             if not stale:
