@@ -425,3 +425,18 @@ def test_below_dnc_on_both_sides_and_the_relu_exact_flag():
     assert theory.layered(two, Sizes(10, 1, 30), 2, "relu").exact  # Theorem 4.2: the optimum
     assert not deep.exact  # deeper: the DNC value is a reference only
     assert theory.layered(lams, Sizes(10, 1, 30), 4, "linear").exact
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"a string"'])
+def test_a_sweep_json_ufm_did_not_write_is_another_configuration(tmp_path, capsys, text):
+    """A finished-looking folder whose sweep.json is not a record of this configuration (garbled,
+    or JSON of another shape) is refused with the message that says so — not a JSON parser's
+    error, not a traceback — and left as it was."""
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / "sweep.json").write_text(text)
+    assert main(["sweep", "bias-free", "--K", "3", "--n", "2", "--d", "3", "--lam-W",
+                 "1e-3,1e-2", "--steps", "5", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished sweep of another configuration" in err and "Traceback" not in err
+    assert (out / "sweep.json").read_text() == text

@@ -157,6 +157,8 @@ def finished(out, mark):
             config = json.load(fh)
         except ValueError:
             config = {}
+    if not isinstance(config, dict):  # JSON, but not a record ufm wrote
+        config = {}
     if config.get("fingerprint") != mark:
         raise ValueError(f"out (--out) {out} holds a finished sweep of another configuration "
                          f"(sweep.json); use another --out or delete it")
