@@ -274,7 +274,11 @@ def test_a_second_sweep_into_a_held_folder_is_refused(tmp_path, capsys):
         (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
                                                "started": time.time()}))
         assert main(SWEEP + ["--out", str(out)]) == 2
-        assert f"pid {holder.pid}" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and time.strftime("%Y-%m-%d") in err
+        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        assert main(SWEEP + ["--out", str(out)]) == 2  # no start time recorded: not 1970
+        assert "since an unknown time" in capsys.readouterr().err
         time.sleep(0.2)
         assert holder.poll() is None  # still running
     finally:

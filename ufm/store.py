@@ -74,8 +74,9 @@ def folder_lock(out):
             else:  # empty or garbled: stale once older than the instant its writer needs
                 stale = time.time() - _mtime(path) > EMPTY_LOCK_SECONDS
             if not stale:
-                since = time.strftime("%Y-%m-%d %H:%M:%S",
-                                      time.localtime(holder.get("started", 0)))
+                started = holder.get("started")
+                since = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+                         if isinstance(started, (int, float)) else "an unknown time")
                 raise ValueError(f"out (--out) {out} is in use by another sweep (pid "
                                  f"{holder.get('pid', '?')} on {holder.get('host', '?')}, since "
                                  f"{since}); wait for it to finish or use another --out") from None
