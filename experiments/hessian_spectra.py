@@ -4,8 +4,11 @@ the logits α·S at the best α, factored with balanced factors) and certified b
 spectrum on the orthogonal complement of the symmetry orbit.
 
 Panels: K = 4, L = 3 (where the low-rank blocks beat DNC) at DNC and at the low-rank solution;
-K = 10, L = 3 at DNC and at the triangular tight frame (rank 4); and the bias-free MSE optimum
-with its closed-form spectrum drawn (theory.bias_free_hessian: every eigenvalue predicted). Each spectrum is drawn as a
+K = 10, L = 3 at DNC and at the triangular tight frame (rank 4) — at DNC every eigenvalue
+predicted (theory.deep_ce_hessian); the bias-free MSE optimum with
+its closed-form spectrum drawn (theory.bias_free_hessian: every eigenvalue predicted); and the
+deep linear MSE UFM at DNC, Garrod & Keating's setting, with its whole spectrum predicted
+(theory.deep_linear_hessian: the outliers, the class-pair blocks, the interfaces). Each spectrum is drawn as a
 histogram of |λ| on a log axis, negative eigenvalues in red, with λ_min and the kind. The same for
 one point from the command line:
   ufm train deep-linear-ce --depth 3 --K 10 --n 5 --d 16 --lam-H1 0.001953125 \
@@ -20,8 +23,10 @@ from experiments import common
 
 NAME = "hessian_spectra"
 FULL = dict(cases=[[4, 3, "dnc"], [4, 3, "low-rank"], [10, 3, "dnc"], [10, 3, "triangular"]],
-            n=5, d=12, lam=2.0 ** -9, bias_free=[4, 5, 6], bias_free_lam=[1e-2, 2e-2])
-SMOKE = dict(FULL, cases=[[4, 3, "dnc"], [4, 3, "low-rank"]], n=2, d=4, bias_free=[3, 2, 4])
+            n=5, d=12, lam=2.0 ** -9, bias_free=[4, 5, 6], bias_free_lam=[1e-2, 2e-2],
+            deep_linear=[4, 5, 6, 3], deep_linear_lam=[5e-3, 2e-3, 4e-3, 3e-3])
+SMOKE = dict(FULL, cases=[[4, 3, "dnc"], [4, 3, "low-rank"]], n=2, d=4, bias_free=[3, 2, 4],
+             deep_linear=[3, 2, 4, 2], deep_linear_lam=[5e-3, 2e-3, 4e-3])
 
 
 def main(argv=None):
@@ -38,11 +43,15 @@ def main(argv=None):
         key = f"K{K}_L{L}_{name}"
         out[f"{key}/eigenvalues"] = np.asarray(so.eigenvalues)
         out[f"{key}/objective"] = np.asarray(construction.objective)
+        if name == "dnc":  # every eigenvalue predicted (theory.deep_ce_hessian)
+            out[f"{key}/predicted"] = np.array(
+                [v for v, m in theory.deep_ce_hessian(hyper, sizes, L) for _ in range(m)])
         rows.append(dict(key=key, K=K, L=L, name=name, kind=so.kind, tol=so.tol,
                          min_eigenvalue=so.min_eigenvalue, symmetry_dim=so.symmetry_dim,
                          grad_norm=so.grad_norm, rank=construction.rank,
                          objective=construction.objective, parameters=so.parameters))
     out.update(_bias_free(cfg, rows))
+    out.update(_deep_linear(cfg, rows))
     return common.finish(args, NAME, out, dict(cfg, rows=rows), plot)
 
 
@@ -61,6 +70,26 @@ def _bias_free(cfg, rows):
                      parameters=so.parameters))
     return {"bias_free/eigenvalues": np.asarray(so.eigenvalues),
             "bias_free/predicted": np.array([v for v, m in predicted for _ in range(m)])}
+
+
+def _deep_linear(cfg, rows):
+    """The deep linear MSE UFM at DNC (Garrod & Keating's setting; a λ of its own for every
+    factor) with every eigenvalue predicted (theory.deep_linear_hessian, docs/theory.md §6.4)."""
+    K, n, d, L = cfg["deep_linear"]
+    lam = cfg["deep_linear_lam"]
+    hyper = {"lam_H1": lam[0], **{f"lam_W{l}": lam[l] for l in range(1, L + 1)}}
+    sizes = Sizes(K, n, d)
+    params = theory.deep_linear_dnc(hyper, sizes, L)
+    so = hessian.classify(get_model("deep-linear", depth=L), sizes, hyper, params,
+                          method="dense")
+    predicted = theory.deep_linear_hessian(hyper, sizes, L)
+    rows.append(dict(key="deep_linear", K=K, L=L, name="deep linear MSE at DNC", kind=so.kind,
+                     tol=so.tol, min_eigenvalue=so.min_eigenvalue, symmetry_dim=so.symmetry_dim,
+                     grad_norm=so.grad_norm, rank=K,
+                     objective=theory.layered(hyper, sizes, L).objective,
+                     parameters=so.parameters))
+    return {"deep_linear/eigenvalues": np.asarray(so.eigenvalues),
+            "deep_linear/predicted": np.array([v for v, m in predicted for _ in range(m)])}
 
 
 def plot(out):
@@ -96,8 +125,9 @@ def plot(out):
                      f"directions removed of {row['parameters']}", fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle(f"Restricted Hessian spectra (dense, float64): the deep linear CE constructions "
-                 f"(n = {cfg['n']}, d = {cfg['d']}, every λ = {cfg['lam']:g}) and the bias-free "
-                 f"MSE optimum against its closed form  [our setting]", fontsize=10)
+                 f"(n = {cfg['n']}, d = {cfg['d']}, every λ = {cfg['lam']:g}; DNC against its "
+                 f"closed form), the bias-free MSE optimum and the deep linear MSE UFM at DNC "
+                 f"against theirs  [our setting]", fontsize=10)
     common.tight_layout(fig, rect=(0, 0, 1, 0.92))
     return common.save_figure(fig, out, NAME)
 

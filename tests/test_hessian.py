@@ -361,6 +361,64 @@ def test_three_factor_stationary_points_classify_as_the_scalar_problem_says(beta
             assert np.sum(np.abs(np.array(so.eigenvalues)) <= so.tol) == fit * (K - fit)
 
 
+@pytest.mark.parametrize("K, n, d, L, lams", [
+    (3, 2, 4, 2, (5e-3, 5e-3, 5e-3)), (3, 2, 3, 3, (5e-3,) * 4),
+    (4, 1, 5, 3, (2e-3, 3e-3, 1e-3, 4e-3)), (2, 3, 4, 4, (5e-3, 1e-2, 2e-3, 5e-3, 3e-3)),
+    (3, 4, 3, 1, (1e-2, 2e-2))])
+def test_restricted_spectrum_of_the_deep_linear_mse_ufm_at_dnc_is_the_closed_form(K, n, d, L, lams):
+    """Garrod & Keating's setting, every eigenvalue: the dense restricted Hessian at the deep linear
+    MSE optimum (DNC, balanced factors) against theory.deep_linear_hessian (derived in
+    docs/theory.md §6.4: the in-frame blocks H₊ and H₋, the interfaces, the within-class moves),
+    with a λ of its own at every factor, depths 1 to 4, d = K and d > K; at L = 1 it is the
+    bias-free model's spectrum too."""
+    hyper = {"lam_H1": lams[0], **{f"lam_W{l}": lams[l] for l in range(1, L + 1)}}
+    sizes = Sizes(K, n, d)
+    params = theory.deep_linear_dnc(hyper, sizes, L)
+    so = hessian.classify(get_model("deep-linear", depth=L), sizes, hyper, params,
+                          method="dense")
+    assert so.grad_norm < 1e-10 and so.kind == "strict local minimum"
+    predicted = np.concatenate([[v] * m for v, m in theory.deep_linear_hessian(hyper, sizes, L)])
+    assert len(predicted) == len(so.eigenvalues)  # the orbit's zeros are exactly what was removed
+    np.testing.assert_allclose(np.sort(so.eigenvalues), np.sort(predicted), rtol=1e-10,
+                               atol=1e-12)
+    if L == 1:  # the same point and spectrum as the bias-free model's closed form
+        two = {"lam_W": lams[1], "lam_H": lams[0]}
+        np.testing.assert_allclose(
+            np.sort(predicted), np.sort(np.concatenate(
+                [[v] * m for v, m in theory.bias_free_hessian(two, sizes)])), rtol=1e-12)
+
+
+@pytest.mark.parametrize("K, n, d, L, scale", [(4, 2, 5, 2, 1.0), (3, 2, 3, 3, 2.0),
+                                               (5, 1, 6, 2, 0.5), (4, 3, 4, 3, 1.0),
+                                               (6, 2, 5, 1, 1.0)])
+def test_restricted_spectrum_of_the_deep_linear_ce_ufm_at_dnc_is_the_closed_form(K, n, d, L, scale):
+    """The cross-entropy counterpart, every eigenvalue: the dense restricted Hessian at DNC (the
+    construction S = P at its best scale, balanced factors) against theory.deep_ce_hessian
+    (docs/theory.md §6.4: the softmax's curvature splits the symmetric in-frame sector three ways,
+    one coupled to H_1's common move), a λ of its own at every factor, d = K − 1 and d > K."""
+    lam = scale * 2.0 ** -9
+    hyper = {"lam_H1": lam, **{f"lam_W{l}": lam * (1 + 0.3 * l) for l in range(1, L + 1)}}
+    sizes = Sizes(K, n, d)
+    model = get_model("deep-linear-ce", depth=L)
+    so = hessian.classify(model, sizes, hyper, model.constructions(hyper, sizes)["dnc"],
+                          method="dense")
+    assert so.kind == "strict local minimum"
+    predicted = np.concatenate([[v] * m for v, m in theory.deep_ce_hessian(hyper, sizes, L)])
+    assert len(predicted) == len(so.eigenvalues)
+    np.testing.assert_allclose(np.sort(so.eigenvalues), np.sort(predicted), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_the_deep_linear_spectrum_is_predicted_only_where_dnc_fits_every_class():
+    """Beyond the threshold (§3.10: every class at zero) or at unbalanced counts there is no DNC
+    optimum to predict: None, not a wrong spectrum."""
+    zero = {"lam_H1": 0.3, "lam_W1": 0.3, "lam_W2": 0.3}
+    assert not any(theory.layered(zero, Sizes(3, 2, 4), 2).fit)
+    assert theory.deep_linear_hessian(zero, Sizes(3, 2, 4), 2) is None
+    assert theory.deep_linear_hessian({"lam_H1": 1e-3, "lam_W1": 1e-3, "lam_W2": 1e-3},
+                                      Sizes(3, (2, 3, 2), 4), 2) is None
+
+
 @pytest.mark.parametrize("K, n, d, lam_W, lam_H", [(3, 4, 5, 1e-2, 2e-2), (4, 3, 6, 1e-2, 1e-2),
                                                     (3, 2, 4, 5e-3, 3e-2), (2, 5, 2, 1e-3, 4e-2),
                                                     (5, 1, 7, 2e-2, 1e-2)])

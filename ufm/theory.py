@@ -472,6 +472,242 @@ def deep_ce_constructions(hyper, sizes, depth):
             for name, S in ce_shapes(sizes.K).items()}
 
 
+def deep_linear_dnc(hyper, sizes, depth):
+    """Parameters of the deep linear MSE UFM at its DNC optimum (balanced, every class fit: the
+    class-mean outputs t·I of `layered`, balanced factors); needs d ≥ K."""
+    t = layered(hyper, sizes, depth).t[0]
+    return balanced_factors(t * np.eye(sizes.K), hyper, sizes, depth)
+
+
+def deep_linear_hessian(hyper, sizes, depth):
+    """The whole Hessian spectrum of the balanced deep linear MSE UFM (depth L, M = L + 1 factors
+    F_1 = H_1, F_2 = W_1, …, F_M = W_L) at its DNC optimum, as [(eigenvalue, multiplicity)] on the
+    orthogonal complement of the symmetry orbit (docs/theory.md §6.4, derived there; Garrod &
+    Keating's outliers and mini-bulk, every eigenvalue). With the factors x_l·(partial isometry)
+    (x_l = (t√n)^(1/M)·√(λ̄/λ_l)), ρ = 1 − t, X_l = Π_(j≠l) x_j, Y_lm = Π_(j≠l,m) x_j, N = Kn:
+
+      eig H₊ = XXᵀ/N − (ρ√n/N)·Y° + diag λ   each K(K + 1)/2   the factors' K×K in-frame blocks,
+      eig H₋ = XXᵀ/N + (ρ√n/N)·Y° + diag λ   each K(K − 1)/2   symmetric and antisymmetric parts
+                                                            (H₋ has L zeros: the orbit)
+      eig [[λ_l, −ρ√n·Y_(l,l+1)/N], [·, λ_(l+1)]]   each K(d − K)   interface l leaving the frame
+                                                    (one root 0: the orbit)
+      λ_H1 + X_1²/N   K(N − K);   λ_H1   (d − K)(N − K)   within-class moves of H_1
+      λ_l   (d − K)² for each W_l of the middle (l = 2 … M − 1)
+
+    (Y° the symmetric M×M matrix of the Y_lm off the diagonal.) None where DNC is not the optimum
+    with every class fit (an unbalanced count, d < K, or a class at zero)."""
+    pred = layered(hyper, sizes, depth)
+    K, n, d, M = sizes.K, sizes.n, sizes.d, depth + 1
+    if not sizes.balanced or d < K or not all(pred.fit):
+        return None
+    N, t = K * n, pred.t[0]
+    lams, _, X, Y = _factor_scalars(t * math.sqrt(n), hyper, depth)
+    coupling = (1.0 - t) * math.sqrt(n) / N
+    out = []
+    for sign, mult in ((-1.0, K * (K + 1) // 2), (1.0, K * (K - 1) // 2)):
+        block = np.outer(X, X) / N + sign * coupling * Y + np.diag(lams)
+        out += [(v, mult) for v in np.linalg.eigvalsh(block)]
+    out += _interfaces(lams, Y, coupling, K * (d - K))
+    out += [(lams[0] + X[0] ** 2 / N, K * (N - K)), (lams[0], (d - K) * (N - K))]
+    out += [(lam, (d - K) ** 2) for lam in lams[1:M - 1]]
+    # the orbit: L zeros of H₋ per antisymmetric position, one root per interface pair
+    return _spectrum(out, (M - 1) * (K * (K - 1) // 2 + K * (d - K)))
+
+
+def _spectrum(blocks, orbit):
+    """[(eigenvalue, multiplicity)] of a Hessian given as (eigenvalue, multiplicity) blocks, with
+    the `orbit` eigenvalues nearest 0 (the symmetry directions) removed; equal eigenvalues (to
+    rounding) grouped."""
+    values = np.concatenate([[v] * m for v, m in blocks if m > 0])
+    kept = np.sort(values[np.argsort(np.abs(values))[orbit:]])
+    groups = []
+    for v in kept:
+        if groups and abs(v - groups[-1][0]) <= 1e-12 * max(1.0, abs(v)):
+            groups[-1][1] += 1
+        else:
+            groups.append([float(v), 1])
+    return [(v, m) for v, m in groups]
+
+
+def _factor_scalars(singular, hyper, depth):
+    """(λ_l, x_l, X_l = Π_(j≠l) x_j, Y_lm = Π_(j≠l,m) x_j with a zero diagonal) of balanced
+    factors F_1 = H_1, F_2 = W_1, …, F_M = W_L whose product has every singular value `singular`."""
+    M = depth + 1
+    lams = [float(hyper["lam_H1"])] + [float(hyper[f"lam_W{layer}"])
+                                       for layer in range(1, depth + 1)]
+    lam_bar = math.prod(lams) ** (1.0 / M)
+    x = np.array([singular ** (1.0 / M) * math.sqrt(lam_bar / lam) for lam in lams])
+    total = float(np.prod(x))
+    Y = total / np.outer(x, x)
+    np.fill_diagonal(Y, 0.0)
+    return lams, x, total / x, Y
+
+
+def _interfaces(lams, Y, coupling, copies):
+    """The leaving pairs (b_(l+1), c_l) of each interface: [[λ_l, −c·Y_(l,l+1)], [·, λ_(l+1)]]."""
+    out = []
+    for l in range(len(lams) - 1):
+        c = coupling * Y[l, l + 1]
+        mid, half = (lams[l] + lams[l + 1]) / 2, math.hypot((lams[l] - lams[l + 1]) / 2, c)
+        out += [(mid - half, copies), (mid + half, copies)]
+    return out
+
+
+def deep_ce_hessian(hyper, sizes, depth):
+    """The whole Hessian spectrum of the balanced deep linear cross-entropy UFM at DNC (the
+    construction S = P at its best scale α, `deep_ce_constructions`), as [(eigenvalue,
+    multiplicity)] on the orthogonal complement of the symmetry orbit (docs/theory.md §6.4,
+    derived there). As for MSE (`deep_linear_hessian`) with frames of dimension r = K − 1, the
+    residual replaced by the softmax's (G = −Kq·P: coupling Kq√n/N) and the squared error's unit
+    curvature by the softmax's, q·I + κ·e_k e_kᵀ on a class-k sample's logits (p = e^α/(e^α + K − 1),
+    q = (1 − p)/(K − 1), κ = (p − q)(1 − p + q)); its e_k e_kᵀ part reaches the in-frame blocks only
+    through their diagonals, which splits the symmetric sector by the eigenvalues τ of
+    B ↦ P·diag(B)·P: τ = 0 (K(K − 1)/2 − K), 1 − 1/K (once, B = P) and 1 − 2/K (K − 1 times, each
+    coupled to H_1's move of every sample alike along one frame direction). None where the
+    construction does not apply (unbalanced counts, d < K − 1)."""
+    K, n, d, M = sizes.K, sizes.n, sizes.d, depth + 1
+    if not sizes.balanced or d < K - 1 or K < 3:
+        return None
+    N, r = K * n, K - 1
+    alpha = deep_ce_constructions(hyper, sizes, depth)["dnc"].alpha
+    lams, _, X, Y = _factor_scalars(alpha * math.sqrt(n), hyper, depth)
+    with np.errstate(over="ignore"):
+        q = 1.0 / (math.exp(min(alpha, 700.0)) + K - 1)
+    p = 1.0 - (K - 1) * q
+    kappa = (p - q) * (1.0 - p + q)
+    coupling = K * q * math.sqrt(n) / N
+    D = np.diag(lams)
+
+    def frame_block(curvature, sign):  # the in-frame M×M block of one position
+        return curvature * np.outer(X, X) / N + sign * coupling * Y + D
+
+    out = [(v, K * (K - 1) // 2 - K) for v in np.linalg.eigvalsh(frame_block(q, -1.0))]
+    out += [(v, 1) for v in np.linalg.eigvalsh(frame_block(q + kappa * (1 - 1 / K), -1.0))]
+    coupled = np.zeros((M + 1, M + 1))  # τ = 1 − 2/K with H_1's common move along the frame
+    coupled[:M, :M] = frame_block(q + kappa * (1 - 2 / K), -1.0)
+    coupled[M, M] = lams[0] + X[0] ** 2 * (q + kappa / K) / N
+    coupled[:M, M] = coupled[M, :M] = kappa / N * math.sqrt((1 - 2 / K) / K) * X[0] * X
+    out += [(v, K - 1) for v in np.linalg.eigvalsh(coupled)]
+    out += [(v, (K - 1) * (K - 2) // 2) for v in np.linalg.eigvalsh(frame_block(q, 1.0))]
+    out += _interfaces(lams, Y, coupling, r * (d - r))
+    out += [(lams[0] + X[0] ** 2 * q / N, K * (n - 1) * (K - 2)),  # within-class, in the frame
+            (lams[0] + X[0] ** 2 * (q + kappa * (1 - 1 / K)) / N, K * (n - 1)),
+            (lams[0], (d - r) * (N - r))]
+    out += [(lam, (d - r) ** 2) for lam in lams[1:M - 1]]
+    out += [(lams[-1], d)]  # W_L's rows along 1: every logit moved alike, CE does not see it
+    return _spectrum(out, (M - 1) * (r * (r - 1) // 2 + r * (d - r)))
+
+
+# --- the deep ReLU MSE model: the triangular (strongly-regular-graph) construction -------------
+
+def incidence(r):
+    """A [r, K], K = C(r, 2): column ab is e_a + e_b (pairs a < b of r vertices)."""
+    pairs = [(a, b) for a in range(r) for b in range(a + 1, r)]
+    return np.array([[i in pair for pair in pairs] for i in range(r)], np.float64)
+
+
+def srg_preactivation(r):
+    """M = Aᵀ(I − 11ᵀ/4)A [K, K]: M_{ab,cd} = |{a,b} ∩ {c,d}| − 1, so ReLU(M) = I_K — an
+    orthogonal frame from a pre-activation of rank r (r − 1 at r = 4; eigenvalues r − 2 on the
+    r − 1 dimensions of A's rows orthogonal to 1, (4 − r)(r − 1)/2 on 1, 0 on the K − r of the
+    triangular graph's last eigenspace) instead of K."""
+    A = incidence(r)
+    return A.T @ (np.eye(r) - np.ones((r, r)) / 4) @ A
+
+
+class ReluConstruction(NamedTuple):
+    """The triangular construction of the deep ReLU MSE UFM (docs/theory.md §6.6) at its best free
+    scalars: levels H_2 … H_(L−1) with class means X_l = [u_l·A; v_l·1ᵀ] (non-negative, rank r),
+    Z_L = s·M so that H_L = ReLU(Z_L) = s·I, W_L = w·I; H1, W1 balanced for X_2 (L = 2: for s·M)
+    and every other W_l the least-norm map between its levels."""
+
+    name: str
+    objective: float
+    theta: np.ndarray  # (log u_l, √v_l) for l = 2 … L−1, then log s, log w
+    r: int
+    rank: int  # of the last pre-activation's class means
+
+
+def _srg_levels(theta, A, depth):
+    K = A.shape[1]
+    return [np.vstack([math.exp(theta[2 * i]) * A, theta[2 * i + 1] ** 2 * np.ones((1, K))])
+            for i in range(depth - 2)]
+
+
+def srg_objective(theta, r, lams, n):
+    """The deep ReLU MSE objective at the triangular construction with scalars θ, exactly:
+    (ws − 1)²/2 + √(λ_H1λ_W1)·√n·‖X_2‖_* + Σ_l λ_Wl/2‖X_(l+1)X_l⁺‖² + λ_W(L−1)/2·s²‖M X_(L−1)⁺‖²
+    + λ_WL/2·w²K (L = 2: the nuclear norm of s·M and no middle). lams = (λ_H1, λ_W1, …, λ_WL)."""
+    depth = len(lams) - 1
+    A, M = incidence(r), srg_preactivation(r)
+    K = A.shape[1]
+    s, w = math.exp(theta[-2]), math.exp(theta[-1])
+    value = (w * s - 1.0) ** 2 / 2 + lams[depth] / 2 * w * w * K
+    bottom_weight = math.sqrt(lams[0] * lams[1] * n)
+    if depth == 2:
+        return value + bottom_weight * s * float(np.abs(np.linalg.eigvalsh(M)).sum())
+    X = _srg_levels(theta, A, depth)
+    value += bottom_weight * float(np.linalg.svd(X[0], compute_uv=False).sum())
+    for i in range(len(X) - 1):  # W_(i+2): level i+2 to level i+3
+        value += lams[i + 2] / 2 * float(np.sum((X[i + 1] @ np.linalg.pinv(X[i])) ** 2))
+    return value + lams[depth - 1] / 2 * s * s * float(np.sum((M @ np.linalg.pinv(X[-1])) ** 2))
+
+
+def deep_relu_srg(hyper, sizes, depth, starts=8):
+    """The triangular construction at K = C(r, 2) classes (r ≥ 4), depth L ≥ 2, balanced counts:
+    `srg_objective` minimised over its 2(L − 2) + 2 scalars (BFGS from `starts` seeded starts —
+    the minimum over the scalars is not certified global, only the best found)."""
+    from scipy import optimize
+
+    r = triangular_rank(sizes.K)
+    if r is None or r < 4:
+        raise ValueError(f"the triangular construction needs K = C(r, 2) classes with r >= 4 "
+                         f"(6, 10, 15, 21, …), got K = {sizes.K}")
+    if not sizes.balanced:
+        raise ValueError("the triangular construction is for balanced classes (one --n)")
+    lams = [float(hyper["lam_H1"])] + [float(hyper[f"lam_W{layer}"])
+                                       for layer in range(1, depth + 1)]
+    rng = np.random.default_rng(0)
+    best = None
+    for _ in range(starts):  # a few seeded starts of a smooth problem in ≤ 2L scalars
+        found = optimize.minimize(srg_objective, 0.5 * rng.normal(size=2 * (depth - 2) + 2),
+                                  args=(r, lams, sizes.n), method="BFGS", options={"gtol": 1e-10})
+        if best is None or found.fun < best.fun:
+            best = found
+    rank = int(np.linalg.matrix_rank(srg_preactivation(r)))
+    return ReluConstruction("srg", float(best.fun), np.asarray(best.x), r, rank)
+
+
+def srg_params(construction, hyper, sizes, depth):
+    """Parameters of the deep ReLU MSE model at the construction (`deep_relu_srg`); needs
+    d ≥ K (the last level is s·I)."""
+    K, n, d, r = sizes.K, sizes.n, sizes.d, construction.r
+    if d < K:
+        raise ValueError(f"the triangular construction needs d >= K = {K} (its last level is an "
+                         f"orthogonal frame), got d = {d}")
+    theta, A, M = construction.theta, incidence(r), srg_preactivation(r)
+    s, w = math.exp(theta[-2]), math.exp(theta[-1])
+    X = _srg_levels(theta, A, depth)
+    bottom = np.kron(s * M if depth == 2 else X[0], np.ones((1, n)))  # W1·H1, [rows, N]
+    U, sig, Vt = np.linalg.svd(bottom, full_matrices=False)
+    rho = int(np.sum(sig > 1e-12 * sig[0]))
+    c = (float(hyper["lam_H1"]) / float(hyper["lam_W1"])) ** 0.25  # λ_H1‖H1‖² = λ_W1‖W1‖²
+    params = {"H1": np.zeros((d, sizes.N)), "W1": np.zeros((d, d))}
+    params["H1"][:rho] = (np.sqrt(sig[:rho]) / c)[:, None] * Vt[:rho]
+    params["W1"][:bottom.shape[0], :rho] = U[:, :rho] * (np.sqrt(sig[:rho]) * c)[None, :]
+    maps = [X[i + 1] @ np.linalg.pinv(X[i]) for i in range(len(X) - 1)]
+    if depth >= 3:
+        maps.append(s * M @ np.linalg.pinv(X[-1]))
+    for layer, block in enumerate(maps, start=2):
+        W = np.zeros((d, d))
+        W[:block.shape[0], :block.shape[1]] = block
+        params[f"W{layer}"] = W
+    last = np.zeros((K, d))
+    last[:, :K] = w * np.eye(K)
+    params[f"W{depth}"] = last
+    return params
+
+
 class PerturbedPrediction(NamedTuple):
     """Theorem 5.1: the n → ∞ limit of the optimal W for fixed features H̄*⊗1ᵀ + E."""
 

@@ -133,6 +133,17 @@ def ce_constructions(depth):
     return constructions
 
 
+def relu_constructions(depth):
+    """constructions(hyper, sizes) -> {'srg': params} of the deep ReLU MSE model: the triangular
+    construction (theory.deep_relu_srg) at K = C(r, 2) classes, d ≥ K, balanced counts."""
+
+    def constructions(hyper, sizes):
+        found = theory.deep_relu_srg(hyper, sizes, depth)
+        return {"srg": theory.srg_params(found, hyper, sizes, depth)}
+
+    return constructions
+
+
 def pre_activations(params, sizes=None):
     """(Z_2, …, Z_L): the ReLU model's pre-activations, where it has kinks at 0."""
     levels = layered_features(params, "relu")
@@ -177,7 +188,8 @@ def layered_model(name, depth, activation, loss="mse"):
                  init_scale=0.1, theory=prediction,
                  depth=depth, symmetries=layered_symmetries(depth, activation),
                  kinks=None if activation == "linear" else pre_activations,
-                 constructions=ce_constructions(depth) if loss == "ce" else None)
+                 constructions=(ce_constructions(depth) if loss == "ce" else
+                                relu_constructions(depth) if activation == "relu" else None))
 
 
 DEPTH = Option("depth", DEFAULT_DEPTH, "L, the weight matrices after H1 (default 3)")
