@@ -440,3 +440,42 @@ def test_a_sweep_json_ufm_did_not_write_is_another_configuration(tmp_path, capsy
     err = capsys.readouterr().err
     assert "holds a finished sweep of another configuration" in err and "Traceback" not in err
     assert (out / "sweep.json").read_text() == text
+
+
+@pytest.mark.parametrize("host", ["", "~~~another-host"])  # sorting before and after ours
+def test_a_lock_from_another_host_is_never_taken_over(tmp_path, host):
+    """Its pid means nothing here (that process may be alive there): held, whatever the pid and
+    however the host names compare."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": host, "started": 0}))
+    with pytest.raises(ValueError, match="in use by another sweep"):
+        with store.folder_lock(str(out)):
+            pass
+
+
+def test_a_holder_this_user_may_not_signal_is_alive(monkeypatch):
+    """os.kill(pid, 0) on another user's process raises PermissionError: it exists."""
+    def denied(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(store.os, "kill", denied)
+    assert store._alive(12345) is True
+
+
+def test_a_lock_that_vanishes_while_read_counts_as_fresh(tmp_path):
+    """Its writer is that instant releasing it (or taking it): never judged stale by its age."""
+    assert abs(store._mtime(str(tmp_path / "gone")) - time.time()) < 5
+
+
+def test_a_finished_one_point_sweep_reloads_as_one_point(tmp_path):
+    static = {"K": [3], "d": [3], "n": [2]}
+    sweep.run_grid("bias-free", static, {}, {}, order=[], steps=5, out=str(tmp_path / "one"))
+    _, cfg = sweep.run_grid("bias-free", static, {}, {}, order=[], steps=5,
+                            out=str(tmp_path / "one"))
+    assert cfg["work"] == {"computed_points": 0, "loaded_points": 1, "computed_config_steps": 0}

@@ -475,6 +475,17 @@ if who in ("ufm", "ufm-jax"):
     if engine == "jax":
         import jax  # imported before the peak is reset, as the peer's torch is
     run = lambda: measure.measure_arrays(X, y, W, b, engine=engine)["layers"]["features"]
+elif who == "ufm-collector":  # the same stream in batches, as a training loop feeds them
+    from ufm import measure
+
+    def run():
+        collector = measure.Collector(W.shape[0], W, b)
+        for _ in range(2):  # the means, then Σ_W and the decisions from the same batches
+            for s in range(0, len(y), batch):
+                collector.update(X[s:s + batch], y[s:s + batch])
+            if collector.phase == 1:
+                collector.second_pass()
+        return collector.result()["layers"]["features"]
 else:
     import torch as pt
     from neural_collapse.accumulate import (CovarAccumulator, DecAccumulator, MeanAccumulator,
@@ -563,6 +574,7 @@ def measure_times(quick=False, shape=MEASURE_SHAPE, engines=("numpy", "jax"), re
         np.save(os.path.join(folder, "b.npy"), np.zeros(K))
         del X
         who = [{"numpy": ("ufm", 0), "jax": ("ufm-jax", 0)}[e] for e in engines]
+        who += [("ufm-collector", batch) for batch in PEER_BATCHES]
         if _peer_installed():
             who += [("neural_collapse", batch) for batch in PEER_BATCHES]
         for _ in range(repeat):
@@ -571,7 +583,8 @@ def measure_times(quick=False, shape=MEASURE_SHAPE, engines=("numpy", "jax"), re
                                        str(batch)], capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise RuntimeError(f"measuring with {name} failed:\n{proc.stderr[-2000:]}")
-                label = {"ufm": "ufm", "ufm-jax": f"ufm --engine jax ({jax.default_backend()})"
+                label = {"ufm": "ufm", "ufm-jax": f"ufm --engine jax ({jax.default_backend()})",
+                         "ufm-collector": f"ufm Collector (batch {batch:,})"
                          }.get(name, f"{name} (batch {batch:,})")
                 runs.setdefault(label, []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
     rows = {label: dict(r[0], seconds=float(np.median([x["seconds"] for x in r])),
