@@ -73,7 +73,10 @@ def test_bench_measure_section_times_ufm_in_a_fresh_process(monkeypatch):
     assert row["seconds"] > 0 and row["peak_bytes"] >= 0 and row["nc1"] > 0
     assert len(row["runs_seconds"]) == 2 and row["seconds"] == np.median(row["runs_seconds"])
     assert row["features_bytes"] == 3000 * 16 * 4 and not res["peer_installed"]
-    assert list(res["rows"]) == ["ufm"]
+    assert list(res["rows"]) == ["ufm", "ufm Collector (batch 8,192)",
+                                 "ufm Collector (batch 65,536)"]
+    collector = res["rows"]["ufm Collector (batch 8,192)"]
+    assert collector["nc1"] == pytest.approx(row["nc1"], rel=1e-10)  # the same rows, streamed
     assert "not installed" in "\n".join(bench.measure_report(res))
 
 
@@ -87,8 +90,10 @@ def test_bench_measure_ratios_are_taken_round_by_round(monkeypatch):
 import json, os, sys
 key = sys.argv[2] + (sys.argv[3] if sys.argv[3] != "0" else "")
 times = {"ufm": [1.0, 3.0, 2.0], "neural_collapse8192": [2.0, 4.0, 8.0],
-         "neural_collapse65536": [4.0, 5.0, 5.0]}[key]
-mem = {"ufm": 50, "neural_collapse8192": 100, "neural_collapse65536": 400}[key]
+         "neural_collapse65536": [4.0, 5.0, 5.0], "ufm-collector8192": [1.0, 1.0, 2.0],
+         "ufm-collector65536": [1.0, 2.0, 1.0]}[key]
+mem = {"ufm": 50, "neural_collapse8192": 100, "neural_collapse65536": 400,
+       "ufm-collector8192": 50, "ufm-collector65536": 100}[key]
 path = sys.argv[1] + "/runs-" + key  # the round: how many runs came before
 k = len(open(path).read()) if os.path.exists(path) else 0
 open(path, "a").write("x")
@@ -102,8 +107,12 @@ print(json.dumps({"seconds": times[k], "peak_bytes": mem * (k + 1), "features_by
     assert res["memory_ratios"] == [0.5, 0.5, 0.5]
     assert res["rows"]["ufm"]["seconds"] == 2.0
     assert res["rows"]["neural_collapse (batch 8,192)"]["seconds"] == 4.0
+    # the Collector against the peer fed the same batches, round by round
+    assert res["collector_ratios"][8192] == ([0.5, 0.25, 0.25], [0.5, 0.5, 0.5])
+    assert res["collector_ratios"][65536] == ([0.25, 0.4, 0.2], [0.25, 0.25, 0.25])
     text = "\n".join(bench.measure_report(res))
     assert "0.50, 0.75, 0.40× the time" in text and "median of 3 rounds" in text
+    assert "same batches of 65,536, round by round: 0.25, 0.40, 0.20× the time" in text
 
 
 def test_bench_frontier_section_reports_certified_paths():

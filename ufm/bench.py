@@ -599,6 +599,13 @@ def measure_times(quick=False, shape=MEASURE_SHAPE, engines=("numpy", "jax"), re
         least = np.min([rows[p]["runs_peak_bytes"] for p in peers], axis=0)
         out["time_ratios"] = list(np.asarray(rows["ufm"]["runs_seconds"]) / fastest)
         out["memory_ratios"] = list(np.asarray(rows["ufm"]["runs_peak_bytes"]) / least)
+        out["collector_ratios"] = {}  # the Collector against the peer fed the same batches
+        for batch in PEER_BATCHES:
+            mine, theirs = (rows[f"ufm Collector (batch {batch:,})"],
+                            rows[f"neural_collapse (batch {batch:,})"])
+            out["collector_ratios"][batch] = (
+                list(np.asarray(mine["runs_seconds"]) / np.asarray(theirs["runs_seconds"])),
+                list(np.asarray(mine["runs_peak_bytes"]) / np.asarray(theirs["runs_peak_bytes"])))
     return out
 
 
@@ -620,6 +627,10 @@ def measure_report(m):
         lines.append(f"  round by round, ufm against the faster peer run of the round: "
                      f"{', '.join(f'{x:.2f}' for x in t)}× the time, "
                      f"{', '.join(f'{x:.2f}' for x in mem)}× the memory of the leaner one")
+        for batch, (t, mem) in m["collector_ratios"].items():
+            lines.append(f"  the Collector against the peer's accumulators on the same batches of "
+                         f"{batch:,}, round by round: {', '.join(f'{x:.2f}' for x in t)}× the "
+                         f"time, {', '.join(f'{x:.2f}' for x in mem)}× the memory")
     return lines
 
 

@@ -17,8 +17,9 @@ import numpy as np
 
 from ufm.files import write_npz
 from ufm.measure.inputs import GLOBAL_MEANS, STDS, _as_numpy, _check_options
-from ufm.measure.passes import (BUDGET_BYTES, _class_sums, _moved, _no_decisions, _offset,
-                                _second_pass, span_basis, statistics)
+from ufm.measure.passes import (BUDGET_BYTES, _chunks, _class_sums, _moved, _no_decisions,
+                                _offset, _per_worker, _second_pass, rows_for_sums,
+                                rows_per_chunk, span_basis, statistics)
 from ufm.measure.screens import Decisions
 
 FORMAT = 1  # the save() file's layout
@@ -102,10 +103,13 @@ class Collector:
     def _first(self, rows, y):
         for name, X in rows.items():
             if name not in self.layers:
-                offset = _offset(X, 0, len(X), name) if len(X) else np.zeros(X.shape[1])
+                # from the first batch's first chunk of rows, as `ufm measure` takes it
+                first = min(len(X), rows_per_chunk(X.shape[1], self.K))
+                offset = _offset(X, 0, first, name) if len(X) else np.zeros(X.shape[1])
                 self.layers[name] = {"offset": offset, "sums": np.zeros((self.K, X.shape[1]))}
             layer = self.layers[name]
-            layer["sums"] += _class_sums(X, y, self.K, _moved(layer["offset"]))
+            piece = rows_for_sums(X.shape[1], X.dtype.itemsize)[1]  # converted a piece at a time
+            layer["sums"] += _class_sums(X, y, self.K, _moved(layer["offset"]), piece)
         self.counts += np.bincount(y, minlength=self.K)
 
     # --- pass 2 ---------------------------------------------------------------------------
@@ -146,9 +150,10 @@ class Collector:
         K = len(self.present)
         for name, X in rows.items():
             r = self.replay["layers"][name]
-            scatter, within, decisions, _ = _second_pass(
-                X, codes, K, [(0, len(X))], name, self.layers[name]["offset"], r["means"],
-                r["basis"], r["decide"], 0)
+            chunks = _chunks(len(X), rows_per_chunk(X.shape[1], K, _per_worker(None)))
+            scatter, within, decisions, _ = _second_pass(  # chunks within the budget, one a core
+                X, codes, K, chunks, name, self.layers[name]["offset"], r["means"], r["basis"],
+                r["decide"], 0)
             r["scatter"] = r["scatter"] + scatter
             r["within"] += within
             for key, value in decisions.items():
