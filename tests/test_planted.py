@@ -192,3 +192,15 @@ def test_a_second_configurations_unmarked_partial_chunks_are_never_deleted(tmp_p
                        {"lam_W": np.array([1e-3, 1e-2])}, order=["lam_W"], steps=5,
                        out=str(out))
     assert chunk.exists() and not (out / "sweep.npz").exists()
+
+
+def test_the_convex_solvers_stopping_gap_is_absolute_below_its_floor():
+    """Relative to the objective at ordinary sizes, to the floor 1e-6 below it (a mutant without
+    the floor asked a 1e-8 objective for gaps of 1e-20 and survived every other test)."""
+    from ufm import convex
+
+    assert float(convex.stopping_gap(2.0, 1.0)) == 0.5
+    assert float(convex.stopping_gap(-4.0, -5.0)) == 0.25
+    assert float(convex.stopping_gap(1e-8, 0.5e-8)) == pytest.approx(0.5e-8 / 1e-6, rel=1e-15,
+                                                                     abs=0)
+    assert convex.GAP_FLOOR == 1e-6

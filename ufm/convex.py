@@ -247,6 +247,16 @@ def _dual_value(problem, bias, hyper, A, b, n, N, T, mu):
     return value
 
 
+GAP_FLOOR = 1e-6  # below this objective the solver's stopping gap is absolute
+
+
+def stopping_gap(P, D):
+    """The solver's stopping quantity: the duality gap P − D relative to max(|P|, GAP_FLOOR) —
+    relative at ordinary objectives, absolute near 0, where a relative gap would ask for digits a
+    float64 objective does not have."""
+    return (P - D) / jnp.maximum(jnp.abs(P), GAP_FLOOR)
+
+
 def solve(model, sizes, hyper, max_iter, tol, key=None, check_every=10):
     """The global minimiser of a penalised two-factor model by accelerated proximal gradient
     (FISTA with adaptive restart) on the reduced K×K problem, stopped once the relative duality
@@ -291,7 +301,7 @@ def solve(model, sizes, hyper, max_iter, tol, key=None, check_every=10):
     def _relative_gap(A, b):
         P = primal(A, b)
         D = _dual_value(problem, bias, hyper, A, b, n, N, T, mu)
-        return (P - D) / jnp.maximum(jnp.abs(P), 1e-6)
+        return stopping_gap(P, D)
 
     def cond(carry):
         i, gap = carry[0], carry[-1]
