@@ -90,3 +90,42 @@ def test_an_unreadable_program_is_exported_again_and_the_cache_never_costs_a_run
     assert np.array_equal(np.asarray(got["y"]), want)
     host = jax.jit(lambda x: jax.pure_callback(np.cos, jax.ShapeDtypeStruct(x.shape, x.dtype), x))
     assert cache.program(host, (args[0],), ("callback",)) is host  # host callbacks: not exportable
+
+
+def test_the_compilation_cache_is_capped_so_that_jax_locks_its_entries(tmp_path):
+    """Without a cap JAX writes an entry in place and reads without a lock, so a second process
+    could load one half-written (a test worker once died of it); with the cap every read and write
+    holds the folder's file lock. A cap the caller set is kept; entries an uncapped JAX left in the
+    folder do not stop new ones being written. In a fresh process: the library configures JAX only
+    when asked."""
+    code = """
+import jax, sys
+from ufm import cache
+if sys.argv[2] == "capped":
+    jax.config.update("jax_compilation_cache_max_size", 123456789)
+cache.enable_compilation_cache(sys.argv[1])
+jax.jit(lambda x: x * 2.0 + 1.0)(jax.numpy.ones(3)).block_until_ready()
+print(jax.config.jax_compilation_cache_max_size)
+"""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    old = """
+import jax, sys
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.jit(lambda x: x * 3.0 - 1.0)(jax.numpy.ones(3)).block_until_ready()
+"""
+    for mode, want in (("default", cache.CACHE_MAX_BYTES), ("capped", 123456789)):
+        folder = tmp_path / mode
+        # an entry an uncapped JAX left (no last-use file): capped JAX must still write beside it
+        subprocess.run([sys.executable, "-c", old, str(folder)], env=env, check=True)
+        done = subprocess.run([sys.executable, "-c", code, str(folder), mode], env=env,
+                              capture_output=True, text=True, check=True)
+        assert "Error writing persistent compilation cache" not in done.stderr, done.stderr
+        assert int(done.stdout.split()[-1]) == want
+        assert sum(n.endswith("-cache") for n in os.listdir(folder)) >= 2
+        names = os.listdir(folder)
+        assert ".lockfile" in names and any(n.endswith("-cache") for n in names), names
+        assert sorted(os.path.basename(f) for f in cache.entries(str(folder))) == sorted(names)

@@ -10,8 +10,12 @@ second run of the same command loads them instead.
 - The library leaves JAX alone unless asked: call `ufm.enable_compilation_cache()` (before the
   first compilation) or set `UFM_COMPILATION_CACHE=1` in the environment before importing ufm's
   simulator modules — the library never changes JAX's configuration behind the caller's back.
-- Where: `UFM_CACHE_DIR`, else `$XDG_CACHE_HOME/ufm/jax`, else `~/.cache/ufm/jax`. Its size is
-  not capped (JAX's cap needs the `filelock` package, not a dependency): `ufm cache` shows it.
+- Where: `UFM_CACHE_DIR`, else `$XDG_CACHE_HOME/ufm/jax`, else `~/.cache/ufm/jax`. Capped at
+  CACHE_MAX_BYTES, least recently used entries evicted first (a cap the caller set wins). The cap
+  is also what makes JAX take a file lock around every read and write of an entry: without it JAX
+  writes entries in place, and a second process (two runs at once, pytest-xdist workers, hosts
+  sharing a folder) could read one half-written — seen once as a test worker's segmentation
+  fault while deserialising it. `ufm cache` shows the size.
 - `ufm cache` shows it; `ufm cache --clear` removes what ufm wrote there (JAX's entries and the
   exported programs), never anything else in the folder.
 
@@ -34,6 +38,7 @@ ENV = "UFM_COMPILATION_CACHE"
 DIR_ENV = "UFM_CACHE_DIR"
 OFF = ("0", "off", "false", "no")
 MIN_COMPILE_SECONDS = 0.2  # programs faster to compile than this are not worth a file
+CACHE_MAX_BYTES = 4 * 2 ** 30  # JAX's cap on the folder (and its file lock: see above)
 
 
 def cache_dir():
@@ -76,10 +81,30 @@ def enable_compilation_cache(path=None, min_compile_seconds=MIN_COMPILE_SECONDS)
               f"{err.strerror or err}); runs compile from scratch", file=sys.stderr)
         return None
     jax.config.update("jax_compilation_cache_dir", folder)
+    if jax.config.jax_compilation_cache_max_size == -1:  # uncapped and unlocked: cap it (and lock)
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    _stamp_entries(folder)  # capped (ours or the caller's): every entry needs its last-use time
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the caller's wins
         jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
 
     return folder
+
+
+def _stamp_entries(folder):
+    """Give every entry an uncapped cache left (no `-atime` file: JAX writes those only with a
+    cap) its last-use time from the file's, as capped JAX expects of every entry — without one,
+    each write to the folder fails with a warning and the cache stops growing."""
+    try:
+        names = set(os.listdir(folder))
+        for name in names:
+            if name.endswith("-cache") and JAX_ENTRY.match(name):
+                atime = name[:-len("-cache")] + "-atime"
+                if atime not in names:
+                    stamp = os.stat(os.path.join(folder, name)).st_mtime_ns
+                    with open(os.path.join(folder, atime), "wb") as fh:
+                        fh.write(stamp.to_bytes(8, "little"))
+    except OSError:  # the cache must never cost a run
+        pass
 
 
 SERIALIZED = []  # (NamedTuple type, name) a kept program may return: registered by their modules
@@ -178,7 +203,7 @@ def program(fn, args, what):
 # What ufm writes there, and nothing else is counted or removed: JAX's entries
 # (<name>-<64 hex digits>-cache, and -atime where JAX keeps access times) and the exported
 # programs (programs/<40 hex digits>.jaxexport). The folder may be shared with the user's files.
-JAX_ENTRY = re.compile(r"^.+-[0-9a-f]{64}-(cache|atime)$")
+JAX_ENTRY = re.compile(r"^(.+-[0-9a-f]{64}-(cache|atime)|\.lockfile)$")  # entries, their lock
 PROGRAM_ENTRY = re.compile(r"^[0-9a-f]{40}\.jaxexport$")
 
 
