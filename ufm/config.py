@@ -123,8 +123,8 @@ def check_config(model, sizes, hyper, steps, log_every=1, restarts=1, allow_smal
                         ("steps", steps), ("log_every", log_every), ("restarts", restarts)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{named(name)} must be an integer, got {value!r}")
-    if sizes.K < 2:
-        raise ValueError(f"{named('K')} must be >= 2, got {sizes.K}")
+    if sizes.K < model.min_K:
+        raise ValueError(f"{named('K')} must be >= {model.min_K}, got {sizes.K}")
     if isinstance(sizes.n, tuple) and len(sizes.n) != sizes.K:
         raise ValueError(f"{named('n')} has {len(sizes.n)} per-class counts "
                          f"{','.join(map(str, sizes.n))} but K (--K) is {sizes.K}: give one count "

@@ -316,8 +316,8 @@ def check_simulation(model, sizes, hyper, steps, log_every):
                         ("log_every", log_every)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if sizes.K < 2:
-        raise ValueError(f"K must be >= 2, got {sizes.K}")
+    if sizes.K < model.min_K:
+        raise ValueError(f"K must be >= {model.min_K}, got {sizes.K}")
     if not isinstance(hyper, dict):
         raise ValueError(f"hyper must be a dict of the model's λ's, lr and init_scale, got "
                          f"{type(hyper).__name__}")

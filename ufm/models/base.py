@@ -214,6 +214,7 @@ class Model:
     options: tuple = ()  # (name, value) of the static options that built this variant
     certificate: Optional[GlobalCertificate] = None  # None: no convex reformulation known
     check: Optional[Check] = None  # ValueError for sizes this variant cannot take
+    min_K: int = 2  # the fewest rows of W it takes: classes, or a regression's outputs m
     # The continuous symmetries (docs/theory.md §6.1): ((left, right), …) pairs of parameter blocks
     # whose product left·right is all the objective sees of them, so (left, right) → (left·Q,
     # Qᵀ·right) for any orthogonal Q leaves it unchanged. The second-order certificate

@@ -151,7 +151,8 @@ def regression_model(targets=None, bias=False):
         theorem_min_d=lambda K: 1, init_scale=1.0, theory=theory, check=check,
         certificate=GlobalCertificate(lambda params, sizes: {}, lower_bound,
                                       convex_min_d=lambda K: 1),
-        bias="free" if bias else None, symmetries=TWO_FACTOR_SYMMETRY)
+        bias="free" if bias else None, symmetries=TWO_FACTOR_SYMMETRY,
+        min_K=1 if Y0 is not None else 2)  # univariate targets: m = 1
 
 
 register("regression", (TARGETS, BIAS))(regression_model)
