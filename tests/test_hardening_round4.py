@@ -440,3 +440,22 @@ def test_an_umbrella_hyperparameter_reaches_its_members_with_no_edit_elsewhere(t
         assert got == pytest.approx(want.final["objective"], rel=1e-12)
     with pytest.raises(ValueError, match="lam_both .*does not apply to model 'bias-free'"):
         spec.build("bias-free", lam_both=0.1)
+
+
+@pytest.mark.parametrize("tied", ["", "lam W", 5, "lam_W"])
+def test_a_malformed_tie_is_an_error_naming_the_file(tied):
+    """`Hyper.tied` must name an umbrella other than the hyperparameter itself."""
+    from ufm.models import base, plain
+
+    def build():
+        model = plain.plain_model("tie-test", None)
+        return model._replace(name="tie-test", hypers=tuple(
+            h._replace(tied=tied) if h.name == "lam_W" else h for h in model.hypers))
+
+    base.register("tie-test")(build)
+    try:
+        with pytest.raises(TypeError, match=r"\(model 'tie-test'\): malformed Hyper 'lam_W': "
+                                            r"`tied` must be another identifier"):
+            base.get_model("tie-test")
+    finally:
+        del base.REGISTRY["tie-test"]

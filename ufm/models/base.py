@@ -389,6 +389,9 @@ def _check_record(entry, model):
             problems.append("`below` must be a number above the default")
         if not isinstance(h.per_class, bool) or not isinstance(h.decay, bool):
             problems.append("per_class and decay must be True or False")
+        if h.tied is not None and not (isinstance(h.tied, str) and h.tied.isidentifier()
+                                       and h.tied != h.name):
+            problems.append("`tied` must be another identifier (the umbrella name) or None")
         if problems:
             raise TypeError(f"{where}: malformed Hyper {h.name!r}: {'; '.join(problems)}")
         names.append(h.name)
