@@ -46,13 +46,22 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 
 jax.config.update("jax_enable_x64", True)
 # The test workers themselves keep no compiled programs on disk (their subprocesses still do):
-# four times this session a worker died inside JAX's executable (de)serialisation for the
-# persistent cache, never reproducibly alone (docs/testing.md). In one cold run the workers
-# rarely compile the same program twice, so this costs the suite little.
+# serialising every program for the cache cost a cold run 2 minutes, and the workers rarely
+# compile the same program twice.
 jax.config.update("jax_enable_compilation_cache", False)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test module. Each XLA CPU executable keeps memory
+    maps; a worker that compiled the whole suite's programs reached tens of thousands of them and
+    died in XLA once past the kernel's vm.max_map_count (65,530) — a segmentation fault or abort
+    in whatever compiled next (docs/testing.md)."""
+    yield
+    jax.clear_caches()
 
 _approx = pytest.approx
 TINY_EXPECTED = 1e-11  # below approx's default abs (1e-12) by less than a decade: say `abs=`
