@@ -38,40 +38,50 @@ class SVMSolution(NamedTuple):
     iterations: Any
 
 
-def project_margins(x, k, c):
-    """The Euclidean projection of x [K] onto {y : y_k − y_j ≥ c for every j ≠ k}: y_k = x_k + s,
-    y_j = min(x_j, y_k − c), with s = max_m (Σ of the m largest v_j)/(m + 1) over m ≥ 0, v_j =
-    x_j − x_k + c (the mass moved up to y_k equals the mass moved down from the violators)."""
+def project_margins(x, k, c, delta=None):
+    """The Euclidean projection of x [K] onto {y : Δ_k·y_k − Δ_j·y_j ≥ c for every j ≠ k}
+    (Δ = 1 when delta is None): with y_k = t fixed, y_j = min(x_j, (Δ_k·t − c)/Δ_j), and t
+    minimises the convex ½(t − x_k)² + ½Σ_j (x_j + c/Δ_j − a_j·t)₊², a_j = Δ_k/Δ_j. On an active
+    set S its stationary point is t_S = (x_k + Σ_S a_j(x_j + c/Δ_j))/(1 + Σ_S a_j²); every t_S is
+    at most the minimiser, and the active set at the minimiser is the j of largest Δ_j·x_j, so
+    t = max over m ≥ 0 of t_S with S the m largest (docs/theory.md §5.4). At Δ = 1 it is
+    t = x_k + max_m (Σ of the m largest v_j)/(m + 1), v_j = x_j − x_k + c."""
     K = x.shape[0]
+    delta = jnp.ones_like(x) if delta is None else delta
     others = jnp.arange(K) != k
-    v = jnp.where(others, x - x[k] + c, -jnp.inf)
-    top = jnp.sort(v)[::-1][:K - 1]
-    s = jnp.maximum(0.0, jnp.max(jnp.cumsum(top) / jnp.arange(2, K + 1)))
-    yk = x[k] + s
-    return jnp.where(others, jnp.minimum(x, yk - c), yk)
+    a = delta[k] / delta
+    order = jnp.argsort(jnp.where(others, -delta * x, jnp.inf))[:K - 1]  # largest Δ_j·x_j first
+    num = x[k] + jnp.cumsum((a * (x + c / delta))[order])
+    den = 1.0 + jnp.cumsum((a * a)[order])
+    t = jnp.maximum(x[k], jnp.max(num / den))
+    return jnp.where(others, jnp.minimum(x, (delta[k] * t - c) / delta), t)
 
 
-def _project(A, c):
-    """Every column k of A [K, K] onto its margin polyhedron (margins c [K])."""
+def _project(A, c, delta):
+    """Every column k of A [K, K] onto its margin polyhedron (margins c [K], scales Δ [K])."""
     K = A.shape[0]
-    cols = jax.vmap(project_margins, in_axes=(1, 0, 0), out_axes=1)
-    return cols(A, jnp.arange(K), c)
+    cols = jax.vmap(project_margins, in_axes=(1, 0, 0, None), out_axes=1)
+    return cols(A, jnp.arange(K), c, delta)
 
 
-def dual_bound(G, c):
+def dual_bound(G, c, delta=None):
     """(bound, G'): the dual point nearest G [K, K] of the structure the dual needs (off diagonal
-    ≤ 0, each column summing to 0, ‖·‖_op ≤ 1) and its value Σ_k c_k·G'_kk, a lower bound on the
-    minimum."""
+    ≤ 0, G'_kk = −Δ_k·Σ_(j≠k) G'_jk/Δ_j — the columns of diag(1/Δ)·G' sum to 0 — and
+    ‖·‖_op ≤ 1) and its value Σ_k c_k·G'_kk/Δ_k, a lower bound on the minimum (Δ = 1 when delta
+    is None)."""
     K = G.shape[0]
+    delta = jnp.ones((K,), G.dtype) if delta is None else delta
     eye = jnp.eye(K, dtype=G.dtype)
     off = jnp.minimum(G * (1 - eye), 0.0)
-    G = off - eye * jnp.sum(off, axis=0)[None, :]
+    G = off - eye * (delta * jnp.sum(off / delta[:, None], axis=0))[None, :]
     G = G / jnp.maximum(1.0, linalg.singular_values(G)[0])
-    return jnp.sum(c * jnp.diag(G)), G
+    return jnp.sum(c * jnp.diag(G) / delta), G
 
 
-def solve_svm(counts, max_iter=50000, tol=1e-10, rho=None, check_every=20, key=None):
-    """The UFM-SVM at class counts `counts` (a tuple) by ADMM, stopped once (primal − dual bound)
+def solve_svm(counts, max_iter=50000, tol=1e-10, rho=None, check_every=20, key=None,
+              delta=None):
+    """The UFM-SVM at class counts `counts` (a tuple) — with margin scales `delta` [K] (Δ_k·z_kk −
+    Δ_j·z_jk ≥ 1, the limit of the CDT/VS losses; None: Δ = 1) — by ADMM, stopped once (primal − dual bound)
     / primal ≤ tol or after max_iter iterations; traceable (jit/vmap it). dtype: the caller's.
     It starts from the projection of 0 onto the margins — which is SELI's point already, so the
     first certificate usually closes the gap — or, with `key`, of a random matrix (the tests
@@ -80,6 +90,7 @@ def solve_svm(counts, max_iter=50000, tol=1e-10, rho=None, check_every=20, key=N
     n = jnp.asarray(counts, dtype)
     K = n.shape[0]
     c = jnp.sqrt(n)
+    delta = jnp.ones((K,), dtype) if delta is None else jnp.asarray(delta, dtype)
     rho = jnp.asarray(1.0 / jnp.sqrt(jnp.max(n)) if rho is None else rho, dtype)
 
     def nuclear(A):
@@ -88,13 +99,13 @@ def solve_svm(counts, max_iter=50000, tol=1e-10, rho=None, check_every=20, key=N
     def body(carry):
         i, A, B, U, gap, value, bound = carry
         A, _ = convex._shrink(B - U, 1.0 / rho)
-        B = _project(A + U, c)
+        B = _project(A + U, c, delta)
         U = U + A - B
         check = (i + 1) % check_every == 0
 
         def certify():
             v = nuclear(B)
-            lo, _ = dual_bound(-rho * U, c)
+            lo, _ = dual_bound(-rho * U, c, delta)
             return (v - lo) / jnp.maximum(v, 1e-300), v, lo
 
         gap, value, bound = jax.lax.cond(check, certify, lambda: (gap, value, bound))
@@ -105,7 +116,7 @@ def solve_svm(counts, max_iter=50000, tol=1e-10, rho=None, check_every=20, key=N
 
     start = (jnp.zeros((K, K), dtype) if key is None else
              jnp.sqrt(jnp.max(n)) * jax.random.normal(key, (K, K), dtype))
-    B0 = _project(start, c)
+    B0 = _project(start, c, delta)
     inf = jnp.asarray(jnp.inf, dtype)
     i, _, B, U, gap, value, bound = jax.lax.while_loop(
         cond, body, (0, B0, B0, jnp.zeros((K, K), dtype), inf, inf, -inf))
@@ -118,6 +129,72 @@ def seli(counts):
     M = np.eye(K) - np.ones((K, K)) / K
     return M, float(np.sum(np.linalg.svd(M * np.sqrt(np.asarray(counts, np.float64))[None, :],
                                          compute_uv=False)))
+
+
+class ScaledSeli(NamedTuple):
+    """The closed form of the margin-scaled UFM-SVM (docs/theory.md §5.4): class logits M [K, K],
+    the value ‖M·D^½‖_*, and `multiplier` — the largest off-diagonal entry of U·Vᵀ, the only
+    subgradient the dual admits at that point; ≤ 0 proves the point optimal (float64 numpy)."""
+
+    M: Any
+    value: float
+    multiplier: float
+
+
+def scaled_seli(counts, delta=None):
+    """The best point of the margin-scaled UFM-SVM with every margin tight, and its proof.
+
+    With every margin tight, diag(Δ)·M = I + 1tᵀ, and A = M·D^½ = S·D^½ + s·(D^½t)ᵀ with S =
+    diag(1/Δ), s = S·1; projecting out s never raises the nuclear norm, so the best such point
+    is A = (I − ssᵀ/‖s‖²)·S·D^½, i.e. M = S·(I − 1wᵀ) with w = s²/‖s‖² (SELI when Δ = 1). It is
+    the minimum exactly when the dual's multipliers μ_jk = −G_jk/Δ_j are ≥ 0 for G = U·Vᵀ of A
+    (sᵀG = 0 holds by construction, and the rank K − 1 leaves no other subgradient)."""
+    n = np.asarray(counts, np.float64)
+    K = len(n)
+    delta = np.ones(K) if delta is None else np.asarray(delta, np.float64)
+    s = 1.0 / delta
+    w = s * s / np.sum(s * s)
+    M = s[:, None] * (np.eye(K) - np.outer(np.ones(K), w))
+    A = M * np.sqrt(n)[None, :]
+    U, sv, Vt = np.linalg.svd(A)
+    G = U[:, :K - 1] @ Vt[:K - 1]
+    off = G[~np.eye(K, dtype=bool)]
+    return ScaledSeli(M, float(np.sum(sv)), float(off.max()))
+
+
+class TwoGroupGeometry(NamedTuple):
+    """The limit direction's geometry at two groups of classes (majority 1, minority 2), from
+    two_group_geometry: squared norms and cosines of the classifiers (w) and of the class means
+    (h), per group and across; each a float."""
+
+    w_norm2: tuple  # (‖w‖² majority, ‖w‖² minority)
+    h_norm2: tuple
+    w_cos: tuple  # (within majority, within minority, across)
+    h_cos: tuple
+
+
+def two_group_geometry(K1, K2, n1, n2, delta1=1.0, delta2=1.0):
+    """The margin-scaled UFM-SVM's limit geometry at K1 classes of n1 samples and K2 of n2, with
+    margin scales Δ1, Δ2, in closed form (docs/theory.md §5.4; valid where scaled_seli's
+    multiplier is ≤ 0). With r_g = √n_g/Δ_g, p_g = √K_g/Δ_g: A = ⊕_g r_g·Π⁰_g + σ·ũ·ṽᵀ, Π⁰_g the
+    centring within group g, u = (p₂, −p₁)/‖p‖, σ = ‖r⊙u‖, v = r⊙u/σ, ũ = Σ_g u_g·1_g/√K_g; the
+    classifiers' Gram is (AAᵀ)^½ = Σ r_g·Π⁰_g + σ·ũũᵀ, the class means' D^-½(AᵀA)^½D^-½."""
+    K, n, dl = np.array([K1, K2], float), np.array([n1, n2], float), np.array([delta1, delta2])
+    r, p = np.sqrt(n) / dl, np.sqrt(K) / dl
+    u = np.array([p[1], -p[0]]) / np.linalg.norm(p)
+    sigma = np.linalg.norm(r * u)
+    v = r * u / sigma
+
+    def gram(x, scale):
+        diag = (r * (1 - 1 / K) + sigma * x * x / K) / scale
+        within = (-r / K + sigma * x * x / K) / scale
+        across = sigma * x[0] * x[1] / np.sqrt(K[0] * K[1] * scale[0] * scale[1])
+        cos = (within[0] / diag[0], within[1] / diag[1], across / np.sqrt(diag[0] * diag[1]))
+        return tuple(float(t) for t in diag), tuple(float(t) for t in cos)
+
+    w_norm2, w_cos = gram(u, np.ones(2))
+    h_norm2, h_cos = gram(v, n)
+    return TwoGroupGeometry(w_norm2, h_norm2, w_cos, h_cos)
 
 
 def seli_error(M):
@@ -136,4 +213,4 @@ def factors(M, sizes):
 
 
 __all__ = ["SVMSolution", "solve_svm", "seli", "seli_error", "factors", "project_margins",
-           "dual_bound"]
+           "dual_bound", "scaled_seli", "two_group_geometry"]

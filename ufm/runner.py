@@ -147,28 +147,34 @@ def run(spec, progress=None):
 
 
 def _limit_result(spec):
-    """The λ → 0 limit of a CE model as a Result: the UFM-SVM's margin-1 direction (W, H), its
-    value ‖Z‖_*, the dual bound and gap, the smallest margin and the distance of its centred
-    logits from SELI (docs/theory.md §5.4)."""
+    """The λ → 0 limit of a CE model as a Result: the margin-scaled UFM-SVM's margin-1 direction
+    (W, H), its value ‖Z‖_*, the dual bound and gap, the smallest margin, and the closed form's
+    value, distance and proof (SELI at Δ = 1; docs/theory.md §5.4)."""
     from ufm import limit as limit_mod
 
     model, sizes, stop, hyper = spec.model, spec.sizes, spec.stop, dict(spec.hyper)
-    K = sizes.K
-    sol = jax.jit(lambda: limit_mod.solve_svm(tuple(sizes.counts), max_iter=spec.steps,
-                                              tol=stop))()
+    K, counts = sizes.K, tuple(sizes.counts)
+    delta = np.asarray(model.limit(hyper, sizes), np.float64)
+    sol = jax.jit(lambda: limit_mod.solve_svm(counts, max_iter=spec.steps, tol=stop,
+                                              delta=delta))()
     M = np.asarray(sol.M, np.float64)
     params = jax.tree.map(np.asarray, limit_mod.factors(M, sizes))
     measured = {k: _number(v) for k, v in
                 jax.tree.map(np.asarray, model.measure(params, hyper, sizes)).items()}
     value, bound, gap = float(sol.value), float(sol.bound), float(sol.gap)
-    margins = np.diag(M)[None, :] - M + np.eye(K) * 1e300
+    scaled = delta[:, None] * M
+    margins = np.diag(scaled)[None, :] - scaled + np.eye(K) * 1e300
+    closed = limit_mod.scaled_seli(counts, delta)
     cert = {"limit": True, "value": value, "lower_bound": bound, "gap": gap, "tol": stop,
             "converged": bool(gap <= stop), "iterations": int(sol.iterations),
-            "min_margin": float(margins.min()), "seli_error": limit_mod.seli_error(M),
-            "seli_value": limit_mod.seli(tuple(sizes.counts))[1]}
+            "min_margin": float(margins.min()), "margin_scales": delta.tolist(),
+            "seli_error": limit_mod.seli_error(M),
+            "closed_form_value": closed.value,
+            "closed_form_error": float(np.linalg.norm(M - closed.M)),
+            "closed_form_multiplier": closed.multiplier}
     final = dict(objective=value, **measured)
     cfg = dict(model=spec.name, K=K, n=sizes.n, d=sizes.d, steps=spec.steps, limit=True,
-               tol=stop, dtype=spec.dtype)
+               tol=stop, dtype=spec.dtype, margin_scales=delta.tolist())
     return Result(model=spec.name, config=cfg, params=params,
                   steps=np.array([int(sol.iterations)]),
                   history={k: np.array([v]) for k, v in final.items()}, final=final,

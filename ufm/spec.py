@@ -129,7 +129,7 @@ def build(model="bias-free", *, K=DEFAULTS["K"], n=DEFAULTS["n"], d=DEFAULTS["d"
     dtype = str(jnp.result_type(float))
     # 2. the limit mode
     if limit:
-        return _build_limit(spec, name, K, n, d, steps, tol, dtype)
+        return _build_limit(spec, name, K, n, d, steps, tol, dtype, lams)
     # 3., 4. optimiser and tolerance
     opt = optimise.get_optimizer(optimizer, spec)
     cert_mod.check_tol(tol)
@@ -177,7 +177,7 @@ def _check_hyper(model, sizes, hyper, opt, steps, restarts, allow_small_d, log_e
     try:
         config.check_solver(model, hyper, opt)
     except ValueError as err:
-        if model.name in LIMIT_MODELS:  # at λ = 0 the minimiser is at infinity: the limit's
+        if model.limit is not None:  # at λ = 0 the minimiser is at infinity: the limit's
             raise ValueError(f"{err}; the λ → 0 limit itself is --limit (limit=True)") from None
         raise
     limits.check_representable(hyper)
@@ -193,15 +193,22 @@ def _check_start(model, init_from, restarts, groups):
                          f"got {init_from!r}")
 
 
-LIMIT_MODELS = ("ce",)  # models whose λ → 0 limit ufm.limit solves
 LIMIT_TOL = {"float32": 1e-4, "float64": 1e-10}  # the UFM-SVM's relative duality gap
 
 
-def _build_limit(model, name, K, n, d, steps, tol, dtype):
-    """The λ → 0 limit's spec: the UFM-SVM of a CE model (ufm.limit); the λ's do not enter."""
-    if name not in LIMIT_MODELS:
-        raise ValueError(f"limit (--limit) solves the λ → 0 limit of {', '.join(LIMIT_MODELS)}, "
-                         f"not {name!r}")
+def limit_models():
+    """The registered models with a λ → 0 limit mode (`Model.limit`)."""
+    from ufm.models import MODELS
+
+    return tuple(name for name, m in MODELS.items() if m.limit is not None)
+
+
+def _build_limit(model, name, K, n, d, steps, tol, dtype, lams):
+    """The λ → 0 limit's spec: the margin-scaled UFM-SVM of a CE model (ufm.limit). The λ's do
+    not enter; the hyperparameters that set the margin scales do (ce-adjusted's --cdt-gamma)."""
+    if model.limit is None:
+        raise ValueError(f"limit (--limit) solves the λ → 0 limit of {', '.join(limit_models())}"
+                         f", not {name!r}")
     limits.check_steps(steps)
     cert_mod.check_tol(tol)
     n = config.parse_counts(n, K if isinstance(K, (int, np.integer)) else None)
@@ -209,9 +216,14 @@ def _build_limit(model, name, K, n, d, steps, tol, dtype):
     if isinstance(d, (int, np.integer)) and isinstance(K, (int, np.integer)) and d < K - 1:
         raise ValueError(f"d (--d)={d}: the limit direction has rank K − 1 = {K - 1}, so "
                          f"--limit needs d >= K − 1")
-    hyper = dict(model.defaults(), lr=1.0, init_scale=1.0)
+    hyper = config.hyper_for(model, lams, 1.0, 1.0, K)
     config.check_config(model, sizes, hyper, steps,
                         allow_small_d=True)  # the limit's own need is checked above
+    scales = np.asarray(model.limit(hyper, sizes), np.float64)
+    if not np.all(np.isfinite(scales) & (scales > 0)) or scales.max() / scales.min() > 1e12:
+        raise ValueError(f"the λ → 0 limit's margin scales Δ = {scales.min():.3g} … "
+                         f"{scales.max():.3g} from these hyperparameters must be positive and "
+                         f"within a ratio of 1e12 (lower --cdt-gamma)")
     stop = LIMIT_TOL[dtype] if tol is None else float(tol)
     return RunSpec(name=name, model=model, sizes=sizes, hyper=types.MappingProxyType(hyper),
                    optimizer=optimise.get_optimizer("gd"), steps=steps, log_every=steps, seed=0,
@@ -220,4 +232,4 @@ def _build_limit(model, name, K, n, d, steps, tol, dtype):
                    limit=True, dtype=dtype)
 
 
-__all__ = ["RunSpec", "build", "LIMIT_MODELS"]
+__all__ = ["RunSpec", "build", "limit_models"]

@@ -227,6 +227,9 @@ class Model:
     kinks: Optional[Kinks] = None
     # structured points a run can start from (`--init-from NAME`, docs/theory.md §6.5), or None
     constructions: Optional[Constructions] = None
+    # (hyper, sizes) -> Δ [K], the margin scales of its λ → 0 limit, the max-margin problem
+    # Δ_k·z_kk − Δ_j·z_jk ≥ 1 (`--limit`, docs/theory.md §5.4); None: no limit mode
+    limit: Optional[Callable] = None
 
     # the certificate's hooks, read through the sub-record (None without one)
     bound_inputs = property(lambda self: self._hook("bound_inputs"))

@@ -133,6 +133,13 @@ def prediction(hyper, sizes):
     return theory.cross_entropy(hyper, sizes, False)
 
 
+def limit_scales(hyper, sizes):
+    """Δ [K], the margin scales of the λ → 0 limit: as the logits grow, ι (a constant) and the
+    weights (a factor inside a vanishing exponential) stop mattering, and the direction solves
+    max-margin with Δ_k·z_kk − Δ_j·z_jk ≥ 1 (docs/theory.md §5.4)."""
+    return adjustments(hyper, sizes.counts, "mean", np)[1]
+
+
 def build(reduction="mean"):
     return Model(
         name="ce-adjusted",
@@ -144,7 +151,8 @@ def build(reduction="mean"):
         init_scale=1.0, theory=prediction,
         certificate=GlobalCertificate(class_logits, lower_bound(reduction),
                                       convex_min_d=lambda K: K),
-        symmetries=TWO_FACTOR_SYMMETRY, options=(("reduction", reduction),))
+        symmetries=TWO_FACTOR_SYMMETRY, options=(("reduction", reduction),),
+        limit=limit_scales)
 
 
 register("ce-adjusted", options=(REDUCTION,))(build)

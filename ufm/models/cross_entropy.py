@@ -104,7 +104,8 @@ def cross_entropy_model(name, bias):
                                       penalised_bound(CE, "regularized" if bias else None),
                                       convex_min_d=lambda K: K, two_factor=CE,
                                       solver=convex.solve),
-        symmetries=TWO_FACTOR_SYMMETRY)
+        symmetries=TWO_FACTOR_SYMMETRY,
+        limit=None if bias else lambda hyper, sizes: np.ones(sizes.K))
 
 
 register("ce")(lambda: cross_entropy_model("ce", False))
