@@ -6,4 +6,5 @@ SCRIPTS = ("bias_free", "unregularized_bias", "linear_extended", "relu_extended"
            "depthwise_network", "deep_linear_thresholds", "deep_ce_low_rank",
            "deep_relu_below_dnc", "imbalanced_ce", "certified_phase_diagram",
            "hessian_spectra", "constructions", "landscape_basins", "bias_transition",
-           "regression_collapse", "training_loop", "seli_path", "srg_construction")
+           "regression_collapse", "training_loop", "seli_path", "srg_construction",
+           "logit_adjusted_geometry")

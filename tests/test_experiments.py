@@ -245,6 +245,24 @@ def check_saved_numbers(name, a, cfg, data):
             if R == 1:  # balanced: the optimum is the limit's direction at every μ
                 np.testing.assert_allclose(cos[ok], 1.0, atol=1e-9)
             checked += int(ok.sum())
+    if name == "logit_adjusted_geometry":  # certified limits on the closed form, recomputed here
+        from ufm import limit
+
+        K1, K2 = cfg["K1"], cfg["K2"]
+        for gamma in cfg["gammas"]:
+            assert np.all(a[f"g={gamma}/gap"] <= 1e-10) and np.all(a[f"g={gamma}/multiplier"] <= 0)
+            for j, R in enumerate(a["R"]):
+                geo = limit.two_group_geometry(K1, K2, R, 1.0, 1.0, R ** -gamma)
+                want = {"w_norm_ratio": np.sqrt(geo.w_norm2[1] / geo.w_norm2[0]),
+                        "h_norm_ratio": np.sqrt(geo.h_norm2[1] / geo.h_norm2[0]),
+                        "w_cos_min": geo.w_cos[1], "h_cos_min": geo.h_cos[1],
+                        "w_cos_across": geo.w_cos[2], "h_cos_across": geo.h_cos[2]}
+                for q, v in want.items():
+                    assert a[f"g={gamma}/{q}"][j] == pytest.approx(v, rel=1e-8, abs=1e-10), q
+                    checked += 1
+                if R == 1:  # balanced: a simplex ETF whatever γ
+                    assert a[f"g={gamma}/w_cos_min"][j] == pytest.approx(-1 / (K1 + K2 - 1))
+        np.testing.assert_allclose(a["star/w_norm_ratio"], 1.0, atol=1e-8)
     if name == "training_loop":  # D_l = K·NC1 per layer; the law's fit recomputed from D
         np.testing.assert_allclose(a["fuzziness"], cfg["K"] * a["nc1"], rtol=1e-12)
         layers = np.arange(1, a["fuzziness"].shape[1] + 1)
