@@ -286,9 +286,10 @@ def build_parser(layers=(), lean=False):
                         "(e.g. another run's) or a construction of the model (deep-linear-ce: "
                         "dnc, low-rank, triangular)")
     p.add_argument("--limit", action="store_true",
-                   help="ce, ce-adjusted: solve the λ → 0 limit instead (the UFM-SVM, min ‖Z‖_* "
-                        "with margins Δ_k·z_kk − Δ_j·z_jk ≥ 1, Δ = 1 for ce and CDT's scales for "
-                        "ce-adjusted; certified by its duality gap); params.npz holds its "
+                   help="ce, ce-adjusted, ntp: solve the λ → 0 limit instead (the UFM-SVM, "
+                        "min ‖Z‖_* with margins Δ_k·z_kk − Δ_j·z_jk ≥ 1, Δ = 1 for ce and CDT's "
+                        "scales for ce-adjusted; for ntp every in-support logit equal and ≥ 1 "
+                        "above the rest; certified by its duality gap); params.npz holds its "
                         "margin-1 direction")
     p.add_argument("--escape", action="store_true",
                    help="while the run ends at a saddle, step along its negative-curvature "
@@ -666,15 +667,22 @@ def limit_summary(result):
     """What `ufm train … --limit` prints."""
     c, cfg = result.certificate, result.config
     state = "certified" if c["converged"] else "NOT certified"
+    head = (f"{result.model} λ → 0 limit (UFM-SVM)  K={cfg['K']} n={cfg['n']} d={cfg['d']}\n")
+    gap = (f"dual bound {c['lower_bound']:.12g}   relative gap {c['gap']:.1e} ({state}, tol "
+           f"{c['tol']:.0e}, {c['iterations']} iterations)")
+    if "support_spread" in c:  # next-token prediction: the support pattern's problem
+        return (head + f"min ‖Z‖_* with every in-support logit equal and ≥ 1 above the rest: "
+                f"{c['value']:.12g}   {gap}\nsmallest margin {c['min_margin']}; centred support "
+                f"matrix: value {c['centred_support_value']:.12g}, distance "
+                f"{c['centred_support_error']:.1e}, Z outside its span "
+                f"{c['outside_support_span']:.1e}; contexts with one support differ by "
+                f"{c['same_support_spread']:.1e}")
     delta = np.asarray(c["margin_scales"])
     scales = ("" if np.all(delta == 1.0) else
               f" (margin scales Δ = {delta.min():.4g} … {delta.max():.4g})")
     proof = ("proven optimal" if c["closed_form_multiplier"] <= 1e-9 else
              "not proven: a multiplier is positive")
-    return (f"{result.model} λ → 0 limit (UFM-SVM)  K={cfg['K']} n={cfg['n']} d={cfg['d']}\n"
-            f"min ‖Z‖_* with margins ≥ 1{scales}: {c['value']:.12g}   dual bound "
-            f"{c['lower_bound']:.12g}   relative gap {c['gap']:.1e} ({state}, tol "
-            f"{c['tol']:.0e}, {c['iterations']} iterations)\nsmallest margin "
+    return (head + f"min ‖Z‖_* with margins ≥ 1{scales}: {c['value']:.12g}   {gap}\nsmallest margin "
             f"{c['min_margin']:.12g}; closed form (scaled SELI, {proof}): value "
             f"{c['closed_form_value']:.12g}, ‖M − M̂‖ = {c['closed_form_error']:.1e}; SELI: "
             f"centred logits − (I − 11ᵀ/K) = {c['seli_error']:.1e}")

@@ -92,35 +92,150 @@ def solve_svm(counts, max_iter=50000, tol=1e-10, rho=None, check_every=20, key=N
     c = jnp.sqrt(n)
     delta = jnp.ones((K,), dtype) if delta is None else jnp.asarray(delta, dtype)
     rho = jnp.asarray(1.0 / jnp.sqrt(jnp.max(n)) if rho is None else rho, dtype)
+    start = (jnp.zeros((K, K), dtype) if key is None else
+             jnp.sqrt(jnp.max(n)) * jax.random.normal(key, (K, K), dtype))
+    B, value, bound, gap, i = admm(lambda A: _project(A, c, delta),
+                                   lambda G: dual_bound(G, c, delta)[0], start, rho, max_iter,
+                                   tol, check_every)
+    return SVMSolution(B / c[None, :], value, bound, gap, i)
+
+
+def admm(project, bound, start, rho, max_iter, tol, check_every):
+    """min ‖A‖_* over a convex set C by ADMM — A ← SVT(B − U, 1/ρ), B ← proj_C(A + U), U ← U + A −
+    B — from proj_C(start); every check_every iterations the primal value ‖B‖_* (B feasible) and
+    bound(−ρU), the dual bound at ADMM's scaled dual; stops at relative gap ≤ tol or max_iter.
+    Returns (B, value, bound, gap, iterations); traceable."""
+    dtype = start.dtype
+    rho = jnp.asarray(rho, dtype)
 
     def nuclear(A):
         return jnp.sum(linalg.singular_values(A))
 
     def body(carry):
-        i, A, B, U, gap, value, bound = carry
+        i, A, B, U, gap, value, lower = carry
         A, _ = convex._shrink(B - U, 1.0 / rho)
-        B = _project(A + U, c, delta)
+        B = project(A + U)
         U = U + A - B
         check = (i + 1) % check_every == 0
 
         def certify():
             v = nuclear(B)
-            lo, _ = dual_bound(-rho * U, c, delta)
+            lo = bound(-rho * U)
             return (v - lo) / jnp.maximum(v, 1e-300), v, lo
 
-        gap, value, bound = jax.lax.cond(check, certify, lambda: (gap, value, bound))
-        return i + 1, A, B, U, gap, value, bound
+        gap, value, lower = jax.lax.cond(check, certify, lambda: (gap, value, lower))
+        return i + 1, A, B, U, gap, value, lower
 
     def cond(carry):
         return (carry[0] < max_iter) & ~(carry[4] <= tol)
 
-    start = (jnp.zeros((K, K), dtype) if key is None else
-             jnp.sqrt(jnp.max(n)) * jax.random.normal(key, (K, K), dtype))
-    B0 = _project(start, c, delta)
+    B0 = project(start)
     inf = jnp.asarray(jnp.inf, dtype)
-    i, _, B, U, gap, value, bound = jax.lax.while_loop(
-        cond, body, (0, B0, B0, jnp.zeros((K, K), dtype), inf, inf, -inf))
-    return SVMSolution(B / c[None, :], value, bound, gap, i)
+    i, _, B, _, gap, value, lower = jax.lax.while_loop(
+        cond, body, (0, B0, B0, jnp.zeros_like(B0), inf, inf, -inf))
+    return B, value, lower, gap, i
+
+
+def project_support(x, support, c=1.0):
+    """The Euclidean projection of x [V] onto {y : y_v = y_u and y_v − y_w ≥ c for v, u in the
+    support, w outside}: the support's entries share t, y_w = min(x_w, t − c), and t is the
+    largest of (Σ_support x + Σ_S (x_w + c))/(|support| + |S|) over S the m largest x_w outside
+    (m ≥ 0) — as project_margins, with the support's mean in place of x_k."""
+    inside = support.astype(x.dtype)
+    order = jnp.argsort(jnp.where(support, jnp.inf, -x))  # outside, largest first; support last
+    outside = (1.0 - inside)[order]
+    num = jnp.sum(inside * x) + jnp.cumsum(outside * (x[order] + c))
+    den = jnp.sum(inside) + jnp.cumsum(outside)
+    t = jnp.maximum(jnp.sum(inside * x) / jnp.sum(inside),
+                    jnp.max(jnp.where(outside > 0, num / den, -jnp.inf)))
+    return jnp.where(support, t, jnp.minimum(x, t - c))
+
+
+def support_dual_bound(G, supports):
+    """(bound, G'): the dual point of the support-constrained problem nearest G [V, m] — entries
+    outside each column's support ≤ 0, every column summing to 0 (the support's entries share
+    the balance), ‖·‖_op ≤ 1 — and its value −Σ (entries outside the supports)."""
+    inside = supports.astype(G.dtype)
+    out = jnp.minimum(G, 0.0) * (1.0 - inside)
+    size = jnp.sum(inside, axis=0)
+    mean_in = jnp.sum(G * inside, axis=0) / size
+    G = out + inside * (G - mean_in[None, :] - (jnp.sum(out, axis=0) / size)[None, :])
+    G = G / jnp.maximum(1.0, linalg.singular_values(G)[0])
+    return -jnp.sum(G * (1.0 - inside)), G
+
+
+def solve_support_svm(supports, max_iter=50000, tol=1e-10, rho=1.0, check_every=20, key=None):
+    """The next-token-prediction SVM (docs/theory.md §5.6): min ‖Z‖_* over Z [V, m] with, in
+    column j, every logit in the support S_j equal and at least 1 above every logit outside it —
+    the direction of the logits' growing part as λ → 0. supports: bool [V, m] (each column a
+    non-empty proper subset). ADMM with its duality-gap certificate, as solve_svm; traceable.
+    Returns SVMSolution with M = Z."""
+    supports = jnp.asarray(supports, bool)
+    dtype = jnp.result_type(float)
+    start = (jnp.zeros(supports.shape, dtype) if key is None else
+             jax.random.normal(key, supports.shape, dtype))
+    cols = jax.vmap(project_support, in_axes=(1, 1), out_axes=1)
+    Z, value, bound, gap, i = admm(lambda A: cols(A, supports),
+                                   lambda G: support_dual_bound(G, supports)[0], start, rho,
+                                   max_iter, tol, check_every)
+    return SVMSolution(Z, value, bound, gap, i)
+
+
+def support_structure(Z, supports):
+    """What the NTP-SVM's solution Z [V, N] is, against its support pattern S (float64 numpy;
+    docs/theory.md §5.6): its smallest margin and largest in-support spread (1 and 0 at a
+    feasible point), the centred support matrix Ẑ = (I − 11ᵀ/V)·S — its nuclear norm, and Z's
+    centred distance from it (0 where Ẑ is the solution, which it is not always) — the fraction
+    of Z's centred columns outside Ẑ's column span, and the largest difference between columns
+    of contexts with one support."""
+    Z, S = np.asarray(Z, np.float64), np.asarray(supports, bool)
+    V, N = S.shape
+    inside = np.where(S, Z, np.inf).min(axis=0)
+    outside = np.where(S, -np.inf, Z).max(axis=0)
+    spread = np.where(S, Z, -np.inf).max(axis=0) - inside
+    has_out = ~S.all(axis=0)
+    P = np.eye(V) - 1.0 / V
+    Zc, Zhat = P @ Z, P @ S.astype(np.float64)
+    U, sv, _ = np.linalg.svd(Zhat, full_matrices=False)
+    span = U[:, sv > 1e-10 * max(sv[0], 1e-300)]
+    energy = np.linalg.norm(Zc)
+    same = [np.abs(Z[:, a] - Z[:, b]).max() for a in range(N) for b in range(a + 1, N)
+            if np.array_equal(S[:, a], S[:, b])]
+    return {"min_margin": float((inside - outside)[has_out].min()) if has_out.any() else None,
+            "support_spread": float(spread.max()),
+            "centred_support_value": float(sv.sum()),
+            "centred_support_error": float(np.linalg.norm(Zc - Zhat)),
+            "outside_support_span": float(np.linalg.norm(Zc - span @ (span.T @ Zc)) / energy)
+            if energy > 0 else 0.0,
+            "same_support_spread": float(max(same)) if same else 0.0}
+
+
+def centred_support_multiplier(supports):
+    """The largest entry outside the supports of U·Vᵀ, the polar factor of the centred support
+    matrix Ẑ = (I − 11ᵀ/V)·S (float64 numpy). Ẑ is feasible for the NTP-SVM, and U·Vᵀ is a
+    subgradient of ‖·‖_* at Ẑ with columns summing to 0; where its entries outside the supports
+    are ≤ 0 it is a dual certificate (the in-support entries are free: the equalities'
+    multipliers), so Ẑ is the solution. Sufficient, not necessary (Ẑ of low rank has other
+    subgradients)."""
+    S = np.asarray(supports, bool)
+    V = S.shape[0]
+    Zhat = (np.eye(V) - 1.0 / V) @ S.astype(np.float64)
+    U, sv, Vt = np.linalg.svd(Zhat, full_matrices=False)
+    r = int(np.sum(sv > 1e-10 * max(sv[0], 1e-300)))
+    G = U[:, :r] @ Vt[:r]
+    return float(G[~S].max()) if (~S).any() else -np.inf
+
+
+def logit_factors(Z, d):
+    """Balanced W [V, d], H [d, N] with W·H = Z (its top d directions) and ½(‖W‖² + ‖H‖²) =
+    ‖Z‖_* when d ≥ rank Z (float64 numpy)."""
+    U, sv, Vt = np.linalg.svd(np.asarray(Z, np.float64), full_matrices=False)
+    r = min(d, len(sv))
+    root = np.sqrt(sv[:r])
+    W = np.zeros((Z.shape[0], d))
+    H = np.zeros((d, Z.shape[1]))
+    W[:, :r], H[:r] = U[:, :r] * root[None, :], root[:, None] * Vt[:r]
+    return {"W": W, "H": H}
 
 
 def seli(counts):
@@ -213,4 +328,7 @@ def factors(M, sizes):
 
 
 __all__ = ["SVMSolution", "solve_svm", "seli", "seli_error", "factors", "project_margins",
-           "dual_bound", "scaled_seli", "two_group_geometry"]
+           "dual_bound", "scaled_seli", "two_group_geometry", "project_support",
+           "support_dual_bound", "solve_support_svm", "support_structure", "logit_factors",
+           "centred_support_multiplier",
+           "admm"]

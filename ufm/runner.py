@@ -147,38 +147,66 @@ def run(spec, progress=None):
 
 
 def _limit_result(spec):
-    """The λ → 0 limit of a CE model as a Result: the margin-scaled UFM-SVM's margin-1 direction
-    (W, H), its value ‖Z‖_*, the dual bound and gap, the smallest margin, and the closed form's
-    value, distance and proof (SELI at Δ = 1; docs/theory.md §5.4)."""
-    from ufm import limit as limit_mod
-
-    model, sizes, stop, hyper = spec.model, spec.sizes, spec.stop, dict(spec.hyper)
-    K, counts = sizes.K, tuple(sizes.counts)
-    delta = np.asarray(model.limit(hyper, sizes), np.float64)
-    sol = jax.jit(lambda: limit_mod.solve_svm(counts, max_iter=spec.steps, tol=stop,
-                                              delta=delta))()
-    M = np.asarray(sol.M, np.float64)
-    params = jax.tree.map(np.asarray, limit_mod.factors(M, sizes))
+    """The λ → 0 limit of a CE model as a Result: the max-margin problem's margin-1 direction
+    (W, H), its value ‖Z‖_*, the dual bound and gap, the smallest margin, and what its closed
+    form or structure says (docs/theory.md §5.4, §5.6)."""
+    model, sizes, hyper = spec.model, spec.sizes, dict(spec.hyper)
+    problem = model.limit(hyper, sizes)
+    if "supports" in problem:
+        params, cert = _support_limit(spec, np.asarray(problem["supports"], bool))
+    else:
+        params, cert = _class_limit(spec, np.asarray(problem["scales"], np.float64))
     measured = {k: _number(v) for k, v in
                 jax.tree.map(np.asarray, model.measure(params, hyper, sizes)).items()}
+    final = dict(objective=cert["value"], **measured)
+    cfg = dict(model=spec.name, K=sizes.K, n=sizes.n, d=sizes.d, steps=spec.steps, limit=True,
+               tol=spec.stop, dtype=spec.dtype, options=dict(model.options) or None)
+    if "margin_scales" in cert:
+        cfg["margin_scales"] = cert["margin_scales"]
+    return Result(model=spec.name, config=cfg, params=params,
+                  steps=np.array([cert["iterations"]]),
+                  history={k: np.array([v]) for k, v in final.items()}, final=final,
+                  theory=None, diverged_at=None, restart_objectives=[cert["value"]],
+                  certificate=cert)
+
+
+def _limit_certificate(sol, stop):
     value, bound, gap = float(sol.value), float(sol.bound), float(sol.gap)
+    return {"limit": True, "value": value, "lower_bound": bound, "gap": gap, "tol": stop,
+            "converged": bool(gap <= stop), "iterations": int(sol.iterations)}
+
+
+def _class_limit(spec, delta):
+    """The margin-scaled UFM-SVM over class-constant logits and its closed form (scaled SELI)."""
+    from ufm import limit as limit_mod
+
+    sizes, K, counts = spec.sizes, spec.sizes.K, tuple(spec.sizes.counts)
+    sol = jax.jit(lambda: limit_mod.solve_svm(counts, max_iter=spec.steps, tol=spec.stop,
+                                              delta=delta))()
+    M = np.asarray(sol.M, np.float64)
     scaled = delta[:, None] * M
     margins = np.diag(scaled)[None, :] - scaled + np.eye(K) * 1e300
     closed = limit_mod.scaled_seli(counts, delta)
-    cert = {"limit": True, "value": value, "lower_bound": bound, "gap": gap, "tol": stop,
-            "converged": bool(gap <= stop), "iterations": int(sol.iterations),
-            "min_margin": float(margins.min()), "margin_scales": delta.tolist(),
-            "seli_error": limit_mod.seli_error(M),
-            "closed_form_value": closed.value,
-            "closed_form_error": float(np.linalg.norm(M - closed.M)),
-            "closed_form_multiplier": closed.multiplier}
-    final = dict(objective=value, **measured)
-    cfg = dict(model=spec.name, K=K, n=sizes.n, d=sizes.d, steps=spec.steps, limit=True,
-               tol=stop, dtype=spec.dtype, margin_scales=delta.tolist())
-    return Result(model=spec.name, config=cfg, params=params,
-                  steps=np.array([int(sol.iterations)]),
-                  history={k: np.array([v]) for k, v in final.items()}, final=final,
-                  theory=None, diverged_at=None, restart_objectives=[value], certificate=cert)
+    cert = dict(_limit_certificate(sol, spec.stop), min_margin=float(margins.min()),
+                margin_scales=delta.tolist(), seli_error=limit_mod.seli_error(M),
+                closed_form_value=closed.value,
+                closed_form_error=float(np.linalg.norm(M - closed.M)),
+                closed_form_multiplier=closed.multiplier)
+    return jax.tree.map(np.asarray, limit_mod.factors(M, sizes)), cert
+
+
+def _support_limit(spec, supports):
+    """The next-token-prediction SVM and how its solution sits against the centred support
+    matrix (docs/theory.md §5.6)."""
+    from ufm import limit as limit_mod
+
+    sizes = spec.sizes
+    sol = jax.jit(lambda: limit_mod.solve_support_svm(supports, max_iter=spec.steps,
+                                                      tol=spec.stop))()
+    Z = np.asarray(sol.M, np.float64)
+    structure = limit_mod.support_structure(Z, supports)
+    cert = dict(_limit_certificate(sol, spec.stop), **structure)
+    return limit_mod.logit_factors(Z, sizes.d), cert
 
 
 def _start_from(model, sizes, hyper, init_from):

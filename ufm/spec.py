@@ -180,6 +180,13 @@ def _check_hyper(model, sizes, hyper, opt, steps, restarts, allow_small_d, log_e
         if model.limit is not None:  # at λ = 0 the minimiser is at infinity: the limit's
             raise ValueError(f"{err}; the λ → 0 limit itself is --limit (limit=True)") from None
         raise
+    if model.limit is not None:
+        for name in ("lam_W", "lam_H"):
+            if name in hyper and float(hyper[name]) == 0.0:
+                raise ValueError(f"{config.named(name)} = 0: {model.name} has no minimiser "
+                                 f"without both weight decays (its loss only approaches its "
+                                 f"infimum as the logits grow); the λ → 0 limit itself is "
+                                 f"--limit (limit=True)")
     limits.check_representable(hyper)
 
 
@@ -219,7 +226,8 @@ def _build_limit(model, name, K, n, d, steps, tol, dtype, lams):
     hyper = config.hyper_for(model, lams, 1.0, 1.0, K)
     config.check_config(model, sizes, hyper, steps,
                         allow_small_d=True)  # the limit's own need is checked above
-    scales = np.asarray(model.limit(hyper, sizes), np.float64)
+    problem = model.limit(hyper, sizes)
+    scales = np.asarray(problem.get("scales", [1.0]), np.float64)
     if not np.all(np.isfinite(scales) & (scales > 0)) or scales.max() / scales.min() > 1e12:
         raise ValueError(f"the λ → 0 limit's margin scales Δ = {scales.min():.3g} … "
                          f"{scales.max():.3g} from these hyperparameters must be positive and "

@@ -227,8 +227,9 @@ class Model:
     kinks: Optional[Kinks] = None
     # structured points a run can start from (`--init-from NAME`, docs/theory.md §6.5), or None
     constructions: Optional[Constructions] = None
-    # (hyper, sizes) -> Δ [K], the margin scales of its λ → 0 limit, the max-margin problem
-    # Δ_k·z_kk − Δ_j·z_jk ≥ 1 (`--limit`, docs/theory.md §5.4); None: no limit mode
+    # (hyper, sizes) -> the max-margin problem of its λ → 0 limit (`--limit`, docs/theory.md
+    # §5.4, §5.6): {"scales": Δ [K]} for Δ_k·z_kk − Δ_j·z_jk ≥ 1 per class, or {"supports": S
+    # [K, N] bool} for a support pattern per sample (ntp); None: no limit mode
     limit: Optional[Callable] = None
 
     # the certificate's hooks, read through the sub-record (None without one)

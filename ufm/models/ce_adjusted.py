@@ -134,10 +134,10 @@ def prediction(hyper, sizes):
 
 
 def limit_scales(hyper, sizes):
-    """Δ [K], the margin scales of the λ → 0 limit: as the logits grow, ι (a constant) and the
+    """{"scales": Δ [K]}, the margin scales of the λ → 0 limit: as the logits grow, ι (a constant) and the
     weights (a factor inside a vanishing exponential) stop mattering, and the direction solves
     max-margin with Δ_k·z_kk − Δ_j·z_jk ≥ 1 (docs/theory.md §5.4)."""
-    return adjustments(hyper, sizes.counts, "mean", np)[1]
+    return {"scales": adjustments(hyper, sizes.counts, "mean", np)[1]}
 
 
 def build(reduction="mean"):

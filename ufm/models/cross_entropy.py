@@ -105,7 +105,7 @@ def cross_entropy_model(name, bias):
                                       convex_min_d=lambda K: K, two_factor=CE,
                                       solver=convex.solve),
         symmetries=TWO_FACTOR_SYMMETRY,
-        limit=None if bias else lambda hyper, sizes: np.ones(sizes.K))
+        limit=None if bias else lambda hyper, sizes: {"scales": np.ones(sizes.K)})
 
 
 register("ce")(lambda: cross_entropy_model("ce", False))
