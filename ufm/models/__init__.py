@@ -7,6 +7,8 @@
     constrained.py    fixed-etf, fixed-orthogonal, lpm
     scaled_target.py  scaled-target (MSE with targets γY)
     label_smoothing.py  ce-smoothing (cross-entropy against smoothed labels)
+    (any other file)  squared_hinge.py, ce_adjusted.py, regression.py, ntp.py, … — registered
+                      after the families, in alphabetical order
 
 `get_model(name, **options)` builds one (options: depth, loss, alpha, mask_softmax, where the
 model takes them); `MODELS` maps every name to its default variant.
