@@ -7,4 +7,4 @@ SCRIPTS = ("bias_free", "unregularized_bias", "linear_extended", "relu_extended"
            "deep_relu_below_dnc", "imbalanced_ce", "certified_phase_diagram",
            "hessian_spectra", "constructions", "landscape_basins", "bias_transition",
            "regression_collapse", "training_loop", "seli_path", "srg_construction",
-           "logit_adjusted_geometry")
+           "logit_adjusted_geometry", "ntp_collapse")

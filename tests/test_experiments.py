@@ -263,6 +263,24 @@ def check_saved_numbers(name, a, cfg, data):
                 if R == 1:  # balanced: a simplex ETF whatever γ
                     assert a[f"g={gamma}/w_cos_min"][j] == pytest.approx(-1 / (K1 + K2 - 1))
         np.testing.assert_allclose(a["star/w_norm_ratio"], 1.0, atol=1e-8)
+    if name == "ntp_collapse":  # certified path; the limit recomputed; Ẑ beaten, span kept
+        from ufm import limit
+
+        S = a["supports"].astype(bool)
+        assert np.all(a["gap"] <= 1e-9) and np.all(a["lower_bound"] <= a["objective"] + 1e-12)
+        # the certificate's gap uses its own evaluation of the objective: round-off apart
+        np.testing.assert_allclose((a["objective"] - a["lower_bound"]) / a["objective"],
+                                   a["gap"], atol=1e-13)
+        svm = limit.solve_support_svm(S)
+        assert float(a["svm_value"]) == pytest.approx(float(svm.value), rel=1e-9)
+        V = S.shape[0]
+        zhat = np.linalg.svd((np.eye(V) - 1 / V) @ S, compute_uv=False).sum()
+        assert float(a["centred_support_value"]) == pytest.approx(zhat, rel=1e-12)
+        assert float(a["svm_value"]) < zhat and float(a["centred_support_multiplier"]) > 0
+        small = a["lams"] <= 1e-2
+        assert np.all(np.diff(a["cos_svm"][small]) > 0) and np.all(a["outside_span"] <= 1e-10)
+        assert np.all(np.diff(a["log_ratio_error"][small]) < 0)
+        checked += int(a["lams"].size)
     if name == "training_loop":  # D_l = K·NC1 per layer; the law's fit recomputed from D
         np.testing.assert_allclose(a["fuzziness"], cfg["K"] * a["nc1"], rtol=1e-12)
         layers = np.arange(1, a["fuzziness"].shape[1] + 1)
