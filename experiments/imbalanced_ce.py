@@ -23,6 +23,14 @@ def counts(cfg, R):
     return (R * cfg["n_min"],) * (cfg["K"] - cfg["minority"]) + (cfg["n_min"],) * cfg["minority"]
 
 
+def threshold(cfg, lam):
+    """R* where the minority classifiers coincide (ufm.theory.minority_collapse_ratio, μ = λ)."""
+    from ufm import theory
+
+    return theory.minority_collapse_ratio(cfg["K"] - cfg["minority"], cfg["minority"],
+                                          cfg["n_min"], lam)
+
+
 def minority_angle(W, m):
     """Mean angle (degrees) between the last m rows of W (the minority classifiers)."""
     V = W[-m:] / np.linalg.norm(W[-m:], axis=1, keepdims=True)
@@ -80,13 +88,19 @@ def plot(out):
         axes[0].plot(R, a["angle"][i], "o-", label=f"λ = {lam:g}")
         axes[1].plot(R, a["rank"][i], "o-", label=f"λ = {lam:g}")
         axes[2].plot(R, np.clip(np.abs(a["gap"][i]), 1e-17, None), "o-", label=f"λ = {lam:g}")
+        colour = axes[0].lines[-1].get_color()
         collapsed = np.flatnonzero(a["angle"][i] < 1.0)
         if collapsed.size:
-            axes[0].axvline(R[collapsed[0]], ls=":", color=axes[0].lines[-1].get_color(), lw=1)
+            axes[0].axvline(R[collapsed[0]], ls=":", color=colour, lw=1)
+        star = threshold(cfg, lam)
+        if star <= R.max() * 4:
+            axes[0].axvline(star, ls="--", color=colour, lw=1.2,
+                            label=f"R* = {star:.4g}: derived threshold √n_min = λN")
     axes[0].axhline(np.degrees(np.arccos(-1 / (cfg["K"] - 1))), color="grey", ls="--", lw=1,
                     label="simplex ETF angle")
     axes[0].set_title("certified optimum: angle between the minority classifiers\n(dotted: "
-                      "first R with angle < 1°, minority collapse)", fontsize=10)
+                      "first R with angle < 1°; dashed: the derived threshold R*, theory.md §5.5)",
+                      fontsize=10)
     axes[0].set_ylabel("degrees")
     axes[1].set_title("certified optimum: rank of W", fontsize=10)
     axes[2].set_title("convex solver: objective − dual lower bound", fontsize=10)

@@ -207,6 +207,12 @@ def check_saved_numbers(name, a, cfg, data):
         np.testing.assert_allclose(a["angle"][:, at_one],
                                    np.degrees(np.arccos(-1 / (cfg["K"] - 1))), atol=1e-6)
         assert np.all(a["rank"][:, at_one] == cfg["K"] - 1)
+        for i, lam in enumerate(cfg["lams"]):  # collapsed exactly from the derived R* on
+            star = theory.minority_collapse_ratio(cfg["K"] - cfg["minority"], cfg["minority"],
+                                                  cfg["n_min"], lam)
+            R = np.asarray(cfg["ratios"])
+            assert np.all(a["angle"][i][R >= star] < 1e-3) and np.all(a["angle"][i][R < star] > 1)
+            checked += R.size
     if name == "certified_phase_diagram":  # bounds below every seed, the solver's gap closed
         assert a["solver_global"].all() and np.all(np.abs(a["gap"]) <= 1e-10 * a["optimum"])
         checked += _not_below(a["seed_objective"], a["optimum"][..., None])

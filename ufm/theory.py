@@ -109,6 +109,31 @@ def cross_entropy(hyper, sizes, bias=False):
         b=0.0 if bias else None)
 
 
+class MinorityCollapse(NamedTuple):
+    """Which groups of classes collapse at the CE optimum (minority_collapse)."""
+
+    threshold: float  # μ·N: group g collapses iff √n_g ≤ μN
+    collapsed: tuple  # per group: its classifiers (and class means) coincide
+    max_count: float  # (μN)²: the largest per-class count that collapses
+
+
+def minority_collapse(groups, lam_W, lam_H):
+    """The cross-entropy UFM's minority collapse, with or without a bias (docs/theory.md §5.5,
+    derived there): groups = ((K_g, n_g), …), K_g classes of n_g samples each. At the global
+    optimum group g's classifiers coincide, and so do its class means, exactly when K_g ≥ 2 and
+    √n_g ≤ μ·N (μ = √(λ_Wλ_H), N = Σ K_g·n_g) — whatever the other groups and the bias."""
+    N = float(sum(K * n for K, n in groups))
+    t = math.sqrt(float(lam_W) * float(lam_H)) * N
+    return MinorityCollapse(t, tuple(K >= 2 and math.sqrt(n) <= t for K, n in groups), t * t)
+
+
+def minority_collapse_ratio(K_major, K_minor, n_minor, mu):
+    """R* of two groups (K_major classes of R·n_minor samples, K_minor of n_minor): the minority
+    classifiers coincide iff R ≥ R* = (1/(μ√n_minor) − K_minor)/K_major (may be ≤ 1: collapsed
+    even when balanced)."""
+    return (1.0 / (mu * math.sqrt(n_minor)) - K_minor) / K_major
+
+
 def beta_c(M):
     """β at which the nonzero minimiser of φ_β stops being global, for M = L + 1 factors.
 
