@@ -169,3 +169,52 @@ def test_multi_task_training_mse_is_below_the_single_task_models(lam):
     uncorrelated = (np.linalg.qr(Q)[0][:, :3] * np.array([3.0, 2.0, 1.0])).T + 5.0
     assert fitted_mse(uncorrelated, lam, lam) == pytest.approx(
         sum(fitted_mse(uncorrelated[j:j + 1], lam, lam) for j in range(3)), rel=1e-7)
+
+
+# --- whitening the targets (Andriopoulos et al. 2025, docs/theory.md §3.13) ---
+
+def targets_with_mean_variance(rng, v, m=3, N=40):
+    Y = rng.normal(size=(m, m)) @ rng.normal(size=(m, N)) + rng.normal(size=(m, 1))
+    Yc = Y - Y.mean(axis=1, keepdims=True)
+    return Yc * math.sqrt(v * m / np.trace(np.cov(Yc, bias=True))) + Y.mean(axis=1, keepdims=True)
+
+
+def original_units_error(Y, lam, whitened):
+    """Train on Y (or on its whitening, then map the predictions back): 1/(2N)‖Ŷ − Y‖²."""
+    from ufm.models.regression import whiten
+
+    m, N = Y.shape
+    target, back = whiten(Y) if whitened else (Y, lambda Z: Z)
+    counts = tuple([N // m] * (m - 1) + [N - N // m * (m - 1)])
+    r = runner.train("regression", K=m, n=counts, d=m, steps=3000, optimizer="lbfgs",
+                     lam_W=lam, lam_H=lam, options=dict(targets=target, bias=True))
+    assert r.certificate["global"]
+    Z = np.asarray(r.params["W"]) @ np.asarray(r.params["H"]) + np.asarray(r.params["b"])[:, None]
+    return float(np.sum((back(Z) - Y) ** 2) / (2 * N))
+
+
+@pytest.mark.parametrize("variance, c, helps", [(0.5, 0.004, True), (2.0, 0.004, False),
+                                                (0.5, 1.1, False), (0.9, 0.1, None)])
+def test_whitening_helps_exactly_when_the_mean_variance_is_below_one(variance, c, helps):
+    """Certified runs on the targets and on their whitening (mapped back) against the closed
+    form, λ_W = λ_H = √(c/N): with c below every eigenvalue and 1, whitening helps iff the mean
+    variance < 1 (0.5: yes, 2: no); with c ≥ 1 it never helps (0.5 at c = 1.1, below the largest
+    eigenvalue so that something is fit); between, the closed form's comparison decides
+    (computed, and the runs agree with it)."""
+    from ufm.models.regression import whitening
+
+    Y = targets_with_mean_variance(np.random.default_rng(5), variance)
+    lam = math.sqrt(c / Y.shape[1])
+    w = whitening(Y, lam, lam)
+    assert np.mean(w.eigenvalues) == pytest.approx(variance, rel=1e-12)
+    assert w.c == pytest.approx(c, rel=1e-12)
+    if c < 1:  # the regime: weak (below every eigenvalue) or between
+        assert (c <= min(w.eigenvalues)) == (helps is not None)
+    else:
+        assert c < max(w.eigenvalues)
+    if helps is not None:
+        assert w.helps == helps
+    plain, whitened = original_units_error(Y, lam, False), original_units_error(Y, lam, True)
+    assert plain == pytest.approx(w.plain, rel=1e-8)
+    assert whitened == pytest.approx(w.whitened, rel=1e-8)
+    assert (whitened < plain) == w.helps and abs(whitened - plain) > 1e-6 * plain

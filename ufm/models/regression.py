@@ -61,6 +61,47 @@ class RegressionPrediction(NamedTuple):
                 f"{len(self.kept)} kept")
 
 
+class Whitening(NamedTuple):
+    """The optimum's training error in the targets' own units with and without whitening them
+    (whitening), and the covariance's eigenvalues it follows from."""
+
+    plain: float  # ½Σ_i min(e_i, c)
+    whitened: float  # ½·min(1, c)·Σ_i e_i
+    eigenvalues: tuple  # e_i of the target covariance Σ
+    c: float  # N·λ_W·λ_H
+
+    @property
+    def helps(self):
+        return self.whitened < self.plain
+
+
+def whiten(Y):
+    """(Y_w, back): the centred targets whitened, Y_w = Σ^-½(Y − ȳ1ᵀ) (covariance I), and the map
+    taking predictions of Y_w back to the targets' units, Ŷ = Σ^½·Z + ȳ1ᵀ (numpy float64; Σ must
+    be non-singular)."""
+    Y = np.asarray(Y, np.float64)
+    mean = Y.mean(axis=1, keepdims=True)
+    e, U = np.linalg.eigh(np.cov(Y, bias=True).reshape(Y.shape[0], Y.shape[0]))
+    if e.min() <= 1e-12 * max(e.max(), 1e-300):
+        raise ValueError("targets (--targets): their covariance is singular (an output is an "
+                         "affine function of the others), so they cannot be whitened")
+    root, inv_root = (U * np.sqrt(e)) @ U.T, (U / np.sqrt(e)) @ U.T
+    return inv_root @ (Y - mean), lambda Z: root @ np.asarray(Z, np.float64) + mean
+
+
+def whitening(Y, lam_W, lam_H):
+    """The training error, in the targets' units, of the optimum with a free bias and d ≥ m,
+    fitted to the targets (½Σ_i min(e_i, c)) and fitted to the whitened targets then mapped
+    back (½·min(1, c)·Σ_i e_i), c = Nλ_Wλ_H (docs/theory.md §3.13). Whitening helps exactly when
+    the second is smaller: for c ≤ min(1, e_min) that is mean variance Σe_i/m < 1; for c ≥ 1
+    never."""
+    Y = np.asarray(Y, np.float64)
+    e = np.clip(np.linalg.eigvalsh(np.cov(Y, bias=True).reshape(Y.shape[0], Y.shape[0])), 0, None)
+    c = Y.shape[1] * float(lam_W) * float(lam_H)
+    return Whitening(0.5 * float(np.sum(np.minimum(e, c))), 0.5 * min(1.0, c) * float(e.sum()),
+                     tuple(float(v) for v in e), c)
+
+
 def regression_model(targets=None, bias=False):
     Y0 = None if targets is None else np.asarray(targets, np.float64)
 
