@@ -122,5 +122,8 @@ def test_bench_frontier_section_reports_certified_paths():
     assert [p["mu_low"] for p in f["paths"]] == [1e-4, 1e-8]
     assert all(p["certified"] == f["points"] and p["seconds"] > 0 for p in f["paths"])
     assert f["svm"]["gap"] <= 1e-10 and f["svm"]["K"] == 10
+    n = f["newton"]  # every point certified, by Newton or by the convex solver after it
+    assert n["newton"] + n["fallback"] == f["points"] and n["worst_gap"] <= 1e-9
     text = "\n".join(bench.frontier_report(f))
     assert "8-point path" in text and "UFM-SVM (--limit), K = 10" in text
+    assert "by Newton (ufm.path)" in text
