@@ -127,3 +127,17 @@ def test_bench_frontier_section_reports_certified_paths():
     text = "\n".join(bench.frontier_report(f))
     assert "8-point path" in text and "UFM-SVM (--limit), K = 10" in text
     assert "by Newton (ufm.path)" in text
+
+
+def test_bench_vocabulary_section_streams_and_merges_shards():
+    """Quick sizes: the Collector on a generated Zipf stream in a fresh process, every phase
+    timed, and 4 merged shards equal to one collector (the full size is `ufm bench --only
+    vocabulary`, docs/performance.md)."""
+    from ufm import bench
+
+    v = bench.vocabulary_times(quick=True)
+    assert v["K"] == 2000 and v["present"] + v["empty"] == 2000 and v["empty"] > 0
+    assert v["pass1"] > 0 and v["pass2"] > 0 and v["result"] > 0 and v["peak_bytes"] > 0
+    assert v["merge_worst"] <= 1e-10
+    text = "\n".join(bench.vocabulary_report(v))
+    assert "vocabulary scale: K = 2,000" in text and "4 shards" in text
