@@ -92,7 +92,7 @@ def plot(out):
                                                            "(centred per context)")
     ax.loglog(lam, a["mass_outside"], "s-", ms=4, label="probability outside the supports (mean)")
     ax.loglog(lam, np.clip(1 - a["same_support_cos"], 1e-17, None), "^-", ms=4,
-              label="1 − min cos between embeddings of contexts sharing a support")
+              label="1 − min cos(embedding, its support group's mean direction)")
     ax.set(title="the finite part settles, shared supports turn to one direction")
     ax = axes[1]
     ax.loglog(lam, np.clip(1 - a["cos_svm"], 1e-17, None), "o-", ms=4,

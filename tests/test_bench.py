@@ -67,7 +67,7 @@ def test_bench_measure_section_times_ufm_in_a_fresh_process(monkeypatch):
     report says so instead of a ratio."""
     from ufm import bench
 
-    monkeypatch.setattr(bench, "_peer_installed", lambda: False)
+    monkeypatch.setattr(bench.measure, "_peer_installed", lambda: False)
     res = bench.measure_times(shape=(3000, 16, 5), engines=("numpy",), repeat=2)  # jax: elsewhere
     row = res["rows"]["ufm"]
     assert row["seconds"] > 0 and row["peak_bytes"] >= 0 and row["nc1"] > 0
@@ -100,8 +100,8 @@ open(path, "a").write("x")
 print(json.dumps({"seconds": times[k], "peak_bytes": mem * (k + 1), "features_bytes": 8, "nc1": 1.0,
                   "nc2_etf_H": 1.0}))
 """
-    monkeypatch.setattr(bench, "_peer_installed", lambda: True)
-    monkeypatch.setattr(bench, "_MEASURE_CHILD", child)
+    monkeypatch.setattr(bench.measure, "_peer_installed", lambda: True)
+    monkeypatch.setattr(bench.measure, "_MEASURE_CHILD", child)
     res = bench.measure_times(shape=(64, 4, 3), engines=("numpy",), repeat=3)
     assert res["time_ratios"] == [0.5, 0.75, 2.0 / 5.0]
     assert res["memory_ratios"] == [0.5, 0.5, 0.5]

@@ -351,7 +351,9 @@ def build_parser(layers=(), lean=False):
                         "latency (first and second wall time of whole CLI commands), measure "
                         "(ufm measure's suite on 200,000 × 512 features beside "
                         "rhubarbwu/neural-collapse), hessian (Hessian-vector product against a "
-                        "gradient, dense and Lanczos restricted spectra) (default "
+                        "gradient, dense and Lanczos restricted spectra), frontier (the CE "
+                        "regularisation path and the UFM-SVM; float64), vocabulary (the "
+                        "Collector at K = 50,257, d = 1,024, N = 10⁶: about 25 minutes) (default "
                         "throughput,deep,solvers,global,latency)")
     b.add_argument("--batches", default="1,64,1024,4096", help="grid sizes B (comma list)")
     b.add_argument("--sizes", choices=("paper", "large", "both"), default="both",
