@@ -138,6 +138,7 @@ def test_bench_vocabulary_section_streams_and_merges_shards():
     v = bench.vocabulary_times(quick=True)
     assert v["K"] == 2000 and v["present"] + v["empty"] == 2000 and v["empty"] > 0
     assert v["pass1"] > 0 and v["pass2"] > 0 and v["result"] > 0 and v["peak_bytes"] > 0
-    assert v["merge_worst"] <= 1e-10
+    assert v["merge_worst"] <= 1e-10 and v["without_decisions"]["pass2"] > 0
     text = "\n".join(bench.vocabulary_report(v))
     assert "vocabulary scale: K = 2,000" in text and "4 shards" in text
+    assert "without the decisions" in text

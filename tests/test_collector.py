@@ -168,3 +168,32 @@ def test_a_multi_host_evaluation_merges_second_passes_and_reports_once(tmp_path,
     assert main(["measure", "--merge", str(tmp_path / "first_0.npz"), "--out",
                  str(tmp_path / "bad")]) == 2
     assert "takes second-pass states" in capsys.readouterr().err
+
+
+def test_decisions_can_be_left_out_and_the_rest_is_unchanged(tmp_path):
+    """decisions=False (a vocabulary's K: the decisions are most of pass 2): every other value
+    equals the full collector's exactly; the decision measures are NaN with the reason; the flag
+    survives save/load and collectors with different flags do not merge."""
+    X, y, W, b = _data(K=7, d=5, N=500)
+    batches = _batches(X, y)
+    full = _collect(measure.Collector(7, W, b), batches)
+    lean = _collect(measure.Collector(7, W, b, decisions=False), batches)
+    decided = {"ncc_accuracy", "accuracy", "nc4_mismatch", "nc4_mismatch_nobias"}
+    values, ref = lean["layers"]["features"], full["layers"]["features"]
+    for key, v in ref.items():
+        if key in decided:
+            assert np.isnan(values[key]) and "decisions=False" in values["undefined"][key]
+            assert np.isfinite(v)
+        elif isinstance(v, float):
+            assert values[key] == v or (np.isnan(v) and np.isnan(values[key])), key
+    assert lean["conventions"]["decisions"] is False and full["conventions"]["decisions"]
+    c = measure.Collector(7, decisions=False)
+    c.update(X[:100], y[:100])
+    c.save(tmp_path / "s.npz")
+    assert measure.Collector.load(tmp_path / "s.npz").conventions["decisions"] is False
+    other = measure.Collector(7)
+    other.update(X[100:200], y[100:200])
+    with pytest.raises(ValueError, match="conventions"):
+        c.merge(other)
+    with pytest.raises(ValueError, match="decisions must be True or False"):
+        measure.Collector(7, decisions="no")

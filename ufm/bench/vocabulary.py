@@ -12,8 +12,8 @@ import json, sys, time
 import numpy as np
 from ufm.measure import Collector
 
-K, d, N, B, shards = (int(v) for v in sys.argv[1:6])
-zipf, folder = float(sys.argv[6]), sys.argv[7]
+K, d, N, B, shards, decide = (int(v) for v in sys.argv[1:7])
+zipf, folder = float(sys.argv[7]), sys.argv[8]
 p = 1.0 / np.arange(1, K + 1) ** zipf
 p /= p.sum()
 means = np.random.default_rng(0).normal(size=(K, d)).astype(np.float32)
@@ -32,7 +32,7 @@ def rss(field):
 
 count = -(-N // B)
 if shards == 1:
-    c, times = Collector(K), {}
+    c, times = Collector(K, decisions=bool(decide)), {}
     t0 = time.perf_counter()
     for i in range(count):
         c.update(*batch(i))
@@ -89,14 +89,15 @@ def vocabulary_times(quick=False, shape=VOCABULARY, merge_rows=100_000):
     K, d, N, B = (2000, 64, 20000, 1024) if quick else shape
     rows = min(N, 8192 if quick else merge_rows)
 
-    def child(n, shards, folder):
+    def child(n, shards, folder, decide=1):
         out = subprocess.run([sys.executable, "-c", _VOCABULARY_CHILD, str(K), str(d), str(n),
-                              str(B), str(shards), str(ZIPF), folder], capture_output=True,
-                             text=True, check=True)
+                              str(B), str(shards), str(decide), str(ZIPF), folder],
+                             capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     with tempfile.TemporaryDirectory() as folder:
         full = child(N, 1, folder)
+        lean = child(N, 1, folder, decide=0)  # Collector(decisions=False)
         one, four = child(rows, 1, folder), child(rows, 4, folder)
     worst = 0.0
     for key, v in one["values"].items():
@@ -105,7 +106,9 @@ def vocabulary_times(quick=False, shape=VOCABULARY, merge_rows=100_000):
             worst = max(worst, abs(w - v) / max(abs(v), 1e-300))
     return dict(K=K, d=d, N=N, batch=B, zipf=ZIPF, merge_rows=rows, merge_worst=worst,
                 **{k: full[k] for k in ("pass1", "pass2", "result", "peak_bytes", "present",
-                                        "empty", "nc1")})
+                                        "empty", "nc1")},
+                without_decisions={k: lean[k] for k in ("pass1", "pass2", "result",
+                                                        "peak_bytes")})
 
 
 def vocabulary_report(v):
@@ -117,5 +120,10 @@ def vocabulary_report(v):
             f"  pass 1 {v['pass1']:.1f} s, pass 2 (Σ_W, spreads, nearest-centre decisions) "
             f"{v['pass2']:.1f} s, result (every measure, class pairs included) {v['result']:.1f} s"
             f" — {total / 60:.1f} min; peak memory {v['peak_bytes'] / 2 ** 30:.2f} GiB",
+            "  without the decisions (Collector(decisions=False)): {:.1f} + {:.1f} + {:.1f} s — "
+            "{:.1f} min; peak memory {:.2f} GiB".format(
+                *(v["without_decisions"][k] for k in ("pass1", "pass2", "result")),
+                sum(v["without_decisions"][k] for k in ("pass1", "pass2", "result")) / 60,
+                v["without_decisions"]["peak_bytes"] / 2 ** 30),
             f"  4 shards saved, merged, second passes merged, on {v['merge_rows']:,} rows: every "
             f"value within {v['merge_worst']:.1e} (relative) of one collector's"]

@@ -31,10 +31,12 @@ class Collector:
     DLPack (a PyTorch tensor, CPU or GPU), converted to float64 as it arrives.
 
     W [K, d] and b [K]: the classifier read with the last layer's features (its decisions and
-    NC3/NC4). Conventions as `ufm measure`'s (global_mean, std, pinv_rtol)."""
+    NC3/NC4). Conventions as `ufm measure`'s (global_mean, std, pinv_rtol). decisions=False
+    skips the nearest-centre and classifier decisions (N·K·d multiply-adds: at a vocabulary's K
+    most of the second pass); their measures are then reported undefined."""
 
     def __init__(self, K, W=None, b=None, *, global_mean="classes", std="population",
-                 pinv_rtol=None):
+                 pinv_rtol=None, decisions=True):
         if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 2:
             raise ValueError(f"K must be an integer >= 2, got {K!r}")
         _check_options(global_mean, std, pinv_rtol, None)
@@ -46,7 +48,10 @@ class Collector:
         if self.b is not None and (self.W is None or self.b.shape != (self.K,)):
             raise ValueError(f"b must have shape [K] = [{self.K}] and come with W, got "
                              f"{self.b.shape}")
-        self.conventions = dict(global_mean=global_mean, std=std, pinv_rtol=pinv_rtol)
+        if not isinstance(decisions, bool):
+            raise ValueError(f"decisions must be True or False, got {decisions!r}")
+        self.conventions = dict(global_mean=global_mean, std=std, pinv_rtol=pinv_rtol,
+                                decisions=decisions)
         self.reset()
 
     def reset(self):
@@ -137,8 +142,10 @@ class Collector:
             if uses_W and W.shape[1] != means.shape[1]:
                 raise ValueError(f"W must have shape [K, d] = [{self.K}, {means.shape[1]}] to "
                                  f"read layer {name!r}, got {self.W.shape}")
+            decide = (Decisions(means, basis, W, b, layer["offset"])
+                      if self.conventions["decisions"] else _skip_decisions)
             self.replay["layers"][name] = dict(
-                means=means, basis=basis, decide=Decisions(means, basis, W, b, layer["offset"]),
+                means=means, basis=basis, decide=decide,
                 scatter=0.0, within=np.zeros(len(present)), decisions=_no_decisions(), W=W, b=b)
         self.phase = 2
 
@@ -177,8 +184,10 @@ class Collector:
         out = {}
         for name, layer in self.layers.items():
             r = self.replay["layers"][name]
+            decisions = (r["decisions"] if self.conventions["decisions"]
+                         else dict(r["decisions"], off=True))
             stats = statistics(self.counts[present], layer["offset"], layer["sums"][present],
-                               r["basis"], r["scatter"], r["within"], r["decisions"])
+                               r["basis"], r["scatter"], r["within"], decisions)
             out[name] = dict(d=stats["d"], **suite(stats, r["W"], r["b"],
                                                    self.conventions["global_mean"],
                                                    self.conventions["std"],
@@ -188,6 +197,7 @@ class Collector:
         return {"conventions": {"global_mean": self.conventions["global_mean"],
                                 "std": self.conventions["std"],
                                 "pinv_rtol": rtol if rtol is not None else "d*eps(float64)",
+                                "decisions": self.conventions["decisions"],
                                 "dtype": "float64", "engine": "collector",
                                 "budget_bytes": BUDGET_BYTES},
                 "N": int(self.counts.sum()), "K": len(present), "classes": present.tolist(),
@@ -264,7 +274,8 @@ class Collector:
                   "global_mean": np.array(self.conventions["global_mean"]),
                   "std": np.array(self.conventions["std"]),
                   "pinv_rtol": np.array(np.nan if self.conventions["pinv_rtol"] is None
-                                        else self.conventions["pinv_rtol"])}
+                                        else self.conventions["pinv_rtol"]),
+                  "decisions": np.array(self.conventions["decisions"])}
         if self.W is not None:
             arrays["W"] = self.W
         if self.b is not None:
@@ -293,7 +304,8 @@ class Collector:
             raise ValueError(f"{path!r} is not a saved Collector (format {FORMAT})")
         rtol = float(a["pinv_rtol"])
         new = cls(int(a["K"]), a.get("W"), a.get("b"), global_mean=str(a["global_mean"]),
-                  std=str(a["std"]), pinv_rtol=None if math.isnan(rtol) else rtol)
+                  std=str(a["std"]), pinv_rtol=None if math.isnan(rtol) else rtol,
+                  decisions=bool(a.get("decisions", True)))
         new.counts = a["counts"].astype(np.int64)
         names = [str(name) for name in a["layers"].tolist()]
         for i, name in enumerate(names):
@@ -310,6 +322,11 @@ class Collector:
                         r["decisions"][key] = a[f"decision_{i}_{key}"].item()
             new.replay["counts"] = a["replayed"].astype(np.int64)
         return new
+
+
+def _skip_decisions(counts, rows, y, spread, projected=None):
+    """`decisions=False`: no nearest-centre or classifier decision is taken (their measures
+    are reported undefined) — at a vocabulary's K they are most of the second pass."""
 
 
 __all__ = ["Collector", "GLOBAL_MEANS", "STDS"]

@@ -171,6 +171,9 @@ def _suite(stats, W, b, global_mean, std, pinv_rtol, budget_bytes):
     dec = stats["decisions"]
     out["ncc_accuracy"] = dec["ncc_correct"] / N
     tied = {"ncc": dec["ncc_ties"], "W": dec["ties"], "W_nobias": dec["ties_nobias"]}
+    off = "decisions were not taken (Collector(decisions=False))"
+    if dec.get("off"):
+        out["ncc_accuracy"], undefined["ncc_accuracy"] = math.nan, off
     if tied["ncc"]:
         out["ncc_accuracy"] = math.nan
         undefined["ncc_accuracy"] = (f"{tied['ncc']} rows are equally near two class means "
@@ -189,7 +192,9 @@ def _suite(stats, W, b, global_mean, std, pinv_rtol, budget_bytes):
         for key, sources in (("accuracy", ("W",)), ("nc4_mismatch", ("W", "ncc")),
                              ("nc4_mismatch_nobias", ("W_nobias", "ncc"))):
             rows = max(tied[k] for k in sources)
-            if rows:
+            if dec.get("off"):
+                out[key], undefined[key] = math.nan, off
+            elif rows:
                 out[key] = math.nan
                 undefined[key] = (f"argmax ties in {rows} rows (W = 0, equal classifier rows or "
                                   f"coincident class means): the decision is arbitrary")
