@@ -381,6 +381,18 @@ def test_a_nan_in_the_reference_is_the_references_fault(tmp_path, capsys):
     assert f"reference (--reference) {tmp_path / 'train.npz'}" in err and "row 3" in err
 
 
+def _refused_at_registration(name, build, message):
+    """Register `build` as model `name`, check get_model refuses it with `message`, unregister."""
+    from ufm.models import base
+
+    base.register(name)(build)
+    try:
+        with pytest.raises(TypeError, match=message):
+            base.get_model(name)
+    finally:
+        del base.REGISTRY[name]
+
+
 def test_a_malformed_declaration_is_an_error_naming_the_file():
     from ufm.models import base, plain
 
@@ -390,13 +402,8 @@ def test_a_malformed_declaration_is_an_error_naming_the_file():
                               hypers=model.hypers + (base.Hyper("gamma", -1.0, "a scale",
                                                                 positive=True),))
 
-    base.register("broken-test")(build)
-    try:
-        with pytest.raises(TypeError, match=r"test_hardening_round4 \(model 'broken-test'\): "
-                                            r"malformed Hyper 'gamma': its default must be"):
-            base.get_model("broken-test")
-    finally:
-        del base.REGISTRY["broken-test"]
+    _refused_at_registration("broken-test", build, r"test_hardening_round4 \(model "
+                             r"'broken-test'\): malformed Hyper 'gamma': its default must be")
 
 
 @pytest.fixture
@@ -445,17 +452,12 @@ def test_an_umbrella_hyperparameter_reaches_its_members_with_no_edit_elsewhere(t
 @pytest.mark.parametrize("tied", ["", "lam W", 5, "lam_W"])
 def test_a_malformed_tie_is_an_error_naming_the_file(tied):
     """`Hyper.tied` must name an umbrella other than the hyperparameter itself."""
-    from ufm.models import base, plain
+    from ufm.models import plain
 
     def build():
         model = plain.plain_model("tie-test", None)
         return model._replace(name="tie-test", hypers=tuple(
             h._replace(tied=tied) if h.name == "lam_W" else h for h in model.hypers))
 
-    base.register("tie-test")(build)
-    try:
-        with pytest.raises(TypeError, match=r"\(model 'tie-test'\): malformed Hyper 'lam_W': "
-                                            r"`tied` must be another identifier"):
-            base.get_model("tie-test")
-    finally:
-        del base.REGISTRY["tie-test"]
+    _refused_at_registration("tie-test", build, r"\(model 'tie-test'\): malformed Hyper "
+                             r"'lam_W': `tied` must be another identifier")

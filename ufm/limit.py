@@ -239,11 +239,10 @@ def logit_factors(Z, d):
 
 
 def seli(counts):
-    """SELI's class-mean logits M̂ = I − 11ᵀ/K [K, K] and the minimum ‖M̂·D^½‖_* (float64 numpy)."""
-    K = len(counts)
-    M = np.eye(K) - np.ones((K, K)) / K
-    return M, float(np.sum(np.linalg.svd(M * np.sqrt(np.asarray(counts, np.float64))[None, :],
-                                         compute_uv=False)))
+    """SELI's class-mean logits M̂ = I − 11ᵀ/K [K, K] and the minimum ‖M̂·D^½‖_* (float64 numpy):
+    scaled_seli at Δ = 1."""
+    closed = scaled_seli(counts)
+    return closed.M, closed.value
 
 
 class ScaledSeli(NamedTuple):

@@ -52,25 +52,26 @@ if shards == 1:
                                                              if isinstance(v, float)})))
 else:  # shards: each its quarter of the batches, states saved and merged as across machines
     parts = np.array_split(np.arange(count), shards)
-    for s, part in enumerate(parts):
-        c = Collector(K)
-        for i in part:
-            c.update(*batch(i))
-        c.save(f"{folder}/first_{s}.npz")
-    merged = Collector.load(f"{folder}/first_0.npz")
-    for s in range(1, shards):
-        merged.merge(Collector.load(f"{folder}/first_{s}.npz"))
-    merged.save(f"{folder}/merged.npz")
-    for s, part in enumerate(parts):
+
+    def shard_pass(start, name):  # every shard's batches into its collector, saved, then merged
+        for s, part in enumerate(parts):
+            c = start()
+            for i in part:
+                c.update(*batch(i))
+            c.save(f"{folder}/{name}_{s}.npz")
+        merged = Collector.load(f"{folder}/{name}_0.npz")
+        for s in range(1, shards):
+            merged.merge(Collector.load(f"{folder}/{name}_{s}.npz"))
+        return merged
+
+    shard_pass(lambda: Collector(K), "first").save(f"{folder}/merged.npz")
+
+    def second():
         c = Collector.load(f"{folder}/merged.npz")
         c.second_pass()
-        for i in part:
-            c.update(*batch(i))
-        c.save(f"{folder}/second_{s}.npz")
-    total = Collector.load(f"{folder}/second_0.npz")
-    for s in range(1, shards):
-        total.merge(Collector.load(f"{folder}/second_{s}.npz"))
-    f = total.result()["layers"]["features"]
+        return c
+
+    f = shard_pass(second, "second").result()["layers"]["features"]
     print(json.dumps({"values": {k: v for k, v in f.items() if isinstance(v, float)}}))
 """
 

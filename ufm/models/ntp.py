@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ufm import metrics
+from ufm import convex, metrics
 from ufm.files import read_matrix
 from ufm.models.base import (TWO_FACTOR_SYMMETRY, GlobalCertificate, Model, Option, register, sq)
 from ufm.models.plain import TWO_FACTOR, two_factor_init
@@ -96,7 +96,7 @@ def entropy(Q):
     return float(-np.sum(np.where(Q > 0, Q * np.log(np.where(Q > 0, Q, 1.0)), 0.0)))
 
 
-def dual_bound(Z, P, mu, iters=80):
+def dual_bound(Z, P, mu):
     """The certificate's lower bound from logits Z [V, N] (module docstring; numpy float64): the
     best s ∈ [0, s_max] by golden section on the concave (1/N)·Σ_j H((1 − s)p_j + s·σ_j)."""
     Z, P = np.asarray(Z, np.float64), np.asarray(P, np.float64)
@@ -105,19 +105,7 @@ def dual_bound(Z, P, mu, iters=80):
     sigma = E / E.sum(axis=0, keepdims=True)
     grad_norm = np.linalg.norm((sigma - P) / N, 2)
     s_max = 1.0 if grad_norm == 0 else min(1.0, mu / grad_norm)
-
-    def value(s):
-        return entropy((1 - s) * P + s * sigma) / N
-
-    lo, hi = 0.0, s_max
-    phi = (math.sqrt(5) - 1) / 2
-    for _ in range(iters):
-        a, b = hi - phi * (hi - lo), lo + phi * (hi - lo)
-        if value(a) < value(b):
-            lo = a
-        else:
-            hi = b
-    return max(value(0.0), value(s_max), value((lo + hi) / 2))
+    return convex._golden_max(lambda s: entropy((1 - s) * P + s * sigma) / N, 0.0, s_max)
 
 
 def default_targets(V, N):
@@ -146,6 +134,8 @@ def polished_bound(Z, P, mu, steps=POLISH_STEPS):
     step = 2.0 * N  # 1/Lipschitz: CE's Hessian in one column is ≤ ½·I, over N columns
     best = dual_bound(Z, P, mu)
     X, Y, t = Z, Z, 1.0
+    # on the host in float64 numpy, as every certificate (convex.py): a fixed 100 steps after the
+    # run, whatever the run's dtype, not the run's own steps
     for i in range(1, steps + 1):
         E = np.exp(Y - Y.max(axis=0, keepdims=True))
         G = (E / E.sum(axis=0, keepdims=True) - P) / N
