@@ -530,3 +530,57 @@ def test_the_screens_decide_well_separated_rows_in_float32(monkeypatch):
     W_off -= (W_off @ basis) @ basis.T  # orthogonal to it: the span says nothing
     measure_arrays(means[labels] + 3.0 * rng.normal(size=(K * n, d)), labels, W_off, None)
     assert redone["logits"] <= 0.05 * len(X), redone
+
+
+def test_class_blocks_decide_as_whole_rows_of_scores(monkeypatch):
+    """Scores are taken a block of classes at a time (at a vocabulary's K a chunk never holds
+    [rows, K]). With blocks of 3 classes among 11: the running winner, best and runner-up of
+    float32 scores (duplicates within and across blocks, a NaN, an inf) equal argmin/argmax
+    over whole rows; and the counts of `Decisions` — near-ties and exact ties whose classes lie
+    in different blocks — equal the plain float64 rules computed here over whole rows."""
+    from ufm.measure import screens
+
+    monkeypatch.setattr(screens, "CLASS_BLOCK", 3)
+    rng = np.random.default_rng(13)
+    n, K = 400, 11
+    scores = rng.integers(0, 6, size=(n, K)).astype(np.float32)  # many equal scores
+    scores[0, 5], scores[1, 9] = np.nan, np.inf
+    for lowest in (True, False):
+        leaders = screens._Leaders(n, lowest)
+        for start, stop in screens._blocks(K):
+            leaders.add(start, scores[:, start:stop].copy())
+        whole = np.sort(scores, axis=1)
+        ok = slice(2, None)  # the rows whose scores are all finite
+        assert not leaders.finite[:2].any() and leaders.finite[ok].all()
+        pick = np.argmin if lowest else np.argmax
+        np.testing.assert_array_equal(leaders.win[ok], pick(scores[ok], axis=1))
+        best, second = (whole[:, 0], whole[:, 1]) if lowest else (whole[:, -1], whole[:, -2])
+        np.testing.assert_array_equal(leaders.best[ok], best[ok])
+        np.testing.assert_array_equal(leaders.second[ok], second[ok])
+    d = 30
+    means = rng.normal(size=(K, d))
+    means[8] = means[1]  # coincident means in the first and third blocks
+    W, b = 2 * means, -np.sum(means ** 2, axis=1)
+    W[10] = W[2]  # equal classifier rows in the first and last blocks
+    b[10] = b[2]
+    i, j = rng.integers(0, K, n), rng.integers(0, K, n)
+    t = 0.5 + rng.choice([0.0, 1e-12, 1e-6, 0.1], n) * rng.choice([-1, 1], n)
+    raw = means[i] * t[:, None] + means[j] * (1 - t)[:, None] + 1e-9 * rng.normal(size=(n, d))
+    raw[:40] = means[1] + 1e-3 * rng.normal(size=(40, d))  # nearest: the tied classes 1 and 8
+    raw[40:80] = means[2] + 1e-3 * rng.normal(size=(40, d))  # logits: the tied rows 2 and 10
+    y = rng.integers(0, K, n)
+    for basis in (None, measure.span_basis(means)):
+        screened, _ = _screened_and_exact(means, basis, W, b, np.zeros(d), raw, y)
+        distance = -2.0 * raw @ means.T + np.sum(means ** 2, axis=1)
+        logits = raw @ W.T
+        ncc, plain, full = (np.argmin(distance, 1), np.argmax(logits, 1),
+                            np.argmax(logits + b, 1))
+
+        def tied(s, c):
+            return int(np.count_nonzero(np.count_nonzero(s == s[np.arange(n), c][:, None], 1) > 1))
+        want = dict(ncc_correct=int(np.sum(ncc == y)), correct=int(np.sum(full == y)),
+                    mismatch=int(np.sum(full != ncc)), mismatch_nobias=int(np.sum(plain != ncc)),
+                    ncc_ties=tied(distance, ncc), ties_nobias=tied(logits, plain),
+                    ties=tied(logits + b, full))
+        assert screened == want
+        assert want["ncc_ties"] >= 40 and want["ties"] >= 40

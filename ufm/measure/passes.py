@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from ufm.measure.screens import Decisions
+from ufm.measure.screens import CLASS_BLOCK, Decisions
 
 
 ENGINES = ("numpy", "jax")
@@ -18,11 +18,14 @@ BUDGET_BYTES = 64 * 2 ** 20  # working set of the chunks of rows in flight, and 
 
 def rows_per_chunk(d, K, budget_bytes=None):
     """Rows whose working copies (the rows as read, their centred float64 version and the
-    gathered class means, the projection, the nearest-centre distances and the logits
-    [rows, K]) fit in `budget_bytes` (default BUDGET_BYTES): peak memory is set by the budget,
-    not by N."""
+    gathered class means, the projection, and a block of the nearest-centre distances and the
+    logits: [rows, min(K, CLASS_BLOCK)]) fit in `budget_bytes` (default BUDGET_BYTES): peak
+    memory is set by the budget, not by N. Scoring the classes a block at a time keeps the
+    chunks hundreds of rows long at any K, and the products [rows, r] × [r, classes] efficient
+    (at K = 50,257 whole rows of scores made chunks of 27 rows, and the products ran at 40% of
+    their speed: docs/performance.md)."""
     budget = BUDGET_BYTES if budget_bytes is None else budget_bytes
-    return max(1, int(budget // (8 * (4 * d + 3 * K))))
+    return max(1, int(budget // (8 * (4 * d + 3 * min(K, CLASS_BLOCK)))))
 
 
 def rows_for_sums(d, itemsize, budget_bytes=None):
@@ -355,10 +358,11 @@ def working_bytes(N, d, K, chunk_rows, budget_bytes=None):
     """Estimated peak bytes of measuring one layer (float64), beyond the features themselves:
     the K×d means, their copies and classifier products, the thin SVDs of the means ([K, r],
     [r, d], r = min(K, d)), Σ_W in the means' span [r, r], one chunk of rows with its K
-    decisions (four copies), and one tile of class pairs (`tile_rows`)."""
+    decisions (four copies of a block of classes), and one tile of class pairs (`tile_rows`)."""
     rows, r = min(N, chunk_rows), min(K, d)
     tile = 80 * tile_rows(K, budget_bytes) * K
-    return 8 * (8 * K * d + 4 * K * r + 3 * r * d + 2 * r * r + 4 * rows * (d + K)) + tile
+    return (8 * (8 * K * d + 4 * K * r + 3 * r * d + 2 * r * r
+                 + 4 * rows * (d + min(K, CLASS_BLOCK))) + tile)
 
 
 def check_memory(N, d, K, chunk_rows, name="features", budget_bytes=None):

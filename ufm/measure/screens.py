@@ -8,20 +8,78 @@ EPS32 = float(np.finfo(np.float32).eps)  # the float32 screens' rounding unit (2
 SUBNORMAL32 = float(np.finfo(np.float32).smallest_subnormal)  # 2⁻¹⁴⁹: twice an absolute rounding
 
 
-def _screen(scores, bound, lowest):
-    """(winner per row, rows whose winner is certain): the winning class by `lowest` (argmin)
-    or argmax, certain where its lead over the runner-up exceeds three times the rows' error
-    `bound` (two for the two scores, one to spare for float64's own rounding), and never in a
-    row with a score that is not finite: a float32 sum that overflowed part-way is ±inf or NaN
-    whatever its true value, and the bound says nothing of it (scores are overwritten)."""
-    finite = None if np.isfinite(scores).all() else np.isfinite(scores).all(axis=1)
-    n = np.arange(len(scores))
-    win = np.argmin(scores, axis=1) if lowest else np.argmax(scores, axis=1)
-    best = scores[n, win].copy()
-    scores[n, win] = np.inf if lowest else -np.inf
-    runner_up = scores.min(axis=1) if lowest else scores.max(axis=1)
-    sure = np.abs(runner_up - best) > 3.0 * bound
-    return win, sure if finite is None else sure & finite
+CLASS_BLOCK = 2048  # classes scored at a time: a chunk's scores are [rows, 2048], never [rows, K]
+
+
+def _blocks(K):
+    """(first, stop) of each block of CLASS_BLOCK classes."""
+    return [(k, min(k + CLASS_BLOCK, K)) for k in range(0, K, CLASS_BLOCK)]
+
+
+class _Leaders:
+    """The float32 screens' running winner, best and runner-up score of each of n rows, fed
+    blocks of classes in order (`add`): the winner is argmin's (`lowest`) or argmax's over all
+    classes at once (the first of equal scores), the runner-up the best of the rest (the best
+    again on a tie). A row with a score that is not finite is never certain: a float32 sum
+    that overflowed part-way is ±inf or NaN whatever its true value, and the bound says
+    nothing of it (a row whose sum of scores overflows is redone too: it costs a row, not a
+    wrong count)."""
+
+    def __init__(self, n, lowest):
+        self.rows, self.lowest = np.arange(n), lowest
+        self.best = self.second = None
+        self.finite = np.ones(n, dtype=bool)
+
+    def add(self, start, scores):
+        """Fold in the scores [n, classes] of the classes from `start` on (overwritten)."""
+        lowest, rows = self.lowest, self.rows
+        win = np.argmin(scores, axis=1) if lowest else np.argmax(scores, axis=1)
+        best = scores[rows, win]
+        self.finite &= np.isfinite(scores.sum(axis=1))
+        scores[rows, win] = np.inf if lowest else -np.inf
+        second = scores.min(axis=1) if lowest else scores.max(axis=1)
+        if self.best is None:
+            self.win, self.best, self.second = win + start, best, second
+            return
+        ahead = best < self.best if lowest else best > self.best
+        keep = np.minimum if lowest else np.maximum
+        self.second = keep(keep(self.second, second), np.where(ahead, self.best, best))
+        self.best = np.where(ahead, best, self.best)
+        self.win = np.where(ahead, win + start, self.win)
+
+    def sure(self, bound):
+        """Rows whose winner leads by more than three times the rows' error `bound` (two for
+        the two scores, one to spare for float64's own rounding)."""
+        return (np.abs(self.second - self.best) > 3.0 * bound) & self.finite
+
+
+class _Decided:
+    """The float64 rules' winner of each of n rows over blocks of classes fed in order (`add`,
+    scores only read): np.argmin's (`lowest`) or np.argmax's choice over all classes at once
+    (the first of equal scores, a NaN before any number), and `ties`, the rows whose chosen
+    score another class attains too (W = 0, coincident class means), where a decision is
+    arbitrary."""
+
+    def __init__(self, n, lowest):
+        self.rows, self.lowest, self.best = np.arange(n), lowest, None
+
+    def add(self, start, scores):
+        win = np.argmin(scores, axis=1) if self.lowest else np.argmax(scores, axis=1)
+        best = scores[self.rows, win]
+        equal = np.count_nonzero(scores == best[:, None], axis=1)
+        if self.best is None:
+            self.win, self.best, self.equal = win + start, best, equal
+            return
+        ahead = ((best < self.best if self.lowest else best > self.best)
+                 | (np.isnan(best) & ~np.isnan(self.best)))
+        self.equal = np.where(ahead, equal, np.where(best == self.best, self.equal + equal,
+                                                     self.equal))
+        self.best = np.where(ahead, best, self.best)
+        self.win = np.where(ahead, win + start, self.win)
+
+    @property
+    def ties(self):
+        return int(np.count_nonzero(self.equal > 1))
 
 
 class Decisions:
@@ -58,12 +116,11 @@ class Decisions:
         self.offset = np.zeros(means.shape[1]) if offset is None else offset
         self.centres = means if basis is None else means @ basis.T  # Vμ_k  [K, r]
         self.sq_centres = np.sum(self.centres * self.centres, axis=1)
-        self.twice = -2.0 * self.centres  # exact: q·(−2μ_k) is −2(q·μ_k) bit for bit, no pass
         self.mean_norms = np.sqrt(np.sum(means * means, axis=1))
         d, r = means.shape[1], self.centres.shape[1]
         with np.errstate(over="ignore"):  # beyond float32: inf, and those rows are redone
-            self.centres32 = self.centres.astype(np.float32)
-            self.twice32 = self.twice.astype(np.float32)
+            # exact: q·(−2μ_k) is −2(q·μ_k) bit for bit, no pass over the scores
+            self.twice32 = (-2.0 * self.centres).astype(np.float32)
             self.sq32 = self.sq_centres.astype(np.float32)
         # the nearest centre's float32 bound (`_nearest`), subnormal terms included
         self.centre_norms = np.sqrt(self.sq_centres)
@@ -162,13 +219,16 @@ class Decisions:
             q32 = q.astype(np.float32)
         else:  # V(x − μ_y) and Vμ_y rounded to float32, then added
             q32 = projected.astype(np.float32, order="C")
-            q32 += np.take(self.centres32, y, axis=0)
-        scores = q32 @ self.twice32.T
-        scores += self.sq32[None, :]
+            q32 += self.centres[y].astype(np.float32)
+        leaders = _Leaders(len(y), lowest=True)
+        for start, stop in _blocks(len(self.centres)):
+            scores = q32 @ self.twice32[start:stop].T
+            scores += self.sq32[None, start:stop]
+            leaders.add(start, scores)
         Q = (spread + 2.0 * self.centre_norms[y]) * (1.0 + 1e-6)
-        bound = self.ncc_gamma * self.centre_scale * Q + self.ncc_const + self.ncc_tiny * Q
-        ncc, sure = _screen(scores, bound, True)
-        unsure = np.flatnonzero(~sure)
+        sure = leaders.sure(self.ncc_gamma * self.centre_scale * Q + self.ncc_const
+                            + self.ncc_tiny * Q)
+        ncc, unsure = leaders.win, np.flatnonzero(~sure)
         counts["ncc_correct"] += int(np.count_nonzero(ncc[sure] == y[sure]))
         if unsure.size:
             again = (q[unsure] if self.basis is None
@@ -178,12 +238,15 @@ class Decisions:
 
     def nearest(self, counts, q, y):
         """The nearest centre of rows `q` (in the centres' coordinates), counted, with ties."""
-        distance = q @ self.twice.T  # ‖μ_k‖² − 2q·μ_k: ‖q‖² is the same for every class
-        distance += self.sq_centres[None, :]
-        ncc = np.argmin(distance, axis=1)
-        counts["ncc_correct"] += int(np.count_nonzero(ncc == y))
-        counts["ncc_ties"] += _ties(distance, ncc)
-        return ncc
+        decided = _Decided(len(y), lowest=True)
+        for start, stop in _blocks(len(self.centres)):
+            distance = q @ self.centres[start:stop].T  # ‖μ_k‖² − 2q·μ_k: ‖q‖² is common
+            distance *= -2.0
+            distance += self.sq_centres[None, start:stop]
+            decided.add(start, distance)
+        counts["ncc_correct"] += int(np.count_nonzero(decided.win == y))
+        counts["ncc_ties"] += decided.ties
+        return decided.win
 
     def span_logits(self, q32, y, spread):
         """(logits [rows, K] without b, their error bound [rows]) in the means' span: Aq +
@@ -191,47 +254,63 @@ class Decisions:
         the bound of the exact logit less a term the same for every class (w̄⊥·(x − offset)):
         the product and roundings as `_nearest`'s with ‖a_k‖ ≤ ‖w_k‖, the constants'
         roundings, and R·(‖x − μ_y‖ + ‖μ_y⊥‖) for the rest of the part outside the span."""
-        logits = q32 @ self.A32.T
-        logits += self.shift32[None, :]
+        return self._span_block(q32, 0, len(self.W)), self._span_bound(y, spread)
+
+    def _span_block(self, q32, start, stop):
+        logits = q32 @ self.A32[start:stop].T
+        logits += self.shift32[None, start:stop]
+        return logits
+
+    def _span_bound(self, y, spread):
         Q = (spread + 2.0 * self.centre_norms[y]) * (1.0 + 1e-6)
-        return logits, (self.span_gamma * Q + self.span_const + self.ncc_tiny * Q
-                        + self.residual * (spread + self.perp[y]) * (1.0 + 1e-6))
+        return (self.span_gamma * Q + self.span_const + self.ncc_tiny * Q
+                + self.residual * (spread + self.perp[y]) * (1.0 + 1e-6))
 
     def _spanned(self, q32, y, spread):
-        """(argmax without b, with b, which rows are certain) from `span_logits`: near
-        collapse (W close to the means' span, NC3) they decide almost every row."""
-        return self._two_screens(*self.span_logits(q32, y, spread))
+        """(argmax without b, with b, which rows are certain) from the logits in the means'
+        span (`span_logits`): near collapse (W close to the span, NC3) they decide almost
+        every row."""
+        return self._two_screens(lambda start, stop: self._span_block(q32, start, stop),
+                                 len(y), self._span_bound(y, spread))
 
     def _screened(self, rows, norms):
         """(argmax without b, with b, which rows the float32 bound vouches for)."""
-        logits = rows.astype(np.float32, copy=False) @ self.W32.T
+        rows32 = rows.astype(np.float32, copy=False)
         bound = (self.gamma * norms * (1.0 + 1e-6) * self.w_scale + self.w_const
                  + self.w_tiny * (norms + self.w_scale))
-        return self._two_screens(logits, bound)
+        return self._two_screens(lambda start, stop: rows32 @ self.W32[start:stop].T,
+                                 len(rows), bound)
 
-    def _two_screens(self, logits, bound):
-        """(argmax without b, with b, rows certain for both) of float32 logits within `bound`."""
-        with_b = None if self.b32 is None else logits + self.b32[None, :]
-        plain, sure = _screen(logits, bound, False)
-        if with_b is None:
-            return plain, plain, sure
-        full, sure_full = _screen(with_b, bound, False)
-        return plain, full, sure & sure_full
+    def _two_screens(self, block, n, bound):
+        """(argmax without b, with b, rows certain for both) of the float32 logits of n rows,
+        within `bound`, that block(start, stop) gives class block by class block."""
+        plain = _Leaders(n, lowest=False)
+        full = None if self.b32 is None else _Leaders(n, lowest=False)
+        for start, stop in _blocks(len(self.W)):
+            logits = block(start, stop)
+            if full is not None:
+                full.add(start, logits + self.b32[None, start:stop])
+            plain.add(start, logits)
+        sure = plain.sure(bound)
+        if full is None:
+            return plain.win, plain.win, sure
+        return plain.win, full.win, sure & full.sure(bound)
 
     def logits(self, counts, block):
         """(argmax without b, with b) of rows minus the offset (`block`) in float64: logits
         W(x − offset) + W·offset + b, their ties counted."""
-        logits = block @ self.W.T
-        logits += self.shift[None, :]
-        plain = np.argmax(logits, axis=1)
-        counts["ties_nobias"] += _ties(logits, plain)
-        if self.b is None:
-            full = plain
-        else:
-            logits += self.b[None, :]
-            full = np.argmax(logits, axis=1)
-        counts["ties"] += _ties(logits, full)
-        return plain, full
+        plain = _Decided(len(block), lowest=False)
+        full = plain if self.b is None else _Decided(len(block), lowest=False)
+        for start, stop in _blocks(len(self.W)):
+            logits = block @ self.W[start:stop].T
+            logits += self.shift[None, start:stop]
+            plain.add(start, logits)
+            if self.b is not None:
+                logits += self.b[None, start:stop]
+                full.add(start, logits)
+        counts["ties_nobias"] += plain.ties
+        counts["ties"] += full.ties
+        return plain.win, full.win
 
     @staticmethod
     def _count(counts, plain, full, ncc, y):
@@ -247,13 +326,3 @@ class Decisions:
         if self.W is not None:
             plain, full = self.logits(counts, block)
             self._count(counts, plain, full, ncc, y)
-
-
-def _ties(scores, chosen):
-    """Rows whose chosen score is attained by another class too (an argmax/argmin tie: W = 0,
-    coincident class means), where a decision is arbitrary."""
-    best = scores[np.arange(len(chosen)), chosen]
-    equal = scores == best[:, None]
-    if np.count_nonzero(equal) == len(chosen):  # no ties (the common case): one count
-        return 0
-    return int(np.count_nonzero(np.count_nonzero(equal, axis=1) > 1))
