@@ -142,3 +142,16 @@ def test_bench_vocabulary_section_streams_and_merges_shards():
     text = "\n".join(bench.vocabulary_report(v))
     assert "vocabulary scale: K = 2,000" in text and "4 shards" in text
     assert "without the decisions" in text
+    assert ("rhubarbwu/neural-collapse not installed" in text) == (v["peer"] is None)
+
+
+def test_bench_largest_section_runs_the_lean_collector():
+    """Quick sizes of the largest vocabulary's section (the Collector without decisions in a
+    fresh process): every phase timed, the classes counted, the report names them."""
+    from ufm import bench
+
+    v = bench.largest_times(quick=True)
+    assert v["K"] == 4000 and v["present"] + v["empty"] == 4000
+    assert v["pass1"] > 0 and v["pass2"] > 0 and v["result"] > 0 and v["peak_bytes"] > 0
+    assert "largest vocabulary, without the decisions: K = 4,000" in "\n".join(
+        bench.largest_report(v))

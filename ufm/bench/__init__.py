@@ -21,8 +21,11 @@ measure: `ufm measure`'s suite on 200,000 × 512 float32 features, K = 100, besi
 rhubarbwu/neural-collapse's float32 accumulators and metrics on the same array (when that
 library and torch happen to be installed; neither is a dependency): wall time and peak memory
 beyond the loaded features, each in a fresh process.
-vocabulary: the streaming Collector at K = 50,257, d = 1,024, N = 10⁶ (Zipf labels), and shards
-merged against one collector.
+vocabulary: the streaming Collector at K = 50,257, d = 1,024, N = 10⁶ (Zipf labels), shards
+merged against one collector, and rhubarbwu/neural-collapse's accumulators on the same stream
+(when installed).
+largest: the Collector without the decisions at K = 128,256, d = 4,096, N = 10⁶ (about half an
+hour and most of 24 GB: not in the default sections).
 
 One module per section (ufm/bench/); this one runs the chosen sections and prints the report.
 """
@@ -37,10 +40,11 @@ from ufm.bench.latency import (latency_report, latency_times)
 from ufm.bench.measure import (measure_report, measure_times)
 from ufm.bench.hessian import (hessian_report, hessian_times)
 from ufm.bench.frontier import (frontier_report, frontier_times)
-from ufm.bench.vocabulary import (vocabulary_report, vocabulary_times)
+from ufm.bench.vocabulary import (largest_report, largest_times, vocabulary_report,
+                                  vocabulary_times)
 
 SECTIONS = ("throughput", "deep", "solvers", "global", "latency", "measure", "hessian",
-            "frontier", "vocabulary")
+            "frontier", "vocabulary", "largest")
 
 
 def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
@@ -64,6 +68,8 @@ def run(quick=False, batches=BATCHES, sizes=SIZES, sections=SECTIONS):
         out["frontier"] = frontier_times(quick) if out["dtype"] == "float64" else None
     if "vocabulary" in sections:
         out["vocabulary"] = vocabulary_times(quick)
+    if "largest" in sections:
+        out["largest"] = largest_times(quick)
     if "throughput" not in sections:
         return out
     for sz in sizes:
@@ -116,6 +122,8 @@ def report(res):
         lines += frontier_report(res["frontier"])
     if res.get("vocabulary"):
         lines += vocabulary_report(res["vocabulary"])
+    if res.get("largest"):
+        lines += largest_report(res["largest"])
     if not res["sizes"]:
         return "\n".join(lines)
     lines.append(f"\nbias-free UFM, GD step {LR}:")
@@ -140,4 +148,5 @@ __all__ = ["SECTIONS", "run", "report", "BATCHES", "GAP", "LAM", "LR", "SIZES", 
            "global_times", "grid_rates", "hessian_report", "hessian_times", "jitted_loop_rate",
            "latency_report", "latency_times", "measure_report", "measure_times", "numpy_loop_rate",
            "ratio_bound", "scan_rate", "solver_report", "solver_times", "time_to_gap",
-           "torch_loop_rate", "vocabulary_report", "vocabulary_times"]
+           "torch_loop_rate", "vocabulary_report", "vocabulary_times", "largest_report",
+           "largest_times"]
