@@ -57,6 +57,11 @@ def test_chunks_follow_the_budget_and_bound_the_peak(tmp_path):
     budget = 2 * 2 ** 20
     rows = measure.rows_per_chunk(d, K, budget)
     assert rows == budget // (8 * (4 * d + 3 * K))
+    # at a vocabulary's K the numpy engine scores a block of classes at a time, the JAX engine
+    # every class at once: only the numpy engine's chunks stay long
+    from ufm.measure.screens import CLASS_BLOCK
+    assert measure.rows_per_chunk(d, 50_000, budget) == budget // (8 * (4 * d + 3 * CLASS_BLOCK))
+    assert measure.rows_per_chunk(d, 50_000, budget, "jax") == budget // (8 * (4 * d + 150_000))
     tracemalloc.start()
     small = measure.measure_file(str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npy"),
                                  stream=True, budget_bytes=budget)

@@ -12,6 +12,7 @@ import numpy as np
 from ufm import certificate as cert_mod
 from ufm import hessian as hessian_mod
 from ufm import cache, metrics, optimise
+from ufm import sessions as sessions_mod
 from ufm import theory as theory_mod
 from ufm.files import json_ready, write_json, write_npz
 from ufm.models import Sizes, get_model
@@ -88,8 +89,8 @@ def run(spec, progress=None):
                     model, sizes, k, h, steps, log_every, opt, stop, start=s0))(key, jhyper,
                                                                                 start))
     elif groups is not None:
-        traj, done = optimise.simulate_sessions(model, sizes, key, jhyper, groups, steps,
-                                                log_every, opt, spec.distill, progress)
+        traj, done = sessions_mod.simulate_sessions(model, sizes, key, jhyper, groups, steps,
+                                                    log_every, opt, spec.distill, progress)
         session_info = _session_dicts(sizes, traj.params, done)
     elif progress is not None:  # compiled chunks with reports in between
         keys = jax.random.split(key, restarts) if restarts > 1 else key

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ufm import limits, optimise, store
+from ufm import sessions as sessions_mod
 from ufm import spec as spec_mod
 from ufm import theory as theory_mod
 from ufm import certificate as certificate_mod
@@ -138,8 +139,9 @@ def point_function(model, sizes, steps, optimizer, restarts, sessions=None, dist
 
     def point(key, hyper):
         if sessions is not None:
-            state, out, grad_norm = optimise.sessions_final(model, sizes, key, hyper, sessions,
-                                                            steps, optimizer, distill)
+            state, out, grad_norm = sessions_mod.sessions_final(model, sizes, key, hyper,
+                                                                sessions, steps, optimizer,
+                                                                distill)
             return dict(out, diverged=state.diverged_at >= 0, grad_norm=grad_norm,
                         steps_taken=state.step, converged_at=state.converged_at)
         if restarts == 1:

@@ -16,16 +16,17 @@ BUDGET_BYTES = 64 * 2 ** 20  # working set of the chunks of rows in flight, and 
 
 # --- the two passes ---------------------------------------------------------------------------
 
-def rows_per_chunk(d, K, budget_bytes=None):
+def rows_per_chunk(d, K, budget_bytes=None, engine="numpy"):
     """Rows whose working copies (the rows as read, their centred float64 version and the
     gathered class means, the projection, and a block of the nearest-centre distances and the
     logits: [rows, min(K, CLASS_BLOCK)]) fit in `budget_bytes` (default BUDGET_BYTES): peak
     memory is set by the budget, not by N. Scoring the classes a block at a time keeps the
     chunks hundreds of rows long at any K, and the products [rows, r] × [r, classes] efficient
     (at K = 50,257 whole rows of scores made chunks of 27 rows, and the products ran at 40% of
-    their speed: docs/performance.md)."""
+    their speed: docs/performance.md). The JAX engine scores every class at once: [rows, K]."""
     budget = BUDGET_BYTES if budget_bytes is None else budget_bytes
-    return max(1, int(budget // (8 * (4 * d + 3 * min(K, CLASS_BLOCK)))))
+    scored = K if engine == "jax" else min(K, CLASS_BLOCK)
+    return max(1, int(budget // (8 * (4 * d + 3 * scored))))
 
 
 def rows_for_sums(d, itemsize, budget_bytes=None):
@@ -161,7 +162,7 @@ def plan(X, codes, K, chunk_rows=None, name="features", budget_bytes=None, engin
     class counts, and the offset the passes move every row by (`_offset`)."""
     N, d = X.shape
     share = budget_bytes if engine == "jax" else _per_worker(budget_bytes)  # chunks in flight
-    chunks = _chunks(N, chunk_rows or rows_per_chunk(d, K, share))
+    chunks = _chunks(N, chunk_rows or rows_per_chunk(d, K, share, engine))
     counts = np.bincount(codes, minlength=K).astype(np.int64)
     return chunks, counts, _offset(X, *chunks[0], name), share
 
