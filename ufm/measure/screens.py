@@ -90,7 +90,10 @@ class Decisions:
     Every decision is the float64 rule's, reached by screens: a score computed in float32
     with a rigorous bound on its error decides a row when its winner leads by more than three
     times the bound (two scores, one to spare); the rows it cannot vouch for (and every tie) go
-    on to the next, and the last is float64, where ties are counted.
+    on to the next, and the last is float64, where ties are counted. Every screen scores the
+    classes CLASS_BLOCK at a time, carrying each row's winner and runner-up from block to block
+    (`_Leaders`, `_Decided`): the same decisions as whole rows of scores, in chunks whose length
+    does not shrink with K (docs/performance.md, "Vocabulary scale").
 
     Nearest centre, in the span of the means: with V an orthonormal basis of the centred means
     (`span_basis`), ‖x − μ_k‖² = ‖(x − ḡ)⊥‖² + ‖Vx − Vμ_k‖², the first term the same for every
