@@ -67,6 +67,16 @@ def test_zipf_labels_with_empty_and_single_sample_classes():
     _same_report(got, measure.measure_arrays(X, y))
 
 
+def test_empty_classes_under_the_sample_mean_convention():
+    """The global mean as the mean of the samples reads the class sums' total; the Collector
+    hands the suite its sums with the empty classes' zero rows (no K × d copy): the report
+    equals `ufm measure`'s on the same rows, K > d (the means' factorisations through QR)."""
+    X, y, _, _ = _data(K=40, N=300, zipf=True, seed=4, offset=50.0)
+    assert len(np.unique(y)) < 40
+    got = _collect(measure.Collector(40, global_mean="samples"), _batches(X, y))
+    _same_report(got, measure.measure_arrays(X, y, global_mean="samples"))
+
+
 def test_shards_merged_and_saved_equal_one_pass(tmp_path):
     X, y, W, b = _data(seed=5)
     whole = _collect(measure.Collector(6, W, b), _batches(X, y))

@@ -589,3 +589,22 @@ def test_class_blocks_decide_as_whole_rows_of_scores(monkeypatch):
                     ties=tied(logits + b, full))
         assert screened == want
         assert want["ncc_ties"] >= 40 and want["ties"] >= 40
+
+
+@pytest.mark.parametrize("rank", [3, 12])
+def test_tall_factorisations_through_qr_equal_the_direct_svd(rank):
+    """The suite's SVD of tall class means [K, d] (K > d) goes through the triangle of their QR
+    (no U [K, d], no workspace of the means' size): its singular values equal LAPACK's SVD of the
+    whole matrix to 1e-13 of the largest (a rank-3 matrix keeps its zeros there too), and its
+    right singular vectors span the same rows (projectors equal to 1e-12)."""
+    from ufm.measure.pairs import _svd
+
+    rng = np.random.default_rng(rank)
+    A = rng.normal(size=(500, rank)) @ rng.normal(size=(rank, 12)) * 1e3 + 7.0
+    s, Vt = _svd(A)
+    _, s_ref, Vt_ref = np.linalg.svd(A, full_matrices=False)
+    assert s.shape == s_ref.shape and Vt.shape == Vt_ref.shape == (12, 12)
+    np.testing.assert_allclose(s, s_ref, rtol=0, atol=1e-13 * s_ref[0])
+    top = int(np.sum(s_ref > 1e-10 * s_ref[0]))
+    P, P_ref = Vt[:top].T @ Vt[:top], Vt_ref[:top].T @ Vt_ref[:top]
+    np.testing.assert_allclose(P, P_ref, rtol=0, atol=1e-12)

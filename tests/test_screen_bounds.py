@@ -61,7 +61,8 @@ def test_the_full_products_bound_dominates_the_rigorous_one(seed, K, d, scale, o
     for given in (rows, rows.astype(np.float32)):
         x = given.astype(np.float64)
         captured = {}
-        decide._two_screens = lambda logits, bound: captured.update(logits=logits, bound=bound)
+        decide._two_screens = lambda block, n, bound: captured.update(  # every class at once
+            logits=block(0, len(W)), bound=bound)
         decide._screened(given, norms)
         logits = captured["logits"].astype(np.float64)
         need = dot_bound(x, given.astype(np.float32), W, W.astype(np.float32))
@@ -82,12 +83,22 @@ def test_the_nearest_centre_bound_dominates_the_rigorous_one(seed, K, d, scale, 
     decide = measure.Decisions(means, basis, None, None, offset)
     D = decide.relative(rows) - means[y]
     projected = None if basis is None else D @ basis.T
-    captured = {}
-    original = screens._screen
-    monkeypatch.setattr(screens, "_screen", lambda scores, bound, lowest: (
-        captured.update(scores=scores.copy(), bound=bound), original(scores, bound, lowest))[1])
+    captured = {"scores": []}
+
+    class Recorded(screens._Leaders):  # the screen's scores (block by block) and its bound
+        def add(self, start, scores):
+            captured["scores"].append(scores.copy())
+            super().add(start, scores)
+
+        def sure(self, bound):
+            captured["bound"] = bound
+            return super().sure(bound)
+
+    monkeypatch.setattr(screens, "_Leaders", Recorded)
     decide._nearest(measure._no_decisions(), rows, y, np.linalg.norm(D, axis=1), projected)
-    c, c32 = decide.centres, decide.centres32.astype(np.float64)
+    captured["scores"] = np.concatenate(captured["scores"], axis=1)
+    c = decide.centres
+    c32 = c.astype(np.float32).astype(np.float64)  # Vμ_k as the screen rounds it
     if basis is None:
         q = decide.relative(rows)
         q32 = q.astype(np.float32).astype(np.float64)
@@ -121,7 +132,7 @@ def test_the_span_screens_bound_dominates_the_rigorous_one(seed, K, d, scale, of
     assert np.all(decide.perp * SLACK >= outside(means))
     D = decide.relative(rows) - means[y]
     projected = D @ basis.T
-    c32 = decide.centres32
+    c32 = decide.centres.astype(np.float32)  # Vμ_k as the screens round it
     q32 = projected.astype(np.float32) + c32[y]
     spread = np.linalg.norm(D, axis=1)
     logits, bound = decide.span_logits(q32, y, spread)

@@ -354,8 +354,8 @@ def build_parser(layers=(), lean=False):
                         "gradient, dense and Lanczos restricted spectra), frontier (the CE "
                         "regularisation path and the UFM-SVM; float64), vocabulary (the "
                         "Collector at K = 50,257, d = 1,024, N = 10⁶, beside the peer's "
-                        "accumulators: about 20 minutes), largest (the Collector without "
-                        "decisions at K = 128,256, d = 4,096: most of 24 GB) (default "
+                        "accumulators: about 17 minutes, 25 with the peer), largest (the "
+                        "Collector without decisions at K = 128,256, d = 4,096) (default "
                         "throughput,deep,solvers,global,latency)")
     b.add_argument("--batches", default="1,64,1024,4096", help="grid sizes B (comma list)")
     b.add_argument("--sizes", choices=("paper", "large", "both"), default="both",

@@ -186,8 +186,10 @@ class Collector:
             r = self.replay["layers"][name]
             decisions = (r["decisions"] if self.conventions["decisions"]
                          else dict(r["decisions"], off=True))
-            stats = statistics(self.counts[present], layer["offset"], layer["sums"][present],
-                               r["basis"], r["scatter"], r["within"], decisions)
+            # the means are the second pass's; of the sums only their total is read (the sample
+            # mean), which the empty classes' zero rows leave bit for bit: no K × d copy
+            stats = statistics(self.counts[present], layer["offset"], layer["sums"], r["basis"],
+                               r["scatter"], r["within"], decisions, means=r["means"])
             out[name] = dict(d=stats["d"], **suite(stats, r["W"], r["b"],
                                                    self.conventions["global_mean"],
                                                    self.conventions["std"],

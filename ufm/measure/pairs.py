@@ -9,7 +9,12 @@ from ufm.measure.passes import BUDGET_BYTES, _in_order, _per_worker, tile_rows
 
 
 def _svd(A):
-    """(s, Vt) of A [K, d] (thin): the singular values and right singular vectors."""
+    """(s, Vt) of A [K, d] (thin): the singular values and right singular vectors. A tall A
+    (K > d) is factored through its triangle R [d, d] (A = QR: the same s and Vt, both
+    factorisations backward stable), so neither U [K, d] nor an SVD workspace of A's size is
+    ever held — at K = 128,256, d = 4,096 each is 4 GB (docs/performance.md)."""
+    if A.shape[0] > A.shape[1]:
+        A = np.linalg.qr(A, mode="r")
     _, s, Vt = np.linalg.svd(A, full_matrices=False)
     return s, Vt
 

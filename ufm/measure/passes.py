@@ -211,14 +211,18 @@ def two_passes(X, codes, K, W, b, chunks, counts, offset, share, chunk_rows=None
         return statistics(counts, offset, sums, basis, scatter, within, decisions)
 
 
-def statistics(counts, offset, sums, basis, scatter, within, decisions):
+def statistics(counts, offset, sums, basis, scatter, within, decisions, means=None):
     """`accumulate`'s dict from what the two passes gathered (either engine): class counts,
     the offset, class sums relative to it, the span basis, Σ_W·N in it, the classes' summed
-    squared distances and the decision counts."""
+    squared distances and the decision counts; `means` the class means relative to the offset
+    when the caller holds them already (sums / counts, computed so; the sums are then read only
+    for their total, and may keep zero rows for classes no row named). With a zero offset the
+    raw means are those very means: no K × d array more."""
     N, d = int(counts.sum()), sums.shape[1]
-    means = sums / counts[:, None]
+    means = sums / counts[:, None] if means is None else means
     return dict(N=N, d=d, counts=counts, offset=offset, sums_o=sums, means_o=means,
-                means=means + offset, basis=basis, sigma_w=scatter / N,
+                means=means + offset if np.any(offset) else means, basis=basis,
+                sigma_w=scatter / N,
                 trace_w=float(within.sum() / N), within=within / counts, decisions=decisions)
 
 
