@@ -43,6 +43,11 @@ from ufm.bench.frontier import (frontier_report, frontier_times)
 from ufm.bench.vocabulary import (largest_report, largest_times, vocabulary_report,
                                   vocabulary_times)
 
+# the sections reported after the throughput lines, in order: a section's name, its report
+REPORTS = (("latency", latency_report), ("measure", measure_report), ("hessian", hessian_report),
+           ("frontier", frontier_report), ("vocabulary", vocabulary_report),
+           ("largest", largest_report))
+
 SECTIONS = ("throughput", "deep", "solvers", "global", "latency", "measure", "hessian",
             "frontier", "vocabulary", "largest")
 
@@ -112,18 +117,9 @@ def report(res):
         lines += solver_report(res["solvers"])
     if "global" in res:
         lines += global_report(res["global"])
-    if res.get("latency"):
-        lines += latency_report(res["latency"])
-    if res.get("measure"):
-        lines += measure_report(res["measure"])
-    if res.get("hessian"):
-        lines += hessian_report(res["hessian"])
-    if res.get("frontier"):
-        lines += frontier_report(res["frontier"])
-    if res.get("vocabulary"):
-        lines += vocabulary_report(res["vocabulary"])
-    if res.get("largest"):
-        lines += largest_report(res["largest"])
+    for section, section_report in REPORTS:
+        if res.get(section):
+            lines += section_report(res[section])
     if not res["sizes"]:
         return "\n".join(lines)
     lines.append(f"\nbias-free UFM, GD step {LR}:")

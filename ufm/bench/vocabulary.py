@@ -268,13 +268,13 @@ def _peer_report(v):
     p = v.get("peer")
     if p is None:
         return ["  rhubarbwu/neural-collapse not installed (with torch): no side-by-side run"]
-    ours = v["pass1"] + v["pass2"] + v["result"]
+    ours, batches = v["pass1"] + v["pass2"] + v["result"], -(-v["N"] // v["batch"])
     lean = sum(v["without_decisions"][k] for k in ("pass1", "pass2", "result"))
     done = {k: t for k, t in p["metrics"].items() if isinstance(t, float)}
     lines = [f"  rhubarbwu/neural-collapse's accumulators on the same stream (seconds a batch over "
-             f"a few batches, times {-(-v['N'] // v['batch'])} batches): pass 1 "
+             f"a few batches, times {batches} batches): pass 1 "
              f"{p['pass1']:.0f} s, pass 2 {p['pass2']:.0f} s (its decisions, nearest centre and "
-             f"a classifier, {p['dec_batch'] * -(-v['N'] // v['batch']):.0f} s of it); peak "
+             f"a classifier, {p['dec_batch'] * batches:.0f} s of it); peak "
              f"memory {p['accumulate_peak'] / 2 ** 30:.2f} GiB while accumulating"]
     for name, t in p["metrics"].items():
         lines.append(f"    {name}: " + (f"{t:.1f} s" if isinstance(t, float) else f"failed: {t}"))
@@ -282,7 +282,7 @@ def _peer_report(v):
                  f"{p['kernels'] / 60:.0f} min (scaled from 64 tile pairs)")
     theirs = p["pass1"] + p["pass2"] + sum(done.values()) + p["kernels"]
     lines.append(f"  the Collector against it: {ours / theirs:.2f}× the time with the decisions, "
-                 f"{lean / (theirs - p['dec_batch'] * -(-v['N'] // v['batch'])):.2f}× without "
+                 f"{lean / (theirs - p['dec_batch'] * batches):.2f}× without "
                  f"(each against the peer's same work); {v['peak_bytes'] / p['peak']:.2f}× the "
                  f"peak memory" + ("" if len(done) == len(p["metrics"]) else
                                    " (the peer's metrics that failed are not in its time)"))
